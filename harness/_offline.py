@@ -1,0 +1,24 @@
+"""The offline switches for Hugging Face libraries, set before they are imported."""
+
+from __future__ import annotations
+
+import os
+
+_SWITCHES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def configure_network(allow_hub: bool | None = None) -> None:
+    """Turn Hugging Face's offline switches on, unless hub access was asked for explicitly.
+
+    Args:
+        allow_hub: True to leave the switches as the user set them; None reads
+            ``HARNESS_ALLOW_HUB`` from the environment.
+    """
+    if allow_hub is None:
+        allow_hub = os.environ.get("HARNESS_ALLOW_HUB", "") == "1"
+    if allow_hub:
+        return
+    for name in _SWITCHES:
+        os.environ.setdefault(name, "1")
+    # Quiet, deterministic tokenizers in our worker-free processes.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

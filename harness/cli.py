@@ -1,0 +1,52 @@
+"""The `harness` command: parse, dispatch to one command module, map errors to exit codes.
+
+Each subcommand lives in ``harness/commands/<name>.py`` and exposes ``add_parser(subparsers)`` and
+``run(args) -> int``. Heavy libraries (torch, transformers) are imported inside ``run`` so that
+``harness --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from harness import __version__
+from harness.errors import HarnessError
+
+# Order is the order shown in --help.
+COMMANDS = ("demo",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harness",
+        description=(
+            "adapter-harness: train LoRA adapters, evaluate them against their base model for task "
+            "accuracy and retained general knowledge, store every result in DuckDB, and report."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"adapter-harness {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"harness.commands.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module = importlib.import_module(f"harness.commands.{args.command}")
+    try:
+        return int(module.run(args))
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
