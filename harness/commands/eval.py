@@ -1,0 +1,70 @@
+"""`harness eval`: evaluate a base model and adapters (at one or more LoRA scales) on suites."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from harness.errors import UsageError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate adapters against their base model on suites",
+        description=(
+            "Evaluate the base model and each adapter (at each LoRA scale) on each suite. Results already in "
+            "the store (same base, adapter, scale, prompt, settings and scorer versions) are reused, not regenerated."
+        ),
+    )
+    p.add_argument("--base", default="smollm2-135m", help="base model: 'smollm2-135m' (embedded) or a local model directory (default: %(default)s)")
+    p.add_argument("--adapter", action="append", default=[], metavar="DIR", help="adapter directory (adapter_config.json + adapter_model.safetensors); repeatable")
+    p.add_argument("--suite", action="append", default=[], metavar="NAME|PATH", help="built-in suite name, suite directory or suite.yaml path; repeatable")
+    p.add_argument("--scale", type=float, action="append", default=None, metavar="S", help="LoRA scale multiplier, 0 = base model; repeatable (default: 1.0)")
+    p.add_argument("--no-base", action="store_true", help="skip the base model (scale 0) rows")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples of each suite")
+    p.add_argument("--batch-size", type=int, default=16, help="generation batch size (default: %(default)s)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
+    p.add_argument("--db", type=Path, default=None, help="results database (default: $HARNESS_DB or ./harness.duckdb)")
+    p.add_argument("--report", type=Path, default=None, metavar="HTML", help="also write an HTML report of this run")
+    p.add_argument("--allow-pickle", action="store_true", help="allow loading a base model stored as pickle (.bin) weights; only for files you trust")
+    p.add_argument("--seed", type=int, default=0, help="seed recorded with the run (generation is greedy unless a suite samples)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness.adapters import inspect_adapter
+    from harness.models import load_base, resolve_base
+    from harness.runner import expand_targets, run_eval
+    from harness.store import RunInfo, Store, default_db_path
+    from harness.suites import load_suite
+    from harness.summary import print_run_summary
+
+    if not args.suite:
+        raise UsageError("pass at least one --suite (a built-in name such as general-knowledge, or a suite.yaml path)")
+    if args.limit is not None and args.limit <= 0:
+        raise UsageError("--limit must be a positive number of examples")
+    scales = args.scale or [1.0]
+    # Everything cheap is checked before the model loads: suites, adapters, base model files.
+    suites = [load_suite(s) for s in args.suite]
+    adapters = [inspect_adapter(a) for a in args.adapter]
+    if not adapters and args.no_base:
+        raise UsageError("nothing to evaluate: --no-base given and no --adapter")
+    ref = resolve_base(args.base, allow_pickle=args.allow_pickle)
+    base = load_base(ref, device=args.device)
+    store = Store(args.db or default_db_path())
+    targets = expand_targets(adapters, scales, include_base=not args.no_base)
+    info = RunInfo(kind="eval", command=shlex.join(["harness", *sys.argv[1:]]), seed=args.seed,
+                   config={"device": base.device, "base": args.base, "scales": scales, "suites": [s.name for s in suites]})
+    with store.run(info) as run_writer:
+        stats = run_eval(base, targets, suites, run_writer, store, batch_size=args.batch_size, limit=args.limit,
+                         log=lambda m: print(m, file=sys.stderr))
+        run_id = run_writer.run_id
+    print(f"run {run_id}: {stats.generated} generated, {stats.cached} cached, {stats.errors} errors, {stats.seconds:.1f}s", file=sys.stderr)
+    comparison = print_run_summary(store, run_id)
+    if args.report:
+        from reports.render import write_report
+
+        print(f"report: {write_report(comparison, args.report)}")
+    return 0

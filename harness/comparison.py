@@ -1,0 +1,151 @@
+"""The typed ``Comparison`` a report renders: built from the store, never computed in templates.
+
+Retention follows DESIGN.md: of the general-knowledge items the base model answers correctly, the
+share the adapter still answers correctly (absolute accuracy is reported beside it).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from harness.store import Store
+
+# The metric that says "answered correctly" for each built-in kind of suite.
+HEADLINE = {"order-task": "json_exact", "general-knowledge": "alias_match", "format-leakage": "format_leakage"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (target, suite, metric) aggregate: mean over scored examples, with counts."""
+
+    target: str
+    adapter_id: str | None
+    scale: float
+    suite: str
+    metric: str
+    mean: float | None
+    n: int
+    n_scored: int
+
+
+@dataclass(frozen=True)
+class Retention:
+    target: str
+    suite: str
+    metric: str
+    base_correct: int
+    kept: int
+    retention: float | None
+
+
+@dataclass(frozen=True)
+class CategoryCell:
+    target: str
+    suite: str
+    category: str
+    metric: str
+    mean: float | None
+    n: int
+
+
+@dataclass(frozen=True)
+class Sample:
+    suite: str
+    example_id: str
+    input: str
+    target: str | None
+    outputs: tuple[tuple[str, str | None, float | None], ...]  # (target label, output, headline score)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    title: str
+    run_id: str
+    base_model: str
+    targets: tuple[str, ...]
+    cells: tuple[Cell, ...]
+    retention: tuple[Retention, ...]
+    categories: tuple[CategoryCell, ...]
+    samples: tuple[Sample, ...]
+    provenance: tuple[tuple[str, str], ...]
+
+    def cell(self, target: str, suite: str, metric: str) -> Cell | None:
+        for c in self.cells:
+            if (c.target, c.suite, c.metric) == (target, suite, metric):
+                return c
+        return None
+
+
+def _label(adapter_name: str | None, scale: float) -> str:
+    return "base" if adapter_name is None or scale == 0 else f"{adapter_name}@{scale:g}"
+
+
+def build_comparison(store: Store, run_id: str, title: str = "adapter-harness report", samples_per_suite: int = 5) -> Comparison:
+    """Read one run's per-example scores from the store and aggregate them for a report."""
+    rows = store.query(
+        """
+        SELECT adapter_name, adapter_id, scale, suite_name AS suite, example_id, metric, value,
+               input, target, category, output, base_model_name
+        FROM v_scores WHERE run_id = ?
+        ORDER BY suite, example_id
+        """,
+        [run_id],
+    )
+    base_model = rows[0]["base_model_name"] if rows else "?"
+    groups: dict[tuple, list[float | None]] = defaultdict(list)
+    ids: dict[tuple, str | None] = {}
+    per_example: dict[tuple, float | None] = {}
+    cats: dict[tuple, list[float]] = defaultdict(list)
+    texts: dict[tuple, dict] = {}
+    targets: list[str] = []
+    for r in rows:
+        label = _label(r["adapter_name"], r["scale"])
+        if label not in targets:
+            targets.append(label)
+        key = (label, r["scale"], r["suite"], r["metric"])
+        groups[key].append(r["value"])
+        ids[key] = r["adapter_id"]
+        per_example[(label, r["suite"], r["metric"], r["example_id"])] = r["value"]
+        if r["category"] and r["value"] is not None:
+            cats[(label, r["suite"], r["category"], r["metric"])].append(r["value"])
+        texts.setdefault((r["suite"], r["example_id"]), {"input": r["input"], "target": r["target"], "out": {}})
+        texts[(r["suite"], r["example_id"])]["out"][label] = r["output"]
+    targets.sort(key=lambda t: (t != "base", t))
+    cells = tuple(
+        Cell(label, ids[(label, scale, suite, metric)], scale, suite, metric,
+             _mean(vals), len(vals), sum(v is not None for v in vals))
+        for (label, scale, suite, metric), vals in sorted(groups.items(), key=lambda kv: (targets.index(kv[0][0]), kv[0][2], kv[0][3]))
+    )
+    retention = []
+    for suite, metric in HEADLINE.items():
+        if suite == "format-leakage":
+            continue
+        base_ok = {ex for (lab, s, m, ex), v in per_example.items() if (lab, s, m) == ("base", suite, metric) and v == 1.0}
+        for label in targets:
+            if label == "base":
+                continue
+            kept = sum(per_example.get((label, suite, metric, ex)) == 1.0 for ex in base_ok)
+            if any((label, suite, metric, ex) in per_example for ex in base_ok) or base_ok:
+                retention.append(Retention(label, suite, metric, len(base_ok), kept, kept / len(base_ok) if base_ok else None))
+    categories = tuple(
+        CategoryCell(label, suite, cat, metric, _mean(vals), len(vals))
+        for (label, suite, cat, metric), vals in sorted(cats.items())
+        if HEADLINE.get(suite) == metric
+    )
+    samples = []
+    for suite in sorted({s for s, _ in texts}):
+        metric = HEADLINE.get(suite)
+        for (s, ex), t in list((k, v) for k, v in texts.items() if k[0] == suite)[:samples_per_suite]:
+            outs = tuple((lab, t["out"].get(lab), per_example.get((lab, suite, metric, ex))) for lab in targets)
+            samples.append(Sample(suite, ex, t["input"], t["target"], outs))
+    prov = store.query("SELECT * FROM runs WHERE run_id = ?", [run_id])
+    provenance = tuple((k, str(v)) for k, v in (prov[0].items() if prov else ()) if v is not None)
+    return Comparison(title, run_id, base_model, tuple(targets), cells, tuple(retention), categories, tuple(samples), provenance)
+
+
+def _mean(vals: Sequence[float | None]) -> float | None:
+    # Never trust an average over NULLs: a mean over the scored values only, and None when none are.
+    scored = [v for v in vals if v is not None]
+    return sum(scored) / len(scored) if scored else None

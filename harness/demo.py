@@ -1,0 +1,150 @@
+"""The demo recipe, top to bottom: base model → order-task adapters → evaluation → store → report.
+
+It shows, measured, the problem the harness exists for: a LoRA adapter trained on a narrow task
+(customer message in, order JSON out) becomes far better at the task than its base model and, at
+the same time, answers general questions worse, often in the task's JSON format. A second adapter,
+trained with a share of general "replay" data (the base model's own answers to general prompts),
+shows what mixing buys.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from harness.demo_data import generate_orders, order_to_json
+from harness.models import load_base, resolve_base
+from harness.runner import expand_targets, run_eval
+from harness.scorers import Example
+from harness.store import FindingRow, RunInfo, StepLogRow, Store
+from harness.suites import load_suite, render_user_text
+from harness.summary import print_run_summary
+
+TRAIN_SEED = 1  # the held-out order-task suite was generated with another seed (see suites/order-task)
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """Sizes of one demo run. ``quick`` trades precision of the figures for time."""
+
+    n_train: int
+    epochs: int
+    learning_rate: float
+    batch_size: int
+    replay_share: float
+    with_replay_adapter: bool
+    limits: dict[str, int]
+
+
+FULL = DemoPlan(
+    n_train=256, epochs=1, learning_rate=2e-3, batch_size=8, replay_share=0.25, with_replay_adapter=True,
+    limits={"order-task": 64, "general-knowledge": 160, "format-leakage": 32},
+)
+QUICK = DemoPlan(
+    n_train=96, epochs=1, learning_rate=2e-3, batch_size=8, replay_share=0.25, with_replay_adapter=False,
+    limits={"order-task": 24, "general-knowledge": 48, "format-leakage": 16},
+)
+
+
+class Phases:
+    """Times each phase and prints it as it ends."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.log = log
+        self.times: list[tuple[str, float]] = []
+        self.t0 = time.perf_counter()
+
+    def __call__(self, name: str, start: float) -> None:
+        took = time.perf_counter() - start
+        self.times.append((name, took))
+        self.log(f"[{name}] {took:.1f}s")
+
+    def table(self) -> str:
+        total = time.perf_counter() - self.t0
+        return "\n".join([f"  {n:<28}{t:7.1f}s" for n, t in self.times] + [f"  {'total':<28}{total:7.1f}s"])
+
+
+def run_demo(out_dir: Path, quick: bool, base_name: str, device: str | None, log: Callable[[str], None]) -> int:
+    from train.recipe import train_adapter
+    from train.spec import TrainSpec
+
+    plan = QUICK if quick else FULL
+    out_dir.mkdir(parents=True, exist_ok=True)
+    phases = Phases(log)
+    store = Store(out_dir / "harness.duckdb")
+
+    t = time.perf_counter()
+    base = load_base(resolve_base(base_name), device=device)
+    phases("load base model", t)
+
+    t = time.perf_counter()
+    order_suite = load_suite("order-task")
+    orders = generate_orders(plan.n_train, seed=TRAIN_SEED)
+    # Train on exactly the prompt the order-task suite renders, so evaluation sees the trained format.
+    rows = [
+        {"prompt": render_user_text(order_suite, Example(id=o.id, input=o.message)), "completion": order_to_json(o.order)}
+        for o in orders
+    ]
+    phases("generate demo data", t)
+
+    spec = TrainSpec(
+        base=base_name, learning_rate=plan.learning_rate, num_train_epochs=plan.epochs,
+        per_device_train_batch_size=plan.batch_size, seed=3407,
+    )
+    variants = [("order-plain", spec)]
+    if plan.with_replay_adapter:
+        variants.append(("order-replay", replace(spec, mix={"general": plan.replay_share})))
+    adapters = []
+    for name, s in variants:
+        t = time.perf_counter()
+        result = train_adapter(s, out_dir / "adapters" / name, examples=rows, base=base, log=log)
+        phases(f"train {name} ({result.n_steps} steps)", t)
+        _store_training(store, name, s, result)
+        from harness.adapters import inspect_adapter
+
+        adapters.append(inspect_adapter(result.adapter_dir))
+
+    t = time.perf_counter()
+    suites = [load_suite(n) for n in plan.limits]
+    targets = expand_targets(adapters, [1.0])
+    info = RunInfo(kind="demo", command=shlex.join(["harness", *sys.argv[1:]]), seed=3407,
+                   config={"device": base.device, "quick": quick, "plan": plan.__dict__})
+    with store.run(info) as run:
+        for suite in suites:
+            run_eval(base, targets, [suite], run, store, limit=plan.limits[suite.name], log=log)
+        run_id = run.run_id
+    phases("evaluate base + adapters", t)
+
+    t = time.perf_counter()
+    print()
+    print(f"Results read back from {store.path} (run {run_id}):")
+    comparison = print_run_summary(store, run_id)
+    from reports.render import write_report
+
+    report = write_report(replace(comparison, title="adapter-harness demo"), out_dir / "report.html")
+    phases("summary + report", t)
+    print(f"\nreport: {report}\ndatabase: {store.path}\nadapters: {out_dir / 'adapters'}")
+    print("\nTime per phase:\n" + phases.table())
+    return 0
+
+
+def _store_training(store: Store, name: str, spec, result) -> None:
+    """Record a training run's step logs (and any anomaly findings) in the store."""
+    from harness.adapters import inspect_adapter
+
+    info = inspect_adapter(result.adapter_dir)
+    with store.run(RunInfo(kind="train", command=f"harness demo (train {name})", seed=spec.seed,
+                           config={"spec": json.loads(json.dumps(spec.__dict__, default=str))})) as run:
+        run.add_step_logs(
+            StepLogRow(info.adapter_id, int(s.get("step", 0)), s.get("epoch"), s.get("loss"), s.get("grad_norm"),
+                       s.get("learning_rate"), s.get("eval_loss"))
+            for s in result.step_logs
+        )
+        run.add_findings(
+            FindingRow(info.adapter_id, f.kind, f.severity, f.step, f.message) for f in getattr(result, "findings", ())
+        )

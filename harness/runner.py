@@ -1,0 +1,178 @@
+"""The evaluation runner: (adapter × scale × suite × example) → cached or generated → scored → stored.
+
+The base model is scale 0 and is evaluated once per suite; every adapter of that base shares its
+rows through the cache. Each request's cache key covers everything that changes its output or its
+scores, so a hit is always safe to reuse and a miss never borrows another model's answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from harness.adapters import ADAPTER_NAME, AdapterInfo, load_adapter, set_scale
+from harness.generate import Generation, generate, render_prompt
+from harness.models import LoadedBase
+from harness.scorers import BoundScorer, Example, Score, get_scorer
+from harness.store import (
+    AdapterRow, BaseModelRow, ExampleRow, GenerationRow, ScoreRow, Store, SuiteRow, cache_key,
+)
+from harness.suites import Suite, load_examples, render_user_text
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to evaluate: the base model (adapter None, scale 0) or an adapter at a scale."""
+
+    adapter: AdapterInfo | None
+    scale: float
+
+    @property
+    def label(self) -> str:
+        return "base" if self.adapter is None else f"{self.adapter.path.name}@{self.scale:g}"
+
+
+@dataclass
+class EvalStats:
+    generated: int = 0
+    cached: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    per_target: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Request:
+    suite: Suite
+    example: Example
+    prompt: str
+    key: str
+
+
+def expand_targets(adapters: Sequence[AdapterInfo], scales: Sequence[float], include_base: bool = True) -> list[Target]:
+    """Base first (scale 0 is the base model whatever the adapter), then every adapter × non-zero scale."""
+    targets = [Target(None, 0.0)] if include_base or 0.0 in scales else []
+    for a in adapters:
+        targets.extend(Target(a, float(s)) for s in scales if float(s) != 0.0)
+    return targets
+
+
+@contextlib.contextmanager
+def _attached(base: LoadedBase, target: Target) -> Iterator[object]:
+    """Yield a model with ``target``'s adapter attached at its scale; detach afterwards."""
+    if target.adapter is None:
+        yield base.model
+        return
+    peft_model = load_adapter(base.model, target.adapter)
+    try:
+        set_scale(peft_model, target.scale, ADAPTER_NAME)
+        yield peft_model
+    finally:
+        # unload() removes the LoRA layers and hands back the untouched base modules.
+        base.model = peft_model.unload()
+
+
+def _score(scorers: Sequence[BoundScorer], gen: Generation, example: Example) -> list[tuple[BoundScorer, Score]]:
+    out: list[tuple[BoundScorer, Score]] = []
+    for sc in scorers:
+        if gen.text is None:
+            continue
+        try:
+            out.extend((sc, s) for s in sc(gen.text, example))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            # One scorer failing on one example is recorded, not fatal (FAULTS.md 37).
+            out.append((sc, Score(sc.name, None, f"scorer error: {type(exc).__name__}: {exc}")))
+    return out
+
+
+def run_eval(
+    base: LoadedBase,
+    targets: Sequence[Target],
+    suites: Sequence[Suite],
+    run,  # harness.store.RunWriter
+    store: Store,
+    *,
+    batch_size: int = 16,
+    limit: int | None = None,
+    flush_every: int = 64,
+    log: Callable[[str], None] = print,
+) -> EvalStats:
+    """Evaluate every target on every suite, writing rows through ``run`` as they are produced."""
+    from harness.metrics import model_metric_names
+
+    stats = EvalStats()
+    t_start = time.perf_counter()
+    dtype = str(next(base.model.parameters()).dtype).removeprefix("torch.")
+    run.add_base_model(BaseModelRow(base.ref.model_id, base.ref.name, str(base.ref.path)))
+    for t in targets:
+        if t.adapter is not None:
+            import json
+
+            parent = (t.adapter.harness or {}).get("parent_adapter_id")
+            run.add_adapter(AdapterRow(
+                t.adapter.adapter_id, base.ref.model_id, str(t.adapter.path), json.dumps(t.adapter.config, sort_keys=True),
+                parent, json.dumps(t.adapter.harness) if t.adapter.harness else None, t.adapter.path.name,
+            ))
+    for suite in suites:
+        examples = load_examples(suite, limit)
+        run.add_suite(SuiteRow(suite.suite_id, suite.name, suite.version, str(suite.path), len(examples)))
+        run.add_examples(ExampleRow(suite.suite_id, e.id, e.input, e.target, e.category) for e in examples)
+        scorers = [get_scorer(s.name, s.args) for s in suite.scorers if s.name not in model_metric_names()]
+        wants_ppl = any(s.name == "perplexity" for s in suite.scorers)
+        versions = {s.name: s.version for s in scorers}
+        prompts = [render_prompt(base.tokenizer, render_user_text(suite, e), suite.prompt.system, suite.prompt.raw) for e in examples]
+        for target in targets:
+            reqs = [
+                _Request(suite, e, p, cache_key(
+                    base_model_id=base.ref.model_id,
+                    adapter_id=None if target.adapter is None else target.adapter.adapter_id,
+                    scale=target.scale, prompt=p, settings=suite.generation.to_json(), dtype=dtype,
+                    scorers=versions, perplexity=wants_ppl,
+                ))
+                for e, p in zip(examples, prompts)
+            ]
+            hits = store.cached([r.key for r in reqs])
+            todo = [r for r in reqs if r.key not in hits]
+            run.use_cached([r.key for r in reqs if r.key in hits])
+            stats.cached += len(reqs) - len(todo)
+            log(f"  {suite.name} × {target.label}: {len(reqs)} examples, {len(reqs) - len(todo)} cached, {len(todo)} to generate")
+            if not todo:
+                continue
+            with _attached(base, target) as model:
+                for start in range(0, len(todo), flush_every):
+                    chunk = todo[start : start + flush_every]
+                    gens = generate(model, base.tokenizer, [r.prompt for r in chunk], suite.generation, batch_size)
+                    nll = _perplexity(model, base, chunk) if wants_ppl else [None] * len(chunk)
+                    for r, g, ppl in zip(chunk, gens, nll):
+                        run.add_generations([GenerationRow(
+                            r.key, base.ref.model_id, None if target.adapter is None else target.adapter.adapter_id,
+                            target.scale, suite.suite_id, r.example.id, r.prompt, g.text, suite.generation.to_json(),
+                            g.n_prompt_tokens, g.n_new_tokens, g.error, g.seconds,
+                        )])
+                        scored = _score(scorers, g, r.example)
+                        run.add_scores(ScoreRow(r.key, s.metric, s.value, s.reason, sc.name, sc.version) for sc, s in scored)
+                        if ppl is not None:
+                            run.add_scores(ppl)
+                        stats.errors += g.error is not None
+                    stats.generated += len(chunk)
+                    run.flush()
+                    log(f"    {min(start + flush_every, len(todo))}/{len(todo)} generated")
+    stats.seconds = time.perf_counter() - t_start
+    return stats
+
+
+def _perplexity(model, base: LoadedBase, chunk: Sequence[_Request]) -> list[list[ScoreRow] | None]:
+    from harness.metrics.perplexity import reference_nll
+
+    refs = [r.example.target or "" for r in chunk]
+    results = reference_nll(model, base.tokenizer, [r.prompt for r in chunk], refs)
+    out: list[list[ScoreRow] | None] = []
+    for r, res in zip(chunk, results):
+        reason = None if res.mean_nll is not None else "reference has no tokens"
+        out.append([
+            ScoreRow(r.key, "nll", res.mean_nll, reason, "perplexity", "1"),
+            ScoreRow(r.key, "perplexity", res.perplexity if res.mean_nll is not None else None, reason, "perplexity", "1"),
+        ])
+    return out

