@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from harness.store import Store
+if TYPE_CHECKING:
+    from harness.store import Store
 
 # The metric that says "answered correctly" for each built-in kind of suite.
 HEADLINE = {"order-task": "json_exact", "general-knowledge": "alias_match", "format-leakage": "format_leakage"}
@@ -82,7 +84,7 @@ def _label(adapter_name: str | None, scale: float) -> str:
     return "base" if adapter_name is None or scale == 0 else f"{adapter_name}@{scale:g}"
 
 
-def build_comparison(store: Store, run_id: str, title: str = "adapter-harness report", samples_per_suite: int = 5) -> Comparison:
+def build_comparison(store: "Store", run_id: str, title: str = "adapter-harness report", samples_per_suite: int = 5) -> Comparison:
     """Read one run's per-example scores from the store and aggregate them for a report."""
     rows = store.query(
         """

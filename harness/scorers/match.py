@@ -113,17 +113,24 @@ def json_field(fields: Sequence[str] | None = None) -> ScoreFn:
     return score
 
 
-@register_scorer("format_leakage", version="1")
+@register_scorer("format_leakage", version="2")
 def format_leakage(keys: Sequence[str], min_keys: int = 1) -> ScoreFn:
     """1.0 when a general answer takes the task's output format: a JSON object with the task's keys.
 
-    An answer leaks when it parses as a JSON object holding at least ``min_keys`` of ``keys``.
+    An answer leaks when it parses as a JSON object holding at least ``min_keys`` of ``keys``, or when
+    it starts as such an object and was cut off by max_new_tokens before it closed (a truncated
+    ``{"item": "water", "quantity": 1, ...`` is the same leak).
     """
     wanted = set(keys)
+    key_re = re.compile(r'"(' + "|".join(re.escape(k) for k in sorted(wanted)) + r')"\s*:')
 
     def score(output: str, example: Example) -> list[Score]:
         obj, _ = extract_json_object(output)
-        leaked = obj is not None and len(wanted & set(obj)) >= min_keys
+        if obj is not None:
+            leaked = len(wanted & set(obj)) >= min_keys
+        else:
+            head = output.lstrip().removeprefix("```json").removeprefix("```").lstrip()
+            leaked = head.startswith("{") and len(set(key_re.findall(head))) >= min_keys
         return [Score("format_leakage", float(leaked))]
 
     return score
