@@ -19,23 +19,21 @@ def _pct(v: float | None) -> str:
 
 
 def summary_table(c: Comparison) -> str:
-    """One row per model (base, adapter@scale), one column per suite's headline metric, plus retention."""
-    suites = sorted({x.suite for x in c.cells if HEADLINE.get(x.suite) == x.metric})
-    header = ["model", *[f"{s} ({HEADLINE[s]})" for s in suites]]
-    has_ret = any(r.suite == "general-knowledge" for r in c.retention)
-    if has_ret:
-        header.append("gk retention")
+    """Rows are (suite, metric), columns are the models (base, adapter@scale); retention follows."""
+    pairs = sorted({(x.suite, x.metric) for x in c.cells}, key=lambda sm: (sm[0], HEADLINE.get(sm[0]) != sm[1], sm[1]))
     rows = []
-    for t in c.targets:
-        row = [t]
-        for s in suites:
-            cell = c.cell(t, s, HEADLINE[s])
-            row.append("—" if cell is None else f"{_pct(cell.mean)} (n={cell.n_scored})")
-        if has_ret:
-            ret = next((r for r in c.retention if r.target == t and r.suite == "general-knowledge"), None)
-            row.append("" if ret is None else f"{_pct(ret.retention)} ({ret.kept}/{ret.base_correct})")
+    for suite, metric in pairs:
+        row = [suite, metric]
+        for t in c.targets:
+            cell = c.cell(t, suite, metric)
+            row.append("—" if cell is None else f"{_pct(cell.mean)} (n={cell.n_scored}/{cell.n})")
         rows.append(row)
-    return format_table(header, rows)
+    for r in c.retention:
+        rows.append([r.suite, "retention", *[
+            f"{_pct(r.retention)} ({r.kept}/{r.base_correct})" if t == r.target else ("100.0%" if t == "base" else "")
+            for t in c.targets
+        ]])
+    return format_table(["suite", "metric", *c.targets], rows)
 
 
 def print_run_summary(store: Store, run_id: str) -> Comparison:
