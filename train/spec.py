@@ -1,0 +1,121 @@
+"""``TrainSpec``: every LoRA and optimiser knob of a training run, parsed and validated once.
+
+Defaults follow common practice for LoRA on small models (DOMAIN.md): r=16, alpha=2r, no dropout
+(the fastest path), adapters on every projection, learning rate 2e-4, linear decay, 5% warmup,
+gradient clipping at 1.0, seed 3407. Precision and gradient checkpointing default to "auto": chosen
+from the device at run time, never from a library default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.errors import InputError
+
+ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    base: str = "smollm2-135m"
+    data: str | None = None
+    # LoRA
+    r: int = 16
+    lora_alpha: float = 32
+    lora_dropout: float = 0.0
+    target_modules: tuple[str, ...] = ALL_PROJECTIONS
+    bias: str = "none"
+    use_rslora: bool = False
+    use_dora: bool = False
+    init_lora_weights: str = "default"
+    # optimiser and schedule
+    learning_rate: float = 2e-4
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    warmup_ratio: float = 0.05
+    lr_scheduler_type: str = "linear"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    # numerics and memory
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    gradient_checkpointing: str | bool = "auto"
+    max_seq_length: int = 512
+    seed: int = 3407
+    # general data mixed in to limit forgetting: {"general": share} (replay from the base model)
+    mix: Mapping[str, float] = field(default_factory=dict)
+    logging_steps: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["target_modules"] = list(self.target_modules)
+        d["mix"] = dict(self.mix)
+        return d
+
+
+def validate(spec: TrainSpec) -> tuple[list[str], list[str]]:
+    """Return (errors, warnings) for ``spec``; each names the field and the fix."""
+    errors, warnings = [], []
+    if spec.r <= 0:
+        errors.append(f"r={spec.r}: the LoRA rank must be a positive integer (usual: 8, 16, 32, 64)")
+    if not (spec.lora_alpha > 0 and math.isfinite(spec.lora_alpha)):
+        errors.append(f"lora_alpha={spec.lora_alpha}: must be positive (a negative alpha flips the update); usual: r or 2·r")
+    elif spec.r > 0 and not (0.5 * spec.r <= spec.lora_alpha <= 4 * spec.r):
+        warnings.append(f"lora_alpha={spec.lora_alpha} is far from r..2r (r={spec.r}): the update is scaled by {spec.lora_alpha / spec.r:g}")
+    if not 0 <= spec.lora_dropout < 1:
+        errors.append(f"lora_dropout={spec.lora_dropout}: must be in [0, 1); usual 0 or 0.05-0.2")
+    if not spec.learning_rate > 0:
+        errors.append(f"learning_rate={spec.learning_rate}: must be positive (LoRA usual: 5e-5 to 2e-4)")
+    if spec.max_grad_norm <= 0 and spec.learning_rate > 1e-4:
+        warnings.append(f"no gradient clipping with learning_rate={spec.learning_rate}: gradients can explode; set max_grad_norm 0.3-1.0")
+    if spec.per_device_train_batch_size <= 0 or spec.gradient_accumulation_steps <= 0:
+        errors.append("per_device_train_batch_size and gradient_accumulation_steps must be positive")
+    if spec.precision not in ("auto", "fp32", "bf16", "fp16"):
+        errors.append(f"precision={spec.precision!r}: use auto, fp32, bf16 or fp16")
+    if spec.bias not in ("none", "all", "lora_only"):
+        errors.append(f"bias={spec.bias!r}: use none, all or lora_only")
+    if not spec.target_modules:
+        errors.append("target_modules is empty: name the projections to adapt (default: all of q,k,v,o,gate,up,down)")
+    if spec.max_seq_length <= 0:
+        errors.append("max_seq_length must be positive")
+    for name, share in spec.mix.items():
+        if name != "general":
+            errors.append(f"mix.{name}: unknown; only 'general' (base-model replay) is supported")
+        elif not 0 < share < 1:
+            errors.append(f"mix.general={share}: the share of general data must be between 0 and 1 (usual 0.1-0.3)")
+    return errors, warnings
+
+
+def load_spec(path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> TrainSpec:
+    """Read a YAML spec (optional), apply overrides, validate; all errors are reported together."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read training spec {path}: {exc}") from None
+        if not isinstance(raw, dict):
+            raise InputError(f"{path}: a training spec must be a YAML mapping of field: value")
+    raw.update(overrides or {})
+    known = {f.name for f in dataclasses.fields(TrainSpec)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise InputError(f"{path or 'spec'}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    if "target_modules" in raw:
+        raw["target_modules"] = tuple(raw["target_modules"])
+    try:
+        spec = TrainSpec(**raw)
+    except TypeError as exc:
+        raise InputError(f"{path or 'spec'}: {exc}") from None
+    errors, _ = validate(spec)
+    if errors:
+        raise InputError(f"{len(errors)} problem(s) in training spec {path or ''}:\n  " + "\n  ".join(errors))
+    return spec
