@@ -20,14 +20,20 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def provenance() -> dict[str, Any]:
-    """Facts recorded with every run."""
-    versions = {}
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages whose behaviour shapes our numbers."""
+    versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
+    return versions
+
+
+def provenance() -> dict[str, Any]:
+    """Facts recorded with every run."""
+    versions = package_versions()
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
     # The store must not import torch; ask it only if the process already loaded it.

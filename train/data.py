@@ -1,0 +1,189 @@
+"""Training data: the common dataset shapes normalised to prompt/completion, checks, and replay mixing.
+
+Every example becomes a conversational prompt/completion pair (one user turn, one assistant turn, or
+a longer conversation whose last assistant turn is the completion) so that TRL renders it through the
+base model's chat template and computes the loss on the completion only.
+
+Shapes accepted (the first that fits a row wins):
+- ``prompt`` / ``completion`` (strings, or lists of chat messages)
+- ``instruction`` / ``input`` (optional) / ``output`` (Alpaca style)
+- ``messages``: a chat; the last message must be the assistant's answer
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness.errors import DatasetError
+
+if TYPE_CHECKING:
+    from harness.models import LoadedBase
+
+REPLAY_POOL = Path(__file__).parent / "replay_pool" / "prompts.jsonl"
+REPLAY_VERSION = "1"  # bump when the way replay answers are generated changes
+REPLAY_MAX_NEW_TOKENS = 64
+
+Conversation = dict[str, list[dict[str, str]]]
+
+
+def _msg(role: str, content: Any) -> dict[str, str]:
+    return {"role": role, "content": str(content)}
+
+
+def normalize_row(row: Mapping[str, Any], where: str) -> Conversation:
+    """Turn one data row of any accepted shape into ``{"prompt": [...], "completion": [...]}``."""
+    if "prompt" in row and "completion" in row:
+        p, c = row["prompt"], row["completion"]
+        prompt = p if isinstance(p, list) else [_msg("user", p)]
+        completion = c if isinstance(c, list) else [_msg("assistant", c)]
+    elif "instruction" in row and "output" in row:
+        text = str(row["instruction"])
+        if row.get("input"):
+            text += "\n\n" + str(row["input"])
+        prompt, completion = [_msg("user", text)], [_msg("assistant", row["output"])]
+    elif "messages" in row:
+        msgs = list(row["messages"] or [])
+        if not msgs or msgs[-1].get("role") != "assistant":
+            raise DatasetError(f"{where}: 'messages' must end with the assistant's answer (the turn the loss is on)")
+        prompt, completion = [_msg(m["role"], m["content"]) for m in msgs[:-1]], [_msg("assistant", msgs[-1]["content"])]
+        if not prompt:
+            raise DatasetError(f"{where}: 'messages' holds only an assistant turn; add the user turn it answers")
+    else:
+        raise DatasetError(
+            f"{where}: unknown shape (columns: {', '.join(sorted(row)) or 'none'}); use prompt/completion, "
+            "instruction/input/output, or messages"
+        )
+    if not str(completion[-1]["content"]).strip():
+        raise DatasetError(f"{where}: empty answer; every example needs text to learn from")
+    return {"prompt": prompt, "completion": completion}
+
+
+def load_rows(path: Path | str) -> list[dict[str, Any]]:
+    """Read a JSONL/JSON/CSV/Parquet file or a saved dataset directory through ``datasets``."""
+    import datasets
+
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"training data {path} does not exist; pass a JSONL, CSV or Parquet file or a dataset directory")
+    try:
+        if path.is_dir():
+            ds = datasets.load_from_disk(str(path))
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
+        else:
+            kind = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(path.suffix.lower())
+            if kind is None:
+                raise DatasetError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl, .json, .csv or .parquet")
+            ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+    except DatasetError:
+        raise
+    except Exception as exc:  # datasets raises many types for a malformed file
+        raise DatasetError(f"cannot read training data {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+    rows = ds.to_list()
+    if not rows:
+        raise DatasetError(f"training data {path} is empty")
+    return rows
+
+
+def data_hash(rows: Sequence[Mapping[str, Any]]) -> str:
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(json.dumps(r, sort_keys=True, ensure_ascii=False).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class TokenCheck:
+    n_examples: int
+    n_truncated: int
+    n_supervised_tokens: int
+    max_length: int
+
+
+def check_supervision(tokenizer, rows: Sequence[Conversation], max_length: int) -> TokenCheck:
+    """Refuse data where an example keeps no answer token after truncation; count truncations.
+
+    Such an example contributes loss 0 with no gradient: a run made of them logs a loss of 0.0 from
+    the first step and learns nothing (DOMAIN.md).
+    """
+    empty, truncated, supervised = [], 0, 0
+    for i, row in enumerate(rows):
+        prompt_ids = tokenizer.apply_chat_template(row["prompt"], tokenize=True, add_generation_prompt=True)
+        full_ids = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=True)
+        prompt_ids = prompt_ids["input_ids"] if isinstance(prompt_ids, Mapping) else prompt_ids
+        full_ids = full_ids["input_ids"] if isinstance(full_ids, Mapping) else full_ids
+        n_answer = min(len(full_ids), max_length) - len(prompt_ids)
+        if len(full_ids) > max_length:
+            truncated += 1
+        if n_answer <= 0:
+            empty.append(i)
+        else:
+            supervised += n_answer
+    if empty:
+        shown = ", ".join(str(i) for i in empty[:10]) + (" ..." if len(empty) > 10 else "")
+        raise DatasetError(
+            f"{len(empty)} of {len(rows)} examples keep no answer token after truncation to max_seq_length="
+            f"{max_length} (rows {shown}); their loss would be 0.0 and teach nothing. Raise max_seq_length "
+            "or shorten the prompts"
+        )
+    return TokenCheck(len(rows), truncated, supervised, max_length)
+
+
+def replay_rows(base: "LoadedBase", n: int, seed: int, log: Callable[[str], None] = print) -> list[Conversation]:
+    """``n`` general examples: the base model's own greedy answers to prompts of the built-in pool.
+
+    Training on them pulls the adapter towards what the base model already does on general input,
+    which limits forgetting and format leakage. Answers are generated once per base model and cached
+    under ``$HARNESS_HOME/replay/``. The pool is disjoint from the ``general-knowledge`` suite, so
+    replay never trains on the test questions.
+    """
+    from harness.generate import GenerationSettings, generate, render_prompt
+    from harness.models import harness_home
+
+    pool = [json.loads(line) for line in REPLAY_POOL.read_text(encoding="utf-8").splitlines() if line.strip()]
+    pool_hash = hashlib.sha256(REPLAY_POOL.read_bytes()).hexdigest()[:16]
+    cache = harness_home() / "replay" / base.ref.model_id[:16] / f"{pool_hash}-v{REPLAY_VERSION}-{base.device}.jsonl"
+    answers: list[dict[str, str]] | None = None
+    if cache.exists():
+        try:
+            answers = [json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, json.JSONDecodeError):
+            answers = None
+        if answers is not None and len(answers) != len(pool):
+            answers = None
+    if answers is None:
+        log(f"  building replay answers for {len(pool)} general prompts from the base model (cached afterwards)")
+        settings = GenerationSettings(max_new_tokens=REPLAY_MAX_NEW_TOKENS)
+        prompts = [render_prompt(base.tokenizer, p["prompt"]) for p in pool]
+        gens = generate(base.model, base.tokenizer, prompts, settings, batch_size=32)
+        answers = [{"prompt": p["prompt"], "answer": (g.text or "").strip()} for p, g in zip(pool, gens)]
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(a, ensure_ascii=False) + "\n" for a in answers), encoding="utf-8")
+        tmp.replace(cache)
+    usable = [a for a in answers if a["answer"]]
+    rng = random.Random(seed)
+    rng.shuffle(usable)
+    if n > len(usable):
+        # More replay than the pool holds: repeat it rather than invent data.
+        usable = (usable * (n // max(len(usable), 1) + 1))
+    return [{"prompt": [_msg("user", a["prompt"])], "completion": [_msg("assistant", a["answer"])]} for a in usable[:n]]
+
+
+def mix_in(task: list[Conversation], general: list[Conversation], seed: int) -> list[Conversation]:
+    """Shuffle general rows in among the task rows, deterministically."""
+    rows = task + general
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+def n_general_for(n_task: int, share: float) -> int:
+    """How many general rows make ``share`` of the mixed set."""
+    return round(n_task * share / (1.0 - share))
