@@ -320,13 +320,31 @@ def load_examples(suite: Suite, limit: int | None = None) -> list[Example]:
             id=ex_id, input=str(text), target=target, aliases=_as_tuple(row.get(f["aliases"])), references=refs,
             category=row.get(f["category"]), fields=dict(row),
         ))
-        if limit is not None and len(examples) >= limit:
-            break
     if errors:
         raise SuiteError(f"{len(errors)} problem(s) in data of suite {suite.name}:\n  " + "\n  ".join(errors[:50]))
     if not examples:
         raise SuiteError(f"suite {suite.name}: {suite.data_path} holds no examples; a suite with none can never pass")
-    return examples
+    return subsample(examples, limit)
+
+
+def subsample(examples: Sequence[Example], limit: int | None) -> list[Example]:
+    """The first ``limit`` examples taken round-robin across categories, in file order.
+
+    A limited run of a suite sorted by category would otherwise see only its first category; this
+    keeps every category in (as evenly as ``limit`` allows) and is the same subset on every run.
+    """
+    if limit is None or limit >= len(examples):
+        return list(examples)
+    groups: dict[object, list[int]] = {}
+    for i, ex in enumerate(examples):
+        groups.setdefault(ex.category, []).append(i)
+    picked: list[int] = []
+    queues = [list(reversed(g)) for g in groups.values()]
+    while len(picked) < limit:
+        for q in queues:
+            if q and len(picked) < limit:
+                picked.append(q.pop())
+    return [examples[i] for i in sorted(picked)]
 
 
 def render_user_text(suite: Suite, example: Example) -> str:

@@ -100,3 +100,16 @@ def test_every_builtin_suite_loads():
     for name in names:
         suite = load_suite(name)
         assert load_examples(suite), name
+
+
+def test_limit_takes_a_balanced_deterministic_subset_across_categories():
+    from collections import Counter
+
+    suite = load_suite("general-knowledge")
+    every = load_examples(suite)
+    some = load_examples(suite, limit=40)
+    assert len(some) == 40 and [e.id for e in some] == [e.id for e in load_examples(suite, limit=40)]
+    counts = Counter(e.category for e in some)
+    assert len(counts) == len({e.category for e in every}) and max(counts.values()) - min(counts.values()) <= 1
+    order = {e.id: i for i, e in enumerate(every)}
+    assert [order[e.id] for e in some] == sorted(order[e.id] for e in some)  # file order kept
