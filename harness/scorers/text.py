@@ -8,7 +8,7 @@ Settings
 --------
 ROUGE (``rouge-score`` package, ``rouge_scorer.RougeScorer``):
     * types: rouge1, rouge2, rougeL, rougeLsum; the value stored is the F-measure.
-    * stemming: Porter stemmer (rouge-score's own copy of NLTK's), ON by default
+    * stemming: Porter stemmer (NLTK's PorterStemmer, as rouge-score uses it), ON by default
       (``use_stemmer=True``). rouge-score only stems tokens longer than 3 characters. Note that
       evaluate's hub ``rouge`` defaults to ``use_stemmer=False``; ours defaults to True everywhere
       (scorer, ``corpus_rouge`` and the local evaluate module), so pass ``use_stemmer=False`` to
