@@ -135,4 +135,4 @@ def get_scorer(name: str, args: Mapping[str, Any] | None = None) -> BoundScorer:
 
 def _load_builtins() -> None:
     # Importing the modules runs their @register_scorer decorators.
-    from harness.scorers import match  # noqa: F401
+    from harness.scorers import match, text  # noqa: F401

@@ -1,0 +1,1 @@
+"""Offline evaluate module folder: evaluate loads bleu.py from here by path."""

@@ -1,0 +1,1 @@
+"""Offline evaluate module folder: evaluate loads chrf.py from here by path."""

@@ -1,0 +1,1 @@
+"""Offline evaluate module folder: evaluate loads rouge.py from here by path."""
