@@ -1,0 +1,124 @@
+"""The hand-written suite data: general-knowledge counts and answers, the replay pool kept disjoint from
+the general-knowledge questions, and the format-leakage / text-generation suites loading in full."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from harness.scorers import scorer_names
+from harness.scorers.normalize import normalize_answer
+from harness.suites import load_examples, load_suite
+
+ROOT = Path(__file__).resolve().parent.parent
+GK = ROOT / "suites" / "general-knowledge" / "questions.jsonl"
+REPLAY = ROOT / "train" / "replay_pool" / "prompts.jsonl"
+
+# Words dropped before comparing two prompts for "the same question in other words".
+_STOP = {"what", "which", "who", "whom", "is", "are", "was", "were", "do", "does", "did", "in", "on", "of", "to",
+         "for", "at", "by", "how", "many", "much", "please", "tell", "me", "you", "can", "could", "name", "called"}
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _content_words(text: str) -> frozenset[str]:
+    return frozenset(w for w in normalize_answer(text).split() if w not in _STOP)
+
+
+@pytest.fixture(scope="module")
+def gk_rows() -> list[dict]:
+    return _rows(GK)
+
+
+@pytest.fixture(scope="module")
+def replay_rows() -> list[dict]:
+    return _rows(REPLAY)
+
+
+def test_general_knowledge_counts_and_categories(gk_rows):
+    assert len(gk_rows) >= 320
+    per_cat = Counter(r["category"] for r in gk_rows)
+    assert len(per_cat) >= 8, per_cat
+    small = {c: n for c, n in per_cat.items() if n < 30}
+    assert not small, f"categories with fewer than 30 questions: {small}"
+
+
+def test_general_knowledge_ids_answers_aliases(gk_rows):
+    ids = [r["id"] for r in gk_rows]
+    dupes = [i for i, n in Counter(ids).items() if n > 1]
+    assert not dupes, f"duplicate ids: {dupes}"
+    assert all(re.fullmatch(r"gk-[a-z]+-\d{3}", i) for i in ids)
+    for r in gk_rows:
+        assert isinstance(r["answer"], str) and normalize_answer(r["answer"]), f"{r['id']}: empty answer"
+        assert isinstance(r["aliases"], list), r["id"]
+        assert all(isinstance(a, str) and normalize_answer(a) for a in r["aliases"]), f"{r['id']}: empty alias"
+        assert r["question"].strip(), r["id"]
+
+
+def test_general_knowledge_questions_unique_and_do_not_give_away_the_answer(gk_rows):
+    norm = Counter(normalize_answer(r["question"]) for r in gk_rows)
+    assert not [q for q, n in norm.items() if n > 1]
+    # alias_match (contains) would credit a model that merely echoes the question
+    for r in gk_rows:
+        q = f" {normalize_answer(r['question'])} "
+        for ans in [r["answer"], *r["aliases"]]:
+            assert f" {normalize_answer(ans)} " not in q, f"{r['id']}: answer {ans!r} appears in the question"
+
+
+def test_general_knowledge_suite_loads(gk_rows):
+    suite = load_suite("general-knowledge")
+    examples = load_examples(suite)
+    assert len(examples) == len(gk_rows)
+    assert {s.name for s in suite.scorers} == {"alias_match", "format_leakage"}
+    assert examples[0].target and examples[0].category
+
+
+def test_replay_pool_disjoint_from_general_knowledge(gk_rows, replay_rows):
+    assert len(replay_rows) == 240
+    ids = [r["id"] for r in replay_rows]
+    assert len(set(ids)) == len(ids)
+    prompts = [r["prompt"] for r in replay_rows]
+    assert all(p.strip() for p in prompts)
+    assert len({normalize_answer(p) for p in prompts}) == len(prompts), "duplicate replay prompts"
+    gk_norm = {normalize_answer(r["question"]): r["id"] for r in gk_rows}
+    gk_words = {_content_words(r["question"]): r["id"] for r in gk_rows}
+    clashes = []
+    for r in replay_rows:
+        p = r["prompt"]
+        if p in gk_norm or normalize_answer(p) in gk_norm:
+            clashes.append((r["id"], p, gk_norm.get(normalize_answer(p))))
+        elif _content_words(p) in gk_words:
+            clashes.append((r["id"], p, gk_words[_content_words(p)]))
+    assert not clashes, f"replay prompts that repeat general-knowledge questions: {clashes}"
+
+
+def test_format_leakage_suite_loads():
+    suite = load_suite("format-leakage")
+    examples = load_examples(suite)
+    assert len(examples) == 64
+    assert {e.category for e in examples} == {"question", "instruction", "chat"}
+    assert [s.name for s in suite.scorers] == ["format_leakage"]
+    assert suite.gates[0].metric == "format_leakage" and suite.gates[0].max == 0.1
+
+
+def test_text_generation_suite_loads():
+    missing = {"rouge", "bleu", "chrf"} - set(scorer_names())
+    if missing:
+        pytest.skip(f"scorers not registered yet: {', '.join(sorted(missing))}")
+    examples = load_examples(load_suite("text-generation"))
+    assert len(examples) == 60
+    assert all(1 <= len(e.references) <= 3 for e in examples)
+
+
+def test_text_generation_data():
+    rows = _rows(ROOT / "suites" / "text-generation" / "examples.jsonl")
+    assert len(rows) == 60 and len({r["id"] for r in rows}) == 60
+    for r in rows:
+        assert r["input"].strip(), r["id"]
+        assert 1 <= len(r["references"]) <= 3 and all(ref.strip() for ref in r["references"]), r["id"]
