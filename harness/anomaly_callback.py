@@ -1,0 +1,56 @@
+"""A Trainer callback that runs the anomaly rules on the log so far at every log, and stops on errors.
+
+    trainer = Trainer(..., callbacks=[AnomalyCallback()])
+    trainer.train()
+    if cb.stop_reason: ...
+
+The rules are those of :func:`harness.anomalies.detect`, applied to ``state.log_history`` (the Trainer
+appends each log there before it calls ``on_log``). An error finding (NaN loss, collapse to 0, no
+learning, divergence, sustained gradient explosion, ...) sets ``control.should_training_stop`` unless
+``stop_on_error=False``; the Trainer then saves and ends the run as after its last step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from transformers import TrainerCallback
+
+from harness.anomalies import Finding, detect, from_history
+
+logger = logging.getLogger(__name__)
+
+
+class AnomalyCallback(TrainerCallback):
+    """Live anomaly detection. ``findings`` holds the latest findings; ``stop_reason`` the error that stopped the run."""
+
+    def __init__(self, stop_on_error: bool = True, stop_kinds: Iterable[str] | None = None) -> None:
+        self.stop_on_error = stop_on_error
+        #: Warning kinds that should stop the run too (e.g. {"overfitting"}); errors always do if stop_on_error.
+        self.stop_kinds = frozenset(stop_kinds or ())
+        self.findings: list[Finding] = []
+        self.stop_reason: str | None = None
+        self._reported: set[tuple[str, str, int | None]] = set()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        history = list(state.log_history)
+        if logs and (not history or history[-1] is not logs):
+            # Called outside a Trainer (or before the log was appended): judge the new log too.
+            if not history or history[-1] != logs:
+                history.append(dict(logs))
+        if not history:
+            return control
+        self.findings = detect(from_history(history, source="live training log"))
+        for f in self.findings:
+            key = (f.kind, f.severity, f.step)
+            if key not in self._reported and f.severity in ("error", "warning"):
+                self._reported.add(key)
+                (logger.error if f.severity == "error" else logger.warning)("%s at step %s: %s", f.kind, f.step, f.message)
+        stoppers = [f for f in self.findings if (f.severity == "error" and self.stop_on_error) or f.kind in self.stop_kinds]
+        if stoppers and self.stop_reason is None:
+            first = stoppers[0]
+            self.stop_reason = f"{first.kind} at step {first.step}: {first.message}"
+            control.should_training_stop = True
+            logger.error("stopping training: %s", self.stop_reason)
+        return control
