@@ -13,6 +13,7 @@ learning, divergence, sustained gradient explosion, ...) sets ``control.should_t
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 
 from transformers import TrainerCallback
@@ -20,6 +21,17 @@ from transformers import TrainerCallback
 from harness.anomalies import Finding, detect, from_history
 
 logger = logging.getLogger(__name__)
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
+
+
+def _same_log(row: dict, logs: dict) -> bool:
+    """Whether `row` (a log_history entry) is `logs` plus the step the Trainer adds."""
+    return all(k in row and _same(row[k], v) for k, v in logs.items())
 
 
 class AnomalyCallback(TrainerCallback):
@@ -35,10 +47,11 @@ class AnomalyCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         history = list(state.log_history)
-        if logs and (not history or history[-1] is not logs):
-            # Called outside a Trainer (or before the log was appended): judge the new log too.
-            if not history or history[-1] != logs:
-                history.append(dict(logs))
+        if logs and not (history and _same_log(history[-1], logs)):
+            # Called outside a Trainer (the Trainer appends {**logs, "step": ...} before on_log): judge it too.
+            row = dict(logs)
+            row.setdefault("step", state.global_step)
+            history.append(row)
         if not history:
             return control
         self.findings = detect(from_history(history, source="live training log"))
