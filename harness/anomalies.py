@@ -436,14 +436,24 @@ def _fmt(x: float) -> str:
 
 
 def _rolling_median(x: np.ndarray, window: int, centered: bool = False) -> np.ndarray:
+    """Median over a trailing (or centered) window; the edges use the part of the window that exists."""
     n = len(x)
     out = np.empty(n)
-    for i in range(n):
-        if centered:
-            lo, hi = max(0, i - window // 2), min(n, i + window // 2 + 1)
-        else:
-            lo, hi = max(0, i - window + 1), i + 1
-        out[i] = np.median(x[lo:hi])
+    if n == 0:
+        return out
+    half = window // 2
+    lo_of = (lambda i: max(0, i - half)) if centered else (lambda i: max(0, i - window + 1))
+    hi_of = (lambda i: min(n, i + half + 1)) if centered else (lambda i: i + 1)
+    full = 2 * half + 1 if centered else window
+    if n >= full:
+        mids = np.median(np.lib.stride_tricks.sliding_window_view(x, full), axis=1)
+        first = half if centered else window - 1
+        out[first:first + len(mids)] = mids
+        edges = list(range(first)) + list(range(first + len(mids), n))
+    else:
+        edges = list(range(n))
+    for i in edges:
+        out[i] = np.median(x[lo_of(i):hi_of(i)])
     return out
 
 
@@ -639,11 +649,13 @@ def _rule_spikes_divergence(seg: Segment, tag: str) -> list[Finding]:
             "LR too high for the setup, no gradient clipping, fp16 overflow. Fixes: lower the LR (2-10x), max_grad_norm "
             "0.3-1.0, bf16, warmup of 5-10% of steps; resume from the checkpoint before the rise."))
     spikes: list[tuple[int, float, float, int | None]] = []
+    # Median and MAD of the SPIKE_WINDOW logs before each log i >= SPIKE_WINDOW (vectorised).
+    windows = np.lib.stride_tricks.sliding_window_view(loss[:-1], SPIKE_WINDOW)
+    bases = np.median(windows, axis=1)
+    mads = np.median(np.abs(windows - bases[:, None]), axis=1) * 1.4826
     i = SPIKE_WINDOW
     while i < n:
-        prev = loss[i - SPIKE_WINDOW:i]
-        base = float(np.median(prev))
-        mad = float(np.median(np.abs(prev - base))) * 1.4826
+        base, mad = float(bases[i - SPIKE_WINDOW]), float(mads[i - SPIKE_WINDOW])
         scale = max(mad, abs(base) * SPIKE_MIN_REL_SCALE, 1e-6)
         if base > 0 and loss[i] > base * SPIKE_RATIO and (loss[i] - base) / scale > SPIKE_Z:
             rec = None
@@ -737,7 +749,7 @@ def _rule_overfitting(seg: Segment, tag: str) -> list[Finding]:
     if tr_last > tr_b * (1 - OVERFIT_TRAIN_FALL):
         return []  # train loss not falling: not overfitting (maybe divergence, reported elsewhere)
     gap_b, gap_last = ev[b] - tr_b, ev[last] - tr_last
-    if gap_last - gap_b < OVERFIT_GAP_WIDEN:
+    if gap_last <= 0 or gap_last - gap_b < OVERFIT_GAP_WIDEN:  # train must end below eval, and pull away
         return []
     ep = ev_rows[b].get("epoch")
     ep_txt = f", epoch {ep:.2f}" if ep is not None and math.isfinite(ep) else ""

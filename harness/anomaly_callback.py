@@ -34,11 +34,29 @@ def _same_log(row: dict, logs: dict) -> bool:
     return all(k in row and _same(row[k], v) for k, v in logs.items())
 
 
+#: Above this many logged rows the automatic interval between full checks grows with the log.
+LONG_LOG = 200
+
+
+def _urgent(logs: dict | None) -> bool:
+    """A log that may be an error by itself: a non-finite or exactly-0 loss or grad norm."""
+    for key in ("loss", "grad_norm", "eval_loss"):
+        v = (logs or {}).get(key)
+        if isinstance(v, (int, float)) and (not math.isfinite(v) or v == 0):
+            return True
+    return False
+
+
 class AnomalyCallback(TrainerCallback):
     """Live anomaly detection. ``findings`` holds the latest findings; ``stop_reason`` the error that stopped the run."""
 
-    def __init__(self, stop_on_error: bool = True, stop_kinds: Iterable[str] | None = None) -> None:
+    def __init__(self, stop_on_error: bool = True, stop_kinds: Iterable[str] | None = None, check_every: int | None = None) -> None:
         self.stop_on_error = stop_on_error
+        #: Run the full rules every this many logs; None: every log for the first LONG_LOG logs, then
+        #: every len(log) // LONG_LOG logs (detect is O(len(log))). A log with a NaN/inf or 0 loss or
+        #: grad norm is always checked at once.
+        self.check_every = check_every
+        self._since_check = 0
         #: Warning kinds that should stop the run too (e.g. {"overfitting"}); errors always do if stop_on_error.
         self.stop_kinds = frozenset(stop_kinds or ())
         self.findings: list[Finding] = []
@@ -54,6 +72,19 @@ class AnomalyCallback(TrainerCallback):
             history.append(row)
         if not history:
             return control
+        self._since_check += 1
+        interval = self.check_every or max(1, len(history) // LONG_LOG)
+        if self._since_check < interval and not _urgent(logs):
+            return control
+        self._since_check = 0
+        return self._check(history, control)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.log_history:
+            self.findings = detect(from_history(state.log_history, source="training log"))
+        return control
+
+    def _check(self, history: list, control):
         self.findings = detect(from_history(history, source="live training log"))
         for f in self.findings:
             key = (f.kind, f.severity, f.step)

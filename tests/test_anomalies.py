@@ -373,3 +373,24 @@ def test_callback_stops_a_real_trainer(tmp_path: Path) -> None:
     trainer.train()
     assert trainer.state.global_step == 6
     assert cb.stop_reason is not None and cb.stop_reason.startswith("nan_inf at step 6")
+
+
+def test_callback_check_interval_on_long_logs() -> None:
+    """Past 200 logs the full check runs every len(log) // 200 logs, but a NaN log is checked at once."""
+    from transformers import TrainerControl, TrainerState
+
+    from harness.anomaly_callback import AnomalyCallback
+
+    cb, state, control = AnomalyCallback(), TrainerState(), TrainerControl()
+    calls = []
+    real = cb._check
+    cb._check = lambda h, c: (calls.append(len(h)), real(h, c))[1]
+    for i in range(1, 1001):
+        row = {"loss": 2.0 * math.exp(-i / 300) + 0.5, "grad_norm": 0.5, "step": i}
+        state.log_history.append(row)
+        cb.on_log(None, state, control, logs={k: v for k, v in row.items() if k != "step"})
+    assert 200 < len(calls) < 700 and not control.should_training_stop  # not all 1000
+    row = {"loss": float("nan"), "grad_norm": float("nan"), "step": 1001}
+    state.log_history.append(row)
+    cb.on_log(None, state, control, logs={"loss": row["loss"], "grad_norm": row["grad_norm"]})
+    assert calls[-1] == 1001 and control.should_training_stop
