@@ -244,6 +244,9 @@ def test_bad_dirs_and_files(tmp_path: Path) -> None:
     (tmp_path / "x.csv").write_text("step,accuracy\n1,0.5\n")
     with pytest.raises(InputError, match="no 'loss'"):
         read_log(tmp_path / "x.csv")
+    (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(InputError, match="cannot read"):
+        read_log(tmp_path / "bin.json")
     (tmp_path / "x.jsonl").write_text('{"step": 1, "loss": 2}\nnot json\n')
     with pytest.raises(InputError, match="line 2"):
         read_log(tmp_path / "x.jsonl")
