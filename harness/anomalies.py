@@ -1,0 +1,855 @@
+"""Anomaly findings from a training loss log (ours, or any Hugging Face ``trainer_state.json``).
+
+``read_log(path)`` turns a log into a :class:`StepLog`; ``detect(log)`` returns a list of
+:class:`Finding` ``{kind, severity, step, message}`` (DESIGN.md, "Anomaly finding"). Each message
+says what was seen (numbers, steps) and the usual causes and fixes, in the words of DOMAIN.md.
+
+Kinds (severity): ``nan_inf`` (error), ``zero_collapse`` (error), ``negative_loss`` (error),
+``no_learning`` (error), ``divergence`` (error), ``grad_explosion`` (error when sustained, warning
+when isolated), ``spike`` (warning), ``overfitting`` (warning), ``memorization`` (warning),
+``plateau`` (warning), ``fluctuation`` (warning).
+
+Things real logs do that the rules allow for:
+
+- eval rows (``eval_loss``) are logged as separate rows from train rows (``loss``);
+- the last row of a finished run is a summary (``train_loss``, ``train_runtime``), not a step;
+- a resumed or restarted run can restart ``epoch`` / ``step`` / the LR schedule mid-log: the log is
+  split into segments there, and no rule compares across the restart;
+- old logs lack ``grad_norm`` (or ``epoch``); rules that need a key skip when it is missing;
+- the Trainer rounds ``loss`` to 4 decimals, so "exactly 0" and "flat" are judged at that precision;
+- the Trainer logs a non-finite step loss as ``0.0``: a loss of 0.0 beside a NaN/inf ``grad_norm``
+  is a NaN loss in disguise;
+- RL runs (GRPO/PPO/RLOO/online DPO: ``reward``, ``kl``, ``rewards/...``, ``objective/...`` keys)
+  have a loss near 0 or negative by design, so the loss-shape rules do not run on them.
+
+This module never prints (DESIGN.md); the ``anomalies`` command and the training callback report.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from harness.errors import InputError
+
+# --------------------------------------------------------------------------------------------
+# Thresholds. Each is a named constant so that a false alarm can be traced to one number.
+# --------------------------------------------------------------------------------------------
+
+#: A loss at or below this counts as "zero" (the Trainer rounds to 4 decimals, so a collapsed loss
+#: reads 0.0; healthy runs almost never log 0.0000).
+ZERO_LOSS_EPS = 5e-4
+#: A zero loss must persist this many consecutive train logs (or to the end of the log) to count.
+ZERO_RUN_MIN = 3
+#: ...and be reached before this epoch to be a collapse (later it is memorisation, or nothing).
+ZERO_COLLAPSE_MAX_EPOCH = 1.0
+#: ...after at least one earlier loss above this (a loss that is 0 from the first log is
+#: "no token supervised", reported as no_learning).
+ZERO_COLLAPSE_MIN_PRIOR = 0.05
+
+#: A loss below this is negative (cross-entropy cannot be); -0.0 and rounding noise are not.
+NEGATIVE_LOSS_TOL = -1e-4
+
+#: grad_norm exactly 0 on the first this-many train logs means no trainable signal (labels masked).
+ZERO_GRAD_START_ROWS = 3
+#: Loss identical (to this absolute tolerance) over at least FLAT_LOSS_MIN_ROWS logs: nothing changes.
+FLAT_LOSS_TOL = 1e-4
+FLAT_LOSS_MIN_ROWS = 10
+
+#: Rolling-median window (train logs) used to smooth the loss for the trend rules.
+SMOOTH_WINDOW_MIN = 5
+SMOOTH_WINDOW_FRAC = 0.05  # of the segment's length, if larger than the minimum
+
+#: Spike: loss above both SPIKE_RATIO x the median of the previous SPIKE_WINDOW logs and
+#: SPIKE_Z robust standard deviations (MAD-based, floored at SPIKE_MIN_REL_SCALE of the level)
+#: above it, and back within SPIKE_RECOVER_RATIO of that median in SPIKE_RECOVER_ROWS logs.
+SPIKE_WINDOW = 10
+SPIKE_RATIO = 1.5
+SPIKE_Z = 8.0
+SPIKE_MIN_REL_SCALE = 0.03
+SPIKE_RECOVER_ROWS = 10
+SPIKE_RECOVER_RATIO = 1.25
+SPIKE_MAX_REPORTED = 3
+
+#: Divergence: the smoothed loss ends at least DIVERGE_RATIO x (and DIVERGE_MIN_ABS above) its
+#: minimum, with the last DIVERGE_TAIL_ROWS raw logs all above DIVERGE_TAIL_RATIO x that minimum.
+DIVERGE_RATIO = 1.5
+DIVERGE_MIN_ABS = 0.15
+DIVERGE_TAIL_ROWS = 5
+DIVERGE_TAIL_RATIO = 1.3
+
+#: Gradient explosion: grad_norm above GRAD_EXPLOSION_FACTOR x the segment's median grad norm and
+#: above GRAD_EXPLOSION_MIN_ABS. Sustained (GRAD_EXPLOSION_RUN consecutive logs, or the run ends
+#: there, or one value above GRAD_EXPLOSION_HUGE_FACTOR x the median) is an error; isolated a warning.
+GRAD_EXPLOSION_FACTOR = 10.0
+GRAD_EXPLOSION_MIN_ABS = 10.0
+GRAD_EXPLOSION_RUN = 3
+GRAD_EXPLOSION_HUGE_FACTOR = 1000.0
+#: Non-finite grad norms with a finite loss: the fp16 loss scaler skips such steps, so a few are
+#: normal at the start; this many consecutive (or at the end of the log) is an error.
+NONFINITE_GRAD_RUN = 3
+
+#: Overfitting (needs OVERFIT_MIN_EVALS eval logs): the last eval loss is OVERFIT_EVAL_RISE above
+#: its best (or has not improved on a best reached in the first half), while the train loss fell
+#: by OVERFIT_TRAIN_FALL over the same stretch and the eval-train gap widened by OVERFIT_GAP_WIDEN.
+OVERFIT_MIN_EVALS = 3
+OVERFIT_EVAL_RISE = 0.03
+OVERFIT_TRAIN_FALL = 0.05
+OVERFIT_GAP_WIDEN = 0.05
+
+#: Memorisation: the train loss ends below MEMO_LOSS after at least MEMO_MIN_EPOCHS epochs.
+MEMO_LOSS = 0.02
+MEMO_MIN_EPOCHS = 2.0
+
+#: Plateau (underfitting): over a run of at least PLATEAU_MIN_ROWS train logs, the median of the
+#: last PLATEAU_EDGE_FRAC of the logs is less than PLATEAU_MIN_REL_DROP below the first's (and
+#: neither no_learning nor a loss-breaking error explains it).
+PLATEAU_MIN_ROWS = 20
+PLATEAU_EDGE_FRAC = 0.2  # wide enough that batch noise does not fake or hide a 5% drop
+PLATEAU_MIN_REL_DROP = 0.05
+
+#: Fluctuation: the loss's robust deviation from its rolling median, relative to that median,
+#: above FLUCT_REL_NOISE (healthy small-batch runs sit around 0.02-0.10), over FLUCT_MIN_ROWS logs.
+FLUCT_REL_NOISE = 0.2
+FLUCT_MIN_ROWS = 20
+FLUCT_WINDOW = 9
+
+#: A new segment starts where the step goes back, or the epoch goes back by more than this.
+EPOCH_RESTART_TOL = 0.01
+
+#: Keys that mark an RL run (TRL GRPO/PPO/RLOO/online DPO); prefixes too.
+RL_KEYS = frozenset({"reward", "reward_std", "kl", "entropy", "clip_ratio", "frac_reward_zero_std"})
+RL_PREFIXES = ("rewards/", "objective/", "policy/", "val/")
+
+#: Keys of the final summary row of a finished Trainer run.
+SUMMARY_KEYS = frozenset({"train_loss", "train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos"})
+
+SEVERITIES = ("error", "warning", "info")
+KINDS = (
+    "nan_inf", "zero_collapse", "negative_loss", "no_learning", "spike", "divergence",
+    "grad_explosion", "overfitting", "memorization", "plateau", "fluctuation",
+)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One anomaly: what kind, how bad, at which logged step (None when it is about the whole run)."""
+
+    kind: str
+    severity: str  # "error" | "warning" | "info"
+    step: int | None
+    message: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Segment:
+    """A stretch of the log with no restart: train rows and the eval rows logged among them."""
+
+    train: list[dict[str, float]]
+    eval: list[dict[str, float]]
+    index: int = 0
+
+
+@dataclass
+class StepLog:
+    """A parsed loss log. Rows keep only numeric values; missing keys are absent (not NaN)."""
+
+    source: str
+    rows: list[dict[str, float]]
+    summary: dict[str, float] | None = None
+    is_rl: bool = False
+    note: str | None = None  # e.g. which checkpoint was read and why
+    segments: list[Segment] = field(default_factory=list)
+
+    @property
+    def train_rows(self) -> list[dict[str, float]]:
+        return [r for s in self.segments for r in s.train]
+
+    @property
+    def eval_rows(self) -> list[dict[str, float]]:
+        return [r for s in self.segments for r in s.eval]
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+_BARE_NONFINITE = re.compile(r'"(?:[^"\\]|\\.)*"|(-?)\b(nan|inf(?:inity)?)\b', re.IGNORECASE)
+
+
+def _loads_lenient(text: str) -> object:
+    """json.loads that also takes bare nan / inf / -inf (any case) as NaN / Infinity."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        def fix(m: re.Match) -> str:
+            if m.group(2) is None:  # a string literal: leave it alone
+                return m.group(0)
+            word = "NaN" if m.group(2).lower() == "nan" else "Infinity"
+            return ("-" if m.group(1) and word == "Infinity" else "") + word
+        fixed = _BARE_NONFINITE.sub(fix, text)
+        if fixed == text:
+            raise
+        return json.loads(fixed)
+
+
+def _num(value: object) -> float | None:
+    """A log value as a float (NaN/inf kept), or None when it is not a number."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        s = value.strip()
+        if not s:
+            return None
+        try:
+            return float(s)
+        except ValueError:
+            return None
+    return None
+
+
+def _clean_row(row: Mapping[str, object]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in row.items():
+        x = _num(v)
+        if x is not None:
+            out[str(k)] = x
+    return out
+
+
+def _is_summary(row: Mapping[str, float]) -> bool:
+    return "loss" not in row and "eval_loss" not in row and any(k in row for k in SUMMARY_KEYS)
+
+
+def _is_rl_key(key: str) -> bool:
+    return key in RL_KEYS or key.startswith(RL_PREFIXES)
+
+
+def _is_train_row(row: Mapping[str, float], is_rl: bool) -> bool:
+    if "loss" in row:
+        return True
+    return is_rl and any(_is_rl_key(k) for k in row)
+
+
+def from_history(history: Iterable[Mapping[str, object]], source: str = "<log>", note: str | None = None) -> StepLog:
+    """Build a StepLog from a ``log_history``-like list of dicts (as the Trainer keeps it)."""
+    rows = [_clean_row(r) for r in history if isinstance(r, Mapping)]
+    summary = None
+    body: list[dict[str, float]] = []
+    for r in rows:
+        if _is_summary(r):
+            summary = r
+        else:
+            body.append(r)
+    is_rl = any(_is_rl_key(k) for r in body for k in r)
+    log = StepLog(source=source, rows=body, summary=summary, is_rl=is_rl, note=note)
+    log.segments = _split_segments(body, is_rl)
+    return log
+
+
+def _split_segments(rows: Sequence[dict[str, float]], is_rl: bool) -> list[Segment]:
+    segments: list[Segment] = [Segment([], [], 0)]
+    last_step: float | None = None
+    last_epoch: float | None = None
+    for r in rows:
+        is_train = _is_train_row(r, is_rl)
+        is_eval = "eval_loss" in r
+        if not (is_train or is_eval):
+            continue
+        step, epoch = r.get("step"), r.get("epoch")
+        restart = False
+        if is_train and segments[-1].train:
+            if step is not None and last_step is not None and step < last_step:
+                restart = True
+            if epoch is not None and last_epoch is not None and epoch < last_epoch - EPOCH_RESTART_TOL:
+                restart = True
+        if restart:
+            segments.append(Segment([], [], len(segments)))
+        if is_train:
+            segments[-1].train.append(r)
+            if step is not None:
+                last_step = step
+            if epoch is not None:
+                last_epoch = epoch
+        if is_eval:
+            segments[-1].eval.append(r)
+    return [s for s in segments if s.train or s.eval]
+
+
+def _read_json_file(path: Path) -> object:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read the log ({exc.__class__.__name__}: {exc}); pass a readable trainer_state.json, checkpoint directory, CSV or JSONL") from None
+    try:
+        return _loads_lenient(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); pass the trainer_state.json the Trainer wrote, or a CSV/JSONL of step logs") from None
+
+
+def _history_from_json(path: Path, data: object) -> list:
+    if isinstance(data, list):
+        history = data
+    elif isinstance(data, dict):
+        if "log_history" not in data:
+            raise InputError(f"{path}: no 'log_history' key; pass a trainer_state.json (written in the output dir or each checkpoint-*/), or a CSV/JSONL of step logs")
+        history = data["log_history"]
+        if not isinstance(history, list):
+            raise InputError(f"{path}: 'log_history' is {type(history).__name__}, expected a list of step logs")
+    else:
+        raise InputError(f"{path}: expected a JSON object with 'log_history' (a trainer_state.json), got {type(data).__name__}")
+    return history
+
+
+def _check_nonempty(path: Path, log: StepLog) -> StepLog:
+    if not any(s.train or s.eval for s in log.segments):
+        raise InputError(f"{path}: the log has no step with a loss, eval_loss or reward (empty log_history?); let the run log at least one step (logging_steps) and pass it again")
+    return log
+
+
+def _read_state_file(path: Path, note: str | None = None) -> StepLog:
+    history = _history_from_json(path, _read_json_file(path))
+    return _check_nonempty(path, from_history(history, source=str(path), note=note))
+
+
+def _read_jsonl(path: Path) -> StepLog:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read the log ({exc.__class__.__name__}: {exc}); pass a readable JSONL file of step logs") from None
+    history = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = _loads_lenient(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}: line {i} is not valid JSON ({exc.msg}); each line must be one step log object such as {{\"step\": 10, \"loss\": 1.23}}") from None
+        if not isinstance(obj, dict):
+            raise InputError(f"{path}: line {i} is a {type(obj).__name__}, expected one step log object per line")
+        history.append(obj)
+    return _check_nonempty(path, from_history(history, source=str(path)))
+
+
+def _read_csv(path: Path) -> StepLog:
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames:
+                raise InputError(f"{path}: empty CSV; expected a header row (step, loss, grad_norm, learning_rate, epoch, eval_loss, ...) and one row per log")
+            history = [{k.strip(): v for k, v in row.items() if k is not None} for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path}: cannot read the CSV ({exc.__class__.__name__}: {exc}); pass a UTF-8 CSV with a header row") from None
+    cols = {c.strip() for c in reader.fieldnames}
+    if not ({"loss", "eval_loss"} & cols or any(_is_rl_key(c) for c in cols)):
+        raise InputError(f"{path}: no 'loss', 'eval_loss' or reward column (columns: {', '.join(sorted(cols))}); name the loss column 'loss'")
+    return _check_nonempty(path, from_history(history, source=str(path)))
+
+
+def _checkpoint_number(p: Path) -> int:
+    m = re.fullmatch(r"checkpoint-(\d+)", p.name)
+    return int(m.group(1)) if m else -1
+
+
+def _read_dir(path: Path) -> StepLog:
+    state = path / "trainer_state.json"
+    if state.is_file():
+        return _read_state_file(state)
+    checkpoints = sorted((p for p in path.glob("checkpoint-*") if p.is_dir() and _checkpoint_number(p) >= 0),
+                         key=_checkpoint_number, reverse=True)
+    if not checkpoints:
+        raise InputError(f"{path}: no trainer_state.json and no checkpoint-*/ directory in it; pass the Trainer's output dir, a checkpoint dir or a trainer_state.json")
+    skipped: list[str] = []
+    for ckpt in checkpoints:
+        try:
+            log = _read_state_file(ckpt / "trainer_state.json")
+        except InputError as exc:
+            skipped.append(f"{ckpt.name} ({str(exc).split(': ', 1)[-1].split(';')[0]})")
+            continue
+        if skipped:
+            log.note = f"read {ckpt.name}; skipped incomplete {', '.join(skipped)}"
+        else:
+            log.note = f"read {ckpt.name}, the latest checkpoint"
+        return log
+    raise InputError(f"{path}: none of the checkpoints has a usable trainer_state.json ({'; '.join(skipped)}); pass a trainer_state.json directly")
+
+
+def read_log(path: str | Path) -> StepLog:
+    """Read a trainer_state.json, a checkpoint dir, an output dir with checkpoint-*/, a CSV or a JSONL.
+
+    Raises :class:`harness.errors.InputError` (exit code 2) with a one-line message naming the file
+    and the fix when the input cannot be used.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file or directory; pass a trainer_state.json, a checkpoint dir, an output dir with checkpoint-*/, a CSV or a JSONL")
+    if p.is_dir():
+        return _read_dir(p)
+    suffix = p.suffix.lower()
+    if suffix == ".csv":
+        return _read_csv(p)
+    if suffix in (".jsonl", ".ndjson"):
+        return _read_jsonl(p)
+    return _read_state_file(p)
+
+
+# --------------------------------------------------------------------------------------------
+# Detection helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _col(rows: Sequence[Mapping[str, float]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(values with NaN where missing, mask of rows where the key is present)."""
+    present = np.array([key in r for r in rows], dtype=bool)
+    vals = np.array([r.get(key, math.nan) for r in rows], dtype=float)
+    return vals, present
+
+
+def _steps(rows: Sequence[Mapping[str, float]]) -> list[int | None]:
+    out: list[int | None] = []
+    for i, r in enumerate(rows):
+        s = r.get("step")
+        out.append(int(s) if s is not None and math.isfinite(s) else None)
+    return out
+
+
+def _fmt(x: float) -> str:
+    if not math.isfinite(x):
+        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if x == 0:
+        return "0"
+    if abs(x) >= 1e4 or abs(x) < 1e-3:
+        return f"{x:.2e}"
+    return f"{x:.4g}"
+
+
+def _rolling_median(x: np.ndarray, window: int, centered: bool = False) -> np.ndarray:
+    """Median over a trailing (or centered) window; the edges use the part of the window that exists."""
+    n = len(x)
+    out = np.empty(n)
+    if n == 0:
+        return out
+    half = window // 2
+    lo_of = (lambda i: max(0, i - half)) if centered else (lambda i: max(0, i - window + 1))
+    hi_of = (lambda i: min(n, i + half + 1)) if centered else (lambda i: i + 1)
+    full = 2 * half + 1 if centered else window
+    if n >= full:
+        mids = np.median(np.lib.stride_tricks.sliding_window_view(x, full), axis=1)
+        first = half if centered else window - 1
+        out[first:first + len(mids)] = mids
+        edges = list(range(first)) + list(range(first + len(mids), n))
+    else:
+        edges = list(range(n))
+    for i in edges:
+        out[i] = np.median(x[lo_of(i):hi_of(i)])
+    return out
+
+
+def _where(seg: Segment, n_segments: int) -> str:
+    return f" (segment {seg.index + 1} of {n_segments}, after a restart of the epoch/step counter)" if seg.index > 0 else ""
+
+
+def _step_label(step: int | None) -> str:
+    return f"step {step}" if step is not None else "an unnumbered log"
+
+
+# --------------------------------------------------------------------------------------------
+# Rules
+# --------------------------------------------------------------------------------------------
+
+
+def _rule_nonfinite(seg: Segment, tag: str, is_rl: bool) -> list[Finding]:
+    rows = seg.train
+    out: list[Finding] = []
+    steps = _steps(rows)
+    loss, has_loss = _col(rows, "loss")
+    gn, has_gn = _col(rows, "grad_norm")
+    bad_loss = has_loss & ~np.isfinite(loss)
+    bad_gn = has_gn & ~np.isfinite(gn)
+    hidden = has_loss & (loss == 0.0) & bad_gn & (not is_rl)
+    if bad_loss.any():
+        i = int(np.argmax(bad_loss))
+        out.append(Finding("nan_inf", "error", steps[i],
+            f"loss is {_fmt(loss[i])} from {_step_label(steps[i])}{tag} ({int(bad_loss.sum())} of {len(rows)} train logs non-finite). "
+            "Usual causes: fp16 overflow, a learning rate too high, no gradient clipping, a bad batch. Fixes: use bf16 "
+            "(or fp32) instead of fp16, lower the LR, set max_grad_norm 0.3-1.0, check the data for empty or broken examples."))
+    if hidden.any():
+        i = int(np.argmax(hidden))
+        out.append(Finding("nan_inf", "error", steps[i],
+            f"hidden NaN: loss logged as exactly 0.0 with grad_norm {_fmt(gn[i])} from {_step_label(steps[i])}{tag} "
+            f"({int(hidden.sum())} logs); the HF Trainer logs a non-finite step loss as 0.0, so the loss was really NaN/inf. "
+            "Usual causes: fp16 overflow, LR too high, no clipping. Fixes: bf16 instead of fp16, lower the LR (e.g. 4e-6 on a "
+            "large model), max_grad_norm 0.3, check labels and special tokens."))
+    rest = bad_gn & ~hidden & ~bad_loss
+    if rest.any():
+        idx = np.flatnonzero(rest)
+        longest, cur, start_of_longest = 0, 0, int(idx[0])
+        prev = -2
+        for j in idx:
+            cur = cur + 1 if j == prev + 1 else 1
+            if cur > longest:
+                longest, start_of_longest = cur, int(j) - cur + 1
+            prev = j
+        at_end = bool(rest[-1])
+        first = int(idx[0])
+        if longest >= NONFINITE_GRAD_RUN or at_end:
+            i = start_of_longest if longest >= NONFINITE_GRAD_RUN else int(idx[-1])
+            out.append(Finding("nan_inf", "error", steps[i],
+                f"grad_norm is {_fmt(gn[i])} on {int(rest.sum())} train logs{tag}, {longest} in a row from {_step_label(steps[i])}"
+                f"{' and still at the last log' if at_end else ''}: the updates are being skipped or are garbage. Fixes: bf16 "
+                "instead of fp16, lower the LR, max_grad_norm 0.3-1.0, check for broken examples."))
+        else:
+            out.append(Finding("nan_inf", "warning", steps[first],
+                f"grad_norm non-finite on {int(rest.sum())} isolated train logs{tag} (first at {_step_label(steps[first])}) with a "
+                "finite loss: usually the fp16 loss scaler skipping overflowing steps. Harmless if rare; bf16 avoids it."))
+    # Eval loss and RL metrics.
+    for key_rows, label in ((seg.eval, "eval_loss"),):
+        ev, has_ev = _col(key_rows, label)
+        bad = has_ev & ~np.isfinite(ev)
+        if bad.any():
+            i = int(np.argmax(bad))
+            st = _steps(key_rows)[i]
+            out.append(Finding("nan_inf", "error", st,
+                f"eval_loss is {_fmt(ev[i])} at {_step_label(st)}{tag}: the model's outputs are non-finite. Fixes: bf16 "
+                "instead of fp16 (also for evaluation), lower the LR, max_grad_norm 0.3-1.0."))
+    if is_rl:
+        keys = sorted({k for r in rows for k in r if _is_rl_key(k)})
+        for k in keys:
+            v, has = _col(rows, k)
+            bad = has & ~np.isfinite(v)
+            if bad.any():
+                i = int(np.argmax(bad))
+                out.append(Finding("nan_inf", "error", steps[i],
+                    f"{k} is {_fmt(v[i])} from {_step_label(steps[i])}{tag}. Usual causes in RL runs: a reward function returning "
+                    "NaN/None, a KL blow-up from a too high LR, fp16. Fixes: check the reward functions, lower the LR, bf16."))
+                break
+    return out
+
+
+def _finite_loss(seg: Segment) -> tuple[np.ndarray, list[int | None], np.ndarray]:
+    """Finite train losses of a segment (excluding hidden-NaN zeros), their steps, and epochs."""
+    rows = seg.train
+    loss, has = _col(rows, "loss")
+    gn, has_gn = _col(rows, "grad_norm")
+    hidden = has & (loss == 0.0) & has_gn & ~np.isfinite(gn)
+    keep = has & np.isfinite(loss) & ~hidden
+    steps = [s for s, k in zip(_steps(rows), keep) if k]
+    ep, _ = _col(rows, "epoch")
+    return loss[keep], steps, ep[keep]
+
+
+def _rule_zero_and_negative(seg: Segment, tag: str) -> list[Finding]:
+    out: list[Finding] = []
+    loss, steps, ep = _finite_loss(seg)
+    n = len(loss)
+    if n == 0:
+        return out
+    neg = loss < NEGATIVE_LOSS_TOL
+    if neg.any():
+        i = int(np.argmax(neg))
+        out.append(Finding("negative_loss", "error", steps[i],
+            f"loss is negative ({_fmt(loss[i])}) from {_step_label(steps[i])}{tag}, minimum {_fmt(float(loss.min()))}; "
+            "cross-entropy cannot be below 0. Usual causes: a custom loss or label-smoothing bug, wrong sign, labels out of "
+            "range. Fixes: check compute_loss and the labels (-100 for masked tokens), compare with the stock Trainer loss."))
+    zero = np.abs(loss) <= ZERO_LOSS_EPS
+    if zero.any():
+        i = int(np.argmax(zero))
+        run_len = 0
+        while i + run_len < n and zero[i + run_len]:
+            run_len += 1
+        persistent = run_len >= ZERO_RUN_MIN or i + run_len == n
+        prior_high = i > 0 and float(loss[:i].max()) > ZERO_COLLAPSE_MIN_PRIOR
+        epoch = ep[i]
+        early = not math.isfinite(epoch) or epoch < ZERO_COLLAPSE_MAX_EPOCH
+        if persistent and prior_high and early:
+            when = f"epoch {epoch:.2f}" if math.isfinite(epoch) else "an unknown epoch"
+            out.append(Finding("zero_collapse", "error", steps[i],
+                f"loss fell from {_fmt(float(loss[:i].max()))} to {_fmt(float(loss[i]))} at {_step_label(steps[i])} ({when}){tag} "
+                f"and stayed there for {run_len} logs: a collapse, not learning. Usual causes: LR too high, no gradient "
+                "clipping, fp16 overflow, broken special tokens or labels (e.g. the answer masked or leaked). Fixes: a much "
+                "lower LR (e.g. 4e-6), max_grad_norm 0.3, bf16, check the data pipeline and label masking."))
+    return out
+
+
+def _rule_no_learning(seg: Segment, tag: str, is_rl: bool, first_segment: bool) -> list[Finding]:
+    out: list[Finding] = []
+    rows = seg.train
+    if not rows:
+        return out
+    steps = _steps(rows)
+    gn, has_gn = _col(rows, "grad_norm")
+    gvals = gn[has_gn]
+    if first_segment and len(gvals) > 0:
+        k = min(ZERO_GRAD_START_ROWS, len(gvals))
+        if np.all(gvals[:k] == 0.0):
+            nz = int(np.sum(gvals == 0.0))
+            out.append(Finding("no_learning", "error", steps[int(np.argmax(has_gn))],
+                f"grad_norm is exactly 0 from the first log{tag} ({nz} of {len(gvals)} logs): no token is supervised or nothing "
+                "is trainable. Usual causes: all labels masked (-100), e.g. a completion-only collator or chat template that "
+                "never finds the response marker, or sequences truncated before the answer; an adapter loaded frozen. Fixes: "
+                "check that some labels are not -100, the response template, max sequence length, and load a saved adapter "
+                "with is_trainable=True."))
+    lr, has_lr = _col(rows, "learning_rate")
+    lrv = lr[has_lr]
+    if len(lrv) >= 2 and np.all(lrv == 0.0):
+        out.append(Finding("no_learning", "error", steps[int(np.argmax(has_lr))],
+            f"learning_rate is 0 on all {len(lrv)} logged steps{tag}: the weights never change. Usual causes: a scheduler "
+            "that ends at 0 before training starts (warmup longer than the run, max_steps mismatch), LR set to 0 in the "
+            "config. Fixes: set learning_rate (5e-5 to 2e-4 for LoRA) and check warmup_steps against the run's length."))
+    if not is_rl:
+        loss, lsteps, _ = _finite_loss(seg)
+        if len(loss) >= FLAT_LOSS_MIN_ROWS and float(loss.max() - loss.min()) <= FLAT_LOSS_TOL and not out:
+            out.append(Finding("no_learning", "error", lsteps[0],
+                f"loss is {_fmt(float(loss[0]))} on all {len(loss)} logs from {_step_label(lsteps[0])} to "
+                f"{_step_label(lsteps[-1])}{tag}, not even batch-to-batch noise: the loss is not computed from the data "
+                "(labels all masked, a constant returned) or nothing trains. Fixes: check the labels and the collator, "
+                "that the adapter is trainable (is_trainable=True), and the learning rate."))
+    return out
+
+
+def _smooth(loss: np.ndarray) -> np.ndarray:
+    w = max(SMOOTH_WINDOW_MIN, int(len(loss) * SMOOTH_WINDOW_FRAC))
+    return _rolling_median(loss, w)
+
+
+def _rule_spikes_divergence(seg: Segment, tag: str) -> list[Finding]:
+    out: list[Finding] = []
+    loss, steps, _ = _finite_loss(seg)
+    n = len(loss)
+    if n < SPIKE_WINDOW + 2:
+        return out
+    # Divergence first: a sustained rise is not a spike.
+    sm = _smooth(loss)
+    skip = min(SMOOTH_WINDOW_MIN, n // 4)  # the smoother's first values see too few points
+    m = skip + int(np.argmin(sm[skip:]))
+    lo = float(sm[m])
+    end = float(sm[-1])
+    tail = loss[-DIVERGE_TAIL_ROWS:]
+    diverged = (end >= lo * DIVERGE_RATIO and end - lo >= DIVERGE_MIN_ABS and m < n - DIVERGE_TAIL_ROWS
+                and bool(np.all(tail >= lo * DIVERGE_TAIL_RATIO)))
+    if diverged:
+        # Where the rise starts: the last time the smoothed loss was near its minimum.
+        near = np.flatnonzero(sm[: n] <= lo * 1.1)
+        start = int(near[near >= m][-1]) if len(near[near >= m]) else m
+        out.append(Finding("divergence", "error", steps[start],
+            f"loss diverges{tag}: it reached {_fmt(lo)} around {_step_label(steps[m])}, then rose to {_fmt(end)} by "
+            f"{_step_label(steps[-1])} ({end / lo:.1f}x its minimum; first logged loss {_fmt(float(loss[0]))}). Usual causes: "
+            "LR too high for the setup, no gradient clipping, fp16 overflow. Fixes: lower the LR (2-10x), max_grad_norm "
+            "0.3-1.0, bf16, warmup of 5-10% of steps; resume from the checkpoint before the rise."))
+    spikes: list[tuple[int, float, float, int | None]] = []
+    # Median and MAD of the SPIKE_WINDOW logs before each log i >= SPIKE_WINDOW (vectorised).
+    windows = np.lib.stride_tricks.sliding_window_view(loss[:-1], SPIKE_WINDOW)
+    bases = np.median(windows, axis=1)
+    mads = np.median(np.abs(windows - bases[:, None]), axis=1) * 1.4826
+    i = SPIKE_WINDOW
+    while i < n:
+        base, mad = float(bases[i - SPIKE_WINDOW]), float(mads[i - SPIKE_WINDOW])
+        scale = max(mad, abs(base) * SPIKE_MIN_REL_SCALE, 1e-6)
+        if base > 0 and loss[i] > base * SPIKE_RATIO and (loss[i] - base) / scale > SPIKE_Z:
+            rec = None
+            for j in range(i + 1, min(n, i + 1 + SPIKE_RECOVER_ROWS)):
+                if loss[j] <= base * SPIKE_RECOVER_RATIO:
+                    rec = j
+                    break
+            if rec is not None:
+                peak = i + int(np.argmax(loss[i:rec]))
+                spikes.append((peak, float(loss[peak]), base, steps[rec]))
+                i = rec + 1
+                continue
+        i += 1
+    for peak, val, base, rec_step in spikes[:SPIKE_MAX_REPORTED]:
+        out.append(Finding("spike", "warning", steps[peak],
+            f"loss spiked to {_fmt(val)} at {_step_label(steps[peak])}{tag} from a recent median of {_fmt(base)} "
+            f"({val / base:.1f}x) and recovered by {_step_label(rec_step)}. Usual causes: a bad or unusually long batch, the "
+            "LR peak right after warmup, fp16 overflow. Fixes: inspect the examples of that step, longer warmup or lower "
+            "LR, max_grad_norm 0.3-1.0, bf16."))
+    if len(spikes) > SPIKE_MAX_REPORTED:
+        out.append(Finding("spike", "warning", steps[spikes[SPIKE_MAX_REPORTED][0]],
+            f"{len(spikes) - SPIKE_MAX_REPORTED} more loss spikes{tag} after these (total {len(spikes)})."))
+    return out
+
+
+def _rule_grad_explosion(seg: Segment, tag: str) -> list[Finding]:
+    rows = seg.train
+    gn, has = _col(rows, "grad_norm")
+    steps = _steps(rows)
+    ok = has & np.isfinite(gn)
+    if ok.sum() < 5:
+        return []
+    med = float(np.median(gn[ok]))
+    if med <= 0:
+        return []
+    limit = max(GRAD_EXPLOSION_FACTOR * med, GRAD_EXPLOSION_MIN_ABS)
+    big = ok & (gn > limit)
+    if not big.any():
+        return []
+    idx = np.flatnonzero(big)
+    longest, cur, start_longest, prev = 0, 0, int(idx[0]), -2
+    for j in idx:
+        cur = cur + 1 if j == prev + 1 else 1
+        if cur > longest:
+            longest, start_longest = cur, int(j) - cur + 1
+        prev = j
+    peak = int(idx[np.argmax(gn[idx])])
+    last_ok = int(np.flatnonzero(ok)[-1])
+    at_end = bool(big[last_ok])
+    sustained = longest >= GRAD_EXPLOSION_RUN or at_end or gn[peak] > GRAD_EXPLOSION_HUGE_FACTOR * med
+    first = start_longest if longest >= GRAD_EXPLOSION_RUN else int(idx[0])
+    what = (f"grad_norm reached {_fmt(float(gn[peak]))} at {_step_label(steps[peak])}{tag}, {gn[peak] / med:.0f}x the run's "
+            f"median of {_fmt(med)}; {int(big.sum())} logs above {_fmt(limit)}"
+            f"{f', {longest} in a row from {_step_label(steps[first])}' if longest > 1 else ''}"
+            f"{', still at the last log' if at_end else ''}. ")
+    if sustained:
+        return [Finding("grad_explosion", "error", steps[first], what +
+            "Usual causes: no gradient clipping, LR too high, fp16 overflow, long sequences with a large rank. Fixes: "
+            "max_grad_norm 0.3-1.0, lower the LR, bf16, warmup 5-10% of steps.")]
+    return [Finding("grad_explosion", "warning", steps[first], what +
+        "Isolated: a bad batch or the LR peak; clipping (max_grad_norm 0.3-1.0) keeps one such step from doing harm.")]
+
+
+def _train_loss_at(seg: Segment, step: float, window: int = 5) -> float:
+    """Median of the finite train losses logged at or up to `window` logs before `step`."""
+    loss, steps, _ = _finite_loss(seg)
+    idx = [i for i, s in enumerate(steps) if s is not None and s <= step]
+    if not idx:
+        return math.nan
+    last = idx[-1]
+    return float(np.median(loss[max(0, last - window + 1): last + 1]))
+
+
+def _rule_overfitting(seg: Segment, tag: str) -> list[Finding]:
+    ev_rows = [r for r in seg.eval if math.isfinite(r.get("eval_loss", math.nan)) and r.get("step") is not None]
+    if len(ev_rows) < OVERFIT_MIN_EVALS:
+        return []
+    ev = np.array([r["eval_loss"] for r in ev_rows])
+    est = [r["step"] for r in ev_rows]
+    b = int(np.argmin(ev))
+    last = len(ev) - 1
+    if b == last:
+        return []
+    rose = ev[last] >= ev[b] * (1 + OVERFIT_EVAL_RISE)
+    stalled = b <= last // 2 and ev[last] >= ev[b]
+    if not (rose or stalled):
+        return []
+    tr_b, tr_last = _train_loss_at(seg, est[b]), _train_loss_at(seg, est[last])
+    if not (math.isfinite(tr_b) and math.isfinite(tr_last)):
+        return []
+    if tr_last > tr_b * (1 - OVERFIT_TRAIN_FALL):
+        return []  # train loss not falling: not overfitting (maybe divergence, reported elsewhere)
+    gap_b, gap_last = ev[b] - tr_b, ev[last] - tr_last
+    if gap_last <= 0 or gap_last - gap_b < OVERFIT_GAP_WIDEN:  # train must end below eval, and pull away
+        return []
+    ep = ev_rows[b].get("epoch")
+    ep_txt = f", epoch {ep:.2f}" if ep is not None and math.isfinite(ep) else ""
+    return [Finding("overfitting", "warning", int(est[b]),
+        f"eval loss was best at {_fmt(float(ev[b]))} (step {int(est[b])}{ep_txt}) and is {_fmt(float(ev[last]))} at step "
+        f"{int(est[last])}{tag}, while the train loss fell from {_fmt(tr_b)} to {_fmt(tr_last)}; the eval-train gap widened "
+        f"from {_fmt(gap_b)} to {_fmt(gap_last)}. Fixes: keep the checkpoint of step {int(est[b])} "
+        "(load_best_model_at_end / early stopping), fewer epochs, more or more varied data, more regularisation "
+        "(lora_dropout 0.05-0.1, weight decay), a lower r.")]
+
+
+def _rule_memorization(seg: Segment, tag: str) -> list[Finding]:
+    loss, steps, ep = _finite_loss(seg)
+    if len(loss) < 5:
+        return []
+    fin_ep = ep[np.isfinite(ep)]
+    if len(fin_ep) == 0 or float(fin_ep.max()) < MEMO_MIN_EPOCHS:
+        return []
+    tail = loss[-max(3, len(loss) // 20):]
+    end = float(np.median(tail))
+    if end >= MEMO_LOSS or end < NEGATIVE_LOSS_TOL:  # a negative loss is reported as negative_loss
+        return []
+    below = np.flatnonzero(_smooth(loss) < MEMO_LOSS)
+    i = int(below[0]) if len(below) else len(loss) - 1
+    return [Finding("memorization", "warning", steps[i],
+        f"train loss is {_fmt(end)} at the end{tag}, after {float(fin_ep.max()):.1f} epochs (below {MEMO_LOSS} from "
+        f"{_step_label(steps[i])}, epoch {ep[i]:.2f}): the adapter has memorised the training set. Check held-out accuracy "
+        "and general knowledge (retention, format leakage). Fixes: 1-3 epochs, early stopping on an eval set, more data, "
+        "lower r, dropout / weight decay.")]
+
+
+def _rule_plateau(train_segments: Sequence[Segment]) -> list[Finding]:
+    segs = [s for s in train_segments if s.train]
+    parts = [_finite_loss(s) for s in segs]
+    loss = np.concatenate([p[0] for p in parts]) if parts else np.array([])
+    steps = [s for p in parts for s in p[1]]
+    n = len(loss)
+    if n < PLATEAU_MIN_ROWS:
+        return []
+    k = max(5, int(n * PLATEAU_EDGE_FRAC))
+    first, last = float(np.median(loss[:k])), float(np.median(loss[-k:]))
+    if first <= 0:
+        return []
+    drop = (first - last) / first
+    if drop >= PLATEAU_MIN_REL_DROP:
+        return []
+    return [Finding("plateau", "warning", steps[0],
+        f"train loss barely moved: median {_fmt(first)} over the first {k} logs, {_fmt(last)} over the last {k} "
+        f"({drop * 100:+.1f}% drop from {_step_label(steps[0])} to {_step_label(steps[-1])}). Usual causes: LR too low, too "
+        "few steps, a saved adapter loaded frozen (PeftModel.from_pretrained without is_trainable=True), rank too small. "
+        "Fixes: a higher LR for short runs (5e-5 to 2e-4), more epochs, larger r and alpha, data closer to the domain.")]
+
+
+def _rule_fluctuation(seg: Segment, tag: str) -> list[Finding]:
+    loss, steps, _ = _finite_loss(seg)
+    n = len(loss)
+    if n < FLUCT_MIN_ROWS:
+        return []
+    level = _rolling_median(loss, FLUCT_WINDOW, centered=True)
+    pos = level > ZERO_LOSS_EPS * 10
+    if pos.sum() < FLUCT_MIN_ROWS:
+        return []
+    rel = np.abs(loss[pos] - level[pos]) / level[pos]
+    noise = float(np.median(rel)) * 1.4826
+    if noise < FLUCT_REL_NOISE:
+        return []
+    worst = int(np.flatnonzero(pos)[int(np.argmax(rel))])
+    return [Finding("fluctuation", "warning", steps[worst],
+        f"loss fluctuates strongly{tag}: typical deviation {noise * 100:.0f}% of its running median over {n} logs (largest at "
+        f"{_step_label(steps[worst])}: {_fmt(float(loss[worst]))} vs {_fmt(float(level[worst]))}). Usual causes: a small "
+        "effective batch, no warmup or a constant LR, mixed-length batches. Fixes: warmup 5-10% of steps with linear or "
+        "cosine decay, a larger effective batch (gradient accumulation, 8-32), a lower LR, group_by_length.")]
+
+
+def detect(log: StepLog) -> list[Finding]:
+    """All anomaly findings for a parsed log, errors first, then by step."""
+    findings: list[Finding] = []
+    nseg = len(log.segments)
+    train_segments = [s for s in log.segments if s.train]
+    for seg in log.segments:
+        tag = _where(seg, nseg)
+        findings += _rule_nonfinite(seg, tag, log.is_rl)
+        findings += _rule_no_learning(seg, tag, log.is_rl, first_segment=seg is (train_segments[0] if train_segments else None))
+        findings += _rule_grad_explosion(seg, tag)
+        if log.is_rl:
+            continue  # RL losses sit near 0 or below by design: no loss-shape rules
+        findings += _rule_zero_and_negative(seg, tag)
+        fluct = _rule_fluctuation(seg, tag)
+        shape = _rule_spikes_divergence(seg, tag)
+        if fluct:  # in a loss this noisy, single high values are the noise itself, not spikes
+            shape = [f for f in shape if f.kind != "spike"]
+        findings += shape + fluct
+        findings += _rule_overfitting(seg, tag)
+        findings += _rule_memorization(seg, tag)
+    kinds = {f.kind for f in findings}
+    if not log.is_rl and not kinds & {"no_learning", "nan_inf", "divergence", "zero_collapse", "negative_loss"}:
+        findings += _rule_plateau(train_segments)
+    order = {s: i for i, s in enumerate(SEVERITIES)}
+    return sorted(findings, key=lambda f: (order.get(f.severity, 9), f.step if f.step is not None else -1))
+
+
+def has_errors(findings: Iterable[Finding]) -> bool:
+    return any(f.severity == "error" for f in findings)

@@ -1,0 +1,62 @@
+"""`harness anomalies`: findings from a training log (trainer_state.json, checkpoint dir, CSV, JSONL)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import textwrap
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "anomalies",
+        help="find training anomalies (NaN, collapse, divergence, overfitting, ...) in a loss log",
+        description=(
+            "Read a training log (a trainer_state.json, a checkpoint dir, an output dir with checkpoint-*/ (the latest "
+            "complete checkpoint is read), or a CSV / JSONL of step logs) and report anomalies: NaN/inf, loss collapsing "
+            "to 0, negative loss, no learning, spikes, divergence, gradient explosion, overfitting, memorisation, "
+            "plateau, fluctuation. Exit code 1 if any finding is an error, 0 otherwise, 2 on unreadable input."
+        ),
+    )
+    p.add_argument("path", type=Path, metavar="PATH", help="trainer_state.json, checkpoint or output directory, CSV or JSONL")
+    p.add_argument("--json", action="store_true", help="print the findings as a JSON list of {kind, severity, step, message}")
+
+
+def _table(findings: list) -> str:
+    width = shutil.get_terminal_size((120, 20)).columns
+    head = ("kind", "severity", "step")
+    rows = [(f.kind, f.severity, "-" if f.step is None else str(f.step)) for f in findings]
+    w = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    indent = sum(w) + 2 * len(w)
+    msg_width = max(40, width - indent)
+    lines = ["  ".join(h.ljust(w[i]) for i, h in enumerate(head)) + "  message"]
+    for r, f in zip(rows, findings):
+        wrapped = textwrap.wrap(f.message, msg_width) or [""]
+        lines.append("  ".join(c.ljust(w[i]) for i, c in enumerate(r)) + "  " + wrapped[0])
+        lines += [" " * indent + cont for cont in wrapped[1:]]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness.anomalies import detect, has_errors, read_log
+
+    log = read_log(args.path)
+    findings = detect(log)
+    if args.json:
+        print(json.dumps([f.to_dict() for f in findings], indent=2))
+    else:
+        if log.note:
+            print(f"{log.source}: {log.note}", file=sys.stderr)
+        n_train = len(log.train_rows)
+        n_eval = len(log.eval_rows)
+        extra = f", {len(log.segments)} segments (restarts)" if len(log.segments) > 1 else ""
+        rl = ", RL run (loss-shape rules skipped)" if log.is_rl else ""
+        print(f"{log.source}: {n_train} train logs, {n_eval} eval logs{extra}{rl}", file=sys.stderr)
+        if findings:
+            print(_table(findings))
+        else:
+            print("no anomalies found")
+    return 1 if has_errors(findings) else 0

@@ -1,0 +1,399 @@
+"""Anomaly finding on training logs: the corpus, the log formats, the command, the live callback."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import harness.anomalies as anomalies
+from harness.anomalies import Finding, detect, from_history, read_log
+from harness.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = Path(__file__).resolve().parent / "data" / "anomaly_logs"
+LABELS: dict[str, list[str]] = json.loads((CORPUS / "labels.json").read_text())
+HEALTHY = sorted(f for f, kinds in LABELS.items() if not kinds)
+ANOMALOUS = sorted(f for f, kinds in LABELS.items() if kinds)
+
+
+def kinds_of(findings: list[Finding], severities=("error", "warning")) -> set[str]:
+    return {f.kind for f in findings if f.severity in severities}
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness", "anomalies", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+# ---------------------------------------------------------------------------------------------
+# Corpus
+# ---------------------------------------------------------------------------------------------
+
+
+def test_corpus_covers_every_kind_and_the_required_healthy_logs() -> None:
+    assert all((CORPUS / f).is_file() for f in LABELS)
+    planted = {k for kinds in LABELS.values() for k in kinds}
+    assert planted == set(anomalies.KINDS)
+    assert len(HEALTHY) >= 3
+    assert {"healthy__sft_eval.json", "healthy__resumed.json", "healthy__rounded_old.json", "healthy__rl_grpo.json"} <= set(HEALTHY)
+    assert "nan_inf__hidden_nan.json" in LABELS
+
+
+@pytest.mark.parametrize("name", HEALTHY)
+def test_healthy_logs_have_no_error_finding(name: str) -> None:
+    findings = detect(read_log(CORPUS / name))
+    assert not [f for f in findings if f.severity == "error"], findings
+    # The healthy corpus is clean at warning level too (precision of the benchmark).
+    assert not findings, findings
+
+
+@pytest.mark.parametrize("name", ANOMALOUS)
+def test_each_anomaly_log_is_caught_with_its_kind(name: str) -> None:
+    findings = detect(read_log(CORPUS / name))
+    expected = set(LABELS[name])
+    assert expected <= kinds_of(findings), findings
+    assert kinds_of(findings) <= expected, f"extra kinds: {findings}"
+    for f in findings:
+        assert f.severity in ("error", "warning", "info")
+        assert f.message and "\n" not in f.message
+
+
+@pytest.mark.parametrize("kind,severity", [
+    ("nan_inf", "error"), ("zero_collapse", "error"), ("negative_loss", "error"), ("no_learning", "error"),
+    ("divergence", "error"), ("grad_explosion", "error"), ("spike", "warning"), ("overfitting", "warning"),
+    ("memorization", "warning"), ("plateau", "warning"), ("fluctuation", "warning"),
+])
+def test_severity_per_kind(kind: str, severity: str) -> None:
+    name = next(f for f, kinds in LABELS.items() if kinds == [kind])
+    assert {f.severity for f in detect(read_log(CORPUS / name)) if f.kind == kind} == {severity}
+
+
+def test_messages_name_numbers_steps_and_fixes() -> None:
+    (f,) = detect(read_log(CORPUS / "divergence__high_lr.json"))
+    assert "step" in f.message and "LR" in f.message and "max_grad_norm" in f.message
+    (f,) = detect(read_log(CORPUS / "overfitting__small_data.json"))
+    assert "early stopping" in f.message and "step 150" in f.message
+
+
+def test_corpus_generator_is_deterministic(tmp_path: Path) -> None:
+    script = tmp_path / "make_corpus.py"
+    shutil.copy(CORPUS / "make_corpus.py", script)
+    subprocess.run([sys.executable, str(script)], check=True, capture_output=True, timeout=120)
+    for name in LABELS:
+        assert (tmp_path / name).read_text() == (CORPUS / name).read_text(), name
+    assert json.loads((tmp_path / "labels.json").read_text()) == LABELS
+
+
+# ---------------------------------------------------------------------------------------------
+# The hard cases
+# ---------------------------------------------------------------------------------------------
+
+
+def test_hidden_nan_loss_zero_next_to_nan_grad_norm() -> None:
+    findings = detect(read_log(CORPUS / "nan_inf__hidden_nan.json"))
+    assert [(f.kind, f.severity, f.step) for f in findings] == [("nan_inf", "error", 114)]
+    assert "hidden NaN" in findings[0].message and "0.0" in findings[0].message
+    # The same zeros with a finite grad norm are a collapse, not a NaN.
+    assert kinds_of(detect(read_log(CORPUS / "zero_collapse__code_model.json"))) == {"zero_collapse"}
+
+
+def test_hidden_nan_minimal() -> None:
+    rows = [{"step": i, "epoch": i / 100, "loss": 2.0 - 0.01 * i, "grad_norm": 1.0} for i in range(1, 20)]
+    rows += [{"step": 20, "epoch": 0.2, "loss": 0.0, "grad_norm": float("nan")}]
+    findings = detect(from_history(rows))
+    assert [(f.kind, f.step) for f in findings if f.severity == "error"] == [("nan_inf", 20)]
+
+
+def test_isolated_nonfinite_grad_norm_is_only_a_warning() -> None:
+    rows = [{"step": i, "loss": 2.0 - 0.02 * i, "grad_norm": 1.0} for i in range(1, 40)]
+    rows[2]["grad_norm"] = float("inf")  # fp16 loss scaler finding its scale
+    findings = detect(from_history(rows))
+    assert [(f.kind, f.severity) for f in findings] == [("nan_inf", "warning")]
+
+
+def test_resumed_run_is_split_and_the_restart_not_flagged(monkeypatch: pytest.MonkeyPatch) -> None:
+    log = read_log(CORPUS / "healthy__resumed.json")
+    assert len(log.segments) == 2
+    assert log.segments[1].train[0]["step"] == 410 and log.segments[1].train[0]["epoch"] < 0.1
+    assert detect(log) == []
+    # Without the split, the jump after the restart would be judged against the first segment.
+    monkeypatch.setattr(anomalies, "EPOCH_RESTART_TOL", 1e9)
+    assert "spike" in kinds_of(detect(read_log(CORPUS / "healthy__resumed.json")))
+
+
+def test_step_counter_restart_starts_a_segment() -> None:
+    a = [{"step": s, "epoch": s / 100, "loss": 2.0 * math.exp(-s / 80) + 0.8, "grad_norm": 0.5} for s in range(5, 205, 5)]
+    b = [{"step": s, "epoch": s / 100 + 0.001, "loss": 1.1 * math.exp(-s / 80) + 0.6, "grad_norm": 0.5} for s in range(5, 105, 5)]
+    log = from_history(a + b)
+    assert [len(s.train) for s in log.segments] == [40, 20]
+    assert kinds_of(detect(log)) == set()
+
+
+def test_rl_run_loss_rules_do_not_fire() -> None:
+    log = read_log(CORPUS / "healthy__rl_grpo.json")
+    assert log.is_rl
+    assert detect(log) == []
+    # A GRPO-style log whose loss is 0 then negative, flat and spiky: none of it is a loss anomaly.
+    rows = [{"step": i, "epoch": i / 200, "loss": 0.0 if i % 3 else -0.002 * (i % 7), "grad_norm": 0.1,
+             "learning_rate": 1e-6, "reward": 0.2 + i / 400, "kl": 0.001 * i} for i in range(1, 200)]
+    rows[50]["loss"] = 0.05
+    assert detect(from_history(rows)) == []
+    # objective/kl marks an RL run too (TRL PPO/RLOO), and a NaN KL is still reported.
+    rows = [{"step": i, "loss": 0.0, "grad_norm": 0.2, "objective/kl": 0.01 * i} for i in range(1, 30)]
+    rows[20]["objective/kl"] = float("nan")
+    findings = detect(from_history(rows))
+    assert [(f.kind, f.severity, f.step) for f in findings] == [("nan_inf", "error", 21)]
+
+
+def test_eval_rows_separate_summary_row_and_missing_keys() -> None:
+    log = read_log(CORPUS / "healthy__sft_eval.json")
+    assert len(log.eval_rows) == 9 and len(log.train_rows) == 90
+    assert log.summary is not None and "train_loss" in log.summary
+    assert all("train_loss" not in r for r in log.train_rows)
+    old = read_log(CORPUS / "healthy__rounded_old.json")
+    assert all("grad_norm" not in r for r in old.train_rows)
+    assert all(r["loss"] == round(r["loss"], 4) for r in old.train_rows)
+    # No epoch, no grad_norm, no learning_rate at all: still judged on the loss.
+    bare = from_history([{"loss": 2.0 * math.exp(-i / 30) + 0.5} for i in range(60)])
+    assert detect(bare) == []
+
+
+def test_small_rules_negative_flat_zero_grad() -> None:
+    flat = from_history([{"step": i, "loss": 1.2345, "grad_norm": 0.3, "learning_rate": 1e-4} for i in range(1, 30)])
+    assert kinds_of(detect(flat)) == {"no_learning"}
+    zero_grad = from_history([{"step": i, "loss": 2.0 - 0.001 * i, "grad_norm": 0.0} for i in range(1, 30)])
+    assert kinds_of(detect(zero_grad)) == {"no_learning"}
+    neg = from_history([{"step": i, "loss": 1.0 - 0.05 * i} for i in range(1, 40)])
+    assert "negative_loss" in kinds_of(detect(neg))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the formats
+# ---------------------------------------------------------------------------------------------
+
+
+def _state(rows: list[dict]) -> str:
+    return json.dumps({"global_step": rows[-1].get("step", 0), "log_history": rows})
+
+
+def test_checkpoint_dir_and_output_dir(tmp_path: Path) -> None:
+    src = (CORPUS / "nan_inf__hidden_nan.json").read_text()
+    ckpt = tmp_path / "out" / "checkpoint-200"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text(src)
+    assert read_log(ckpt).source.endswith("checkpoint-200/trainer_state.json")
+    older = tmp_path / "out" / "checkpoint-100"
+    older.mkdir()
+    (older / "trainer_state.json").write_text(_state([{"step": 1, "loss": 2.0}]))
+    broken = tmp_path / "out" / "checkpoint-300"  # being written when the run died
+    broken.mkdir()
+    (broken / "trainer_state.json").write_text(src[: len(src) // 2])
+    (tmp_path / "out" / "checkpoint-1000").mkdir()  # no trainer_state.json at all
+    log = read_log(tmp_path / "out")
+    assert "checkpoint-200" in log.source and "checkpoint-300" in log.note and "checkpoint-1000" in log.note
+    assert kinds_of(detect(log)) == {"nan_inf"}
+
+
+def test_csv_and_jsonl(tmp_path: Path) -> None:
+    rows = json.loads((CORPUS / "overfitting__small_data.json").read_text())["log_history"]
+    cols = ["step", "epoch", "loss", "grad_norm", "learning_rate", "eval_loss", "train_loss"]
+    lines = [",".join(cols)] + [",".join("" if r.get(c) is None else repr(r[c]) for c in cols) for r in rows]
+    (tmp_path / "log.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    for p in (tmp_path / "log.csv", tmp_path / "log.jsonl"):
+        log = read_log(p)
+        assert len(log.eval_rows) == 10 and log.summary is not None, p
+        assert kinds_of(detect(log)) == {"overfitting"}, p
+
+
+def test_nan_tokens_in_json(tmp_path: Path) -> None:
+    p = tmp_path / "trainer_state.json"
+    p.write_text('{"log_history": [' + ", ".join(f'{{"step": {i}, "loss": {2 - i / 50}, "grad_norm": 0.5}}' for i in range(1, 10))
+                 + ', {"step": 10, "loss": NaN, "grad_norm": Infinity}, {"step": 11, "loss": nan, "grad_norm": -inf, "note": "nan inf"}]}')
+    log = read_log(p)
+    assert math.isnan(log.train_rows[-1]["loss"]) and log.train_rows[-1]["grad_norm"] == -math.inf
+    assert [(f.kind, f.severity, f.step) for f in detect(log) if f.severity == "error"][0] == ("nan_inf", "error", 10)
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("this is not json {", "not valid JSON"),
+    ('{"global_step": 10}', "no 'log_history'"),
+    ('{"log_history": []}', "no step with a loss"),
+    ('{"log_history": [{"train_runtime": 1.0, "train_loss": 2.0}]}', "no step with a loss"),
+    ('[1, 2]', "no step with a loss"),
+])
+def test_bad_input_raises_input_error(tmp_path: Path, content: str, needle: str) -> None:
+    p = tmp_path / "trainer_state.json"
+    p.write_text(content)
+    with pytest.raises(InputError, match=needle) as exc:
+        read_log(p)
+    assert str(p) in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_bad_dirs_and_files(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no such file"):
+        read_log(tmp_path / "missing.json")
+    with pytest.raises(InputError, match="no trainer_state.json and no checkpoint"):
+        read_log(tmp_path)
+    (tmp_path / "x.csv").write_text("step,accuracy\n1,0.5\n")
+    with pytest.raises(InputError, match="no 'loss'"):
+        read_log(tmp_path / "x.csv")
+    (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(InputError, match="cannot read"):
+        read_log(tmp_path / "bin.json")
+    (tmp_path / "x.jsonl").write_text('{"step": 1, "loss": 2}\nnot json\n')
+    with pytest.raises(InputError, match="line 2"):
+        read_log(tmp_path / "x.jsonl")
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", ["this is not json {", '{"global_step": 3}', '{"log_history": []}'])
+def test_cli_bad_input_exit_2_one_line(tmp_path: Path, content: str) -> None:
+    p = tmp_path / "trainer_state.json"
+    p.write_text(content)
+    res = cli(str(p))
+    assert res.returncode == 2, res
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(p) in lines[0], res.stderr
+    assert res.stdout == ""
+
+
+def test_cli_missing_path_exit_2(tmp_path: Path) -> None:
+    res = cli(str(tmp_path / "nope"))
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_cli_json_and_exit_codes() -> None:
+    res = cli(str(CORPUS / "nan_inf__hidden_nan.json"), "--json")
+    assert res.returncode == 1
+    data = json.loads(res.stdout)
+    assert data[0]["kind"] == "nan_inf" and data[0]["severity"] == "error" and data[0]["step"] == 114
+    assert set(data[0]) == {"kind", "severity", "step", "message"}
+    res = cli(str(CORPUS / "healthy__sft_eval.json"), "--json")
+    assert res.returncode == 0 and json.loads(res.stdout) == []
+    res = cli(str(CORPUS / "overfitting__small_data.json"))  # warnings only
+    assert res.returncode == 0 and "overfitting" in res.stdout and "warning" in res.stdout
+
+
+def test_cli_table() -> None:
+    res = cli(str(CORPUS / "divergence__high_lr.json"))
+    assert res.returncode == 1
+    header = res.stdout.splitlines()[0].split()
+    assert header == ["kind", "severity", "step", "message"]
+    assert res.stdout.splitlines()[1].split()[:3] == ["divergence", "error", "220"]
+    res = cli(str(CORPUS / "healthy__rl_grpo.json"))
+    assert res.returncode == 0 and "no anomalies found" in res.stdout and "RL run" in res.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# The callback
+# ---------------------------------------------------------------------------------------------
+
+
+def _replay(name: str, **kw):
+    from transformers import TrainerControl, TrainerState
+
+    from harness.anomaly_callback import AnomalyCallback
+
+    cb = AnomalyCallback(**kw)
+    state, control = TrainerState(), TrainerControl()
+    rows = json.loads((CORPUS / name).read_text())["log_history"]
+    stopped_at = None
+    for row in rows:
+        state.log_history.append(row)
+        state.global_step = int(row.get("step", state.global_step))
+        logs = {k: v for k, v in row.items() if k != "step"}
+        cb.on_log(None, state, control, logs=logs)
+        if control.should_training_stop and stopped_at is None:
+            stopped_at = state.global_step
+    return cb, stopped_at
+
+
+def test_callback_stops_on_error_and_not_on_healthy() -> None:
+    cb, stopped_at = _replay("nan_inf__hidden_nan.json")
+    assert stopped_at == 114 and cb.stop_reason.startswith("nan_inf at step 114")
+    assert cb.findings and cb.findings[0].kind == "nan_inf"
+    cb, stopped_at = _replay("zero_collapse__code_model.json")
+    assert cb.stop_reason.startswith("zero_collapse") and 114 <= stopped_at <= 120
+    for name in HEALTHY:
+        cb, stopped_at = _replay(name)
+        assert stopped_at is None and cb.stop_reason is None, (name, cb.findings)
+
+
+def test_callback_can_only_watch() -> None:
+    cb, stopped_at = _replay("nan_inf__hidden_nan.json", stop_on_error=False)
+    assert stopped_at is None and cb.stop_reason is None and kinds_of(cb.findings) == {"nan_inf"}
+
+
+def test_callback_on_log_without_history_entry() -> None:
+    """on_log called with logs not (yet) in state.log_history: the new log is judged too."""
+    from transformers import TrainerControl, TrainerState
+
+    from harness.anomaly_callback import AnomalyCallback
+
+    cb, state, control = AnomalyCallback(), TrainerState(), TrainerControl()
+    state.log_history = [{"loss": 1.0, "grad_norm": 0.5, "step": 1}]
+    state.global_step = 2
+    cb.on_log(None, state, control, logs={"loss": float("nan"), "grad_norm": float("nan")})
+    assert control.should_training_stop and cb.stop_reason.startswith("nan_inf at step 2")
+
+
+def test_callback_stops_a_real_trainer(tmp_path: Path) -> None:
+    """A tiny Trainer whose loss turns NaN at its 6th step stops there instead of running 40 steps."""
+    import torch
+    from torch import nn
+    from transformers import Trainer, TrainingArguments
+
+    from harness.anomaly_callback import AnomalyCallback
+
+    class Tiny(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(4))
+            self.calls = 0
+
+        def forward(self, x, labels=None):
+            self.calls += 1
+            loss = ((self.w * x).sum(-1) - 1.0).pow(2).mean() + 1.0
+            return {"loss": loss * float("nan") if self.calls >= 6 else loss}
+
+    torch.manual_seed(0)
+    ds = [{"x": torch.randn(4)} for _ in range(64)]
+    cb = AnomalyCallback()
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=40, per_device_train_batch_size=2, logging_steps=1,
+                             learning_rate=1e-3, report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True)
+    trainer = Trainer(model=Tiny(), args=args, train_dataset=ds, callbacks=[cb])
+    trainer.train()
+    assert trainer.state.global_step == 6
+    assert cb.stop_reason is not None and cb.stop_reason.startswith("nan_inf at step 6")
+
+
+def test_callback_check_interval_on_long_logs() -> None:
+    """Past 200 logs the full check runs every len(log) // 200 logs, but a NaN log is checked at once."""
+    from transformers import TrainerControl, TrainerState
+
+    from harness.anomaly_callback import AnomalyCallback
+
+    cb, state, control = AnomalyCallback(), TrainerState(), TrainerControl()
+    calls = []
+    real = cb._check
+    cb._check = lambda h, c: (calls.append(len(h)), real(h, c))[1]
+    for i in range(1, 1001):
+        row = {"loss": 2.0 * math.exp(-i / 300) + 0.5, "grad_norm": 0.5, "step": i}
+        state.log_history.append(row)
+        cb.on_log(None, state, control, logs={k: v for k, v in row.items() if k != "step"})
+    assert 200 < len(calls) < 700 and not control.should_training_stop  # not all 1000
+    row = {"loss": float("nan"), "grad_norm": float("nan"), "step": 1001}
+    state.log_history.append(row)
+    cb.on_log(None, state, control, logs={"loss": row["loss"], "grad_norm": row["grad_norm"]})
+    assert calls[-1] == 1001 and control.should_training_stop
