@@ -42,12 +42,12 @@ class DemoPlan:
 
 
 FULL = DemoPlan(
-    n_train=256, epochs=1, learning_rate=2e-3, batch_size=8, replay_share=0.25, with_replay_adapter=True,
-    limits={"order-task": 64, "general-knowledge": 160, "format-leakage": 32},
+    n_train=128, epochs=1, learning_rate=2e-3, batch_size=8, replay_share=0.25, with_replay_adapter=True,
+    limits={"order-task": 40, "general-knowledge": 96, "format-leakage": 24},
 )
 QUICK = DemoPlan(
     n_train=96, epochs=1, learning_rate=2e-3, batch_size=8, replay_share=0.25, with_replay_adapter=False,
-    limits={"order-task": 24, "general-knowledge": 48, "format-leakage": 16},
+    limits={"order-task": 16, "general-knowledge": 32, "format-leakage": 8},
 )
 
 
@@ -95,6 +95,7 @@ def run_demo(out_dir: Path, quick: bool, base_name: str, device: str | None, log
     spec = TrainSpec(
         base=base_name, learning_rate=plan.learning_rate, num_train_epochs=plan.epochs,
         per_device_train_batch_size=plan.batch_size, seed=3407,
+        warmup_ratio=0.0,  # a run this short cannot spare a step at learning rate 0
     )
     variants = [("order-plain", spec)]
     if plan.with_replay_adapter:
@@ -137,7 +138,12 @@ def _store_training(store: Store, name: str, spec, result) -> None:
     """Record a training run's step logs (and any anomaly findings) in the store."""
     from harness.adapters import inspect_adapter
 
+    from harness.anomalies import detect, from_history
+
     info = inspect_adapter(result.adapter_dir)
+    findings = detect(from_history(result.step_logs, source=f"training log of {name}"))
+    for f in findings:
+        print(f"  {f.severity}: {f.kind} at step {f.step}: {f.message}")
     with store.run(RunInfo(kind="train", command=f"harness demo (train {name})", seed=spec.seed,
                            config={"spec": json.loads(json.dumps(spec.__dict__, default=str))})) as run:
         run.add_step_logs(
@@ -146,5 +152,5 @@ def _store_training(store: Store, name: str, spec, result) -> None:
             for s in result.step_logs
         )
         run.add_findings(
-            FindingRow(info.adapter_id, f.kind, f.severity, f.step, f.message) for f in getattr(result, "findings", ())
+            FindingRow(info.adapter_id, f.kind, f.severity, f.step, f.message) for f in findings
         )
