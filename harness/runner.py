@@ -130,9 +130,15 @@ def run_eval(
                     adapter_id=None if target.adapter is None else target.adapter.adapter_id,
                     scale=target.scale, prompt=p, settings=suite.generation.to_json(), dtype=dtype,
                     scorers=versions, perplexity=wants_ppl,
+                    # The row names its suite and example, and scores depend on the answer key: both are
+                    # part of the identity, so another suite's identical prompt or a corrected target
+                    # never reuses a row it should not.
+                    suite=suite.name, example=e.id, answer=[e.target, list(e.aliases), list(e.references)],
+                    scorer_args={s.name: dict(s.args) for s in scorers},
                 ))
                 for e, p in zip(examples, prompts)
             ]
+            run.expect(len(reqs))
             hits = store.cached([r.key for r in reqs])
             todo = [r for r in reqs if r.key not in hits]
             run.use_cached([r.key for r in reqs if r.key in hits])

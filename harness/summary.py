@@ -14,8 +14,14 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
-def _pct(v: float | None) -> str:
-    return "—" if v is None else f"{100 * v:5.1f}%"
+# Metrics not on a 0..1 scale: shown as numbers, not percentages.
+RAW_METRICS = {"bleu", "chrf", "nll", "perplexity"}
+
+
+def _pct(v: float | None, metric: str = "") -> str:
+    if v is None:
+        return "—"
+    return f"{v:6.2f}" if metric in RAW_METRICS else f"{100 * v:5.1f}%"
 
 
 def summary_table(c: Comparison) -> str:
@@ -26,7 +32,7 @@ def summary_table(c: Comparison) -> str:
         row = [suite, metric]
         for t in c.targets:
             cell = c.cell(t, suite, metric)
-            row.append("—" if cell is None else f"{_pct(cell.mean)} (n={cell.n_scored}/{cell.n})")
+            row.append("—" if cell is None else f"{_pct(cell.mean, metric)} (n={cell.n_scored}/{cell.n})")
         rows.append(row)
     for r in c.retention:
         rows.append([r.suite, "retention", *[

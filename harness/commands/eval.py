@@ -26,6 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-base", action="store_true", help="skip the base model (scale 0) rows")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples of each suite")
     p.add_argument("--batch-size", type=int, default=16, help="generation batch size (default: %(default)s)")
+    p.add_argument("--flush-every", type=int, default=64, metavar="N",
+                   help="make results durable every N examples (a killed run loses at most N; default: %(default)s)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
     p.add_argument("--db", type=Path, default=None, help="results database (default: $HARNESS_DB or ./harness.duckdb)")
     p.add_argument("--report", type=Path, default=None, metavar="HTML", help="also write an HTML report of this run")
@@ -43,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.suite:
         raise UsageError("pass at least one --suite (a built-in name such as general-knowledge, or a suite.yaml path)")
+    if args.flush_every <= 0 or args.batch_size <= 0:
+        raise UsageError("--flush-every and --batch-size must be positive")
     if args.limit is not None and args.limit <= 0:
         raise UsageError("--limit must be a positive number of examples")
     scales = args.scale or [1.0]
@@ -59,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
                    config={"device": base.device, "base": args.base, "scales": scales, "suites": [s.name for s in suites]})
     with store.run(info) as run_writer:
         stats = run_eval(base, targets, suites, run_writer, store, batch_size=args.batch_size, limit=args.limit,
+                         flush_every=args.flush_every,
                          log=lambda m: print(m, file=sys.stderr))
         run_id = run_writer.run_id
     print(f"run {run_id}: {stats.generated} generated, {stats.cached} cached, {stats.errors} errors, {stats.seconds:.1f}s", file=sys.stderr)
