@@ -119,3 +119,23 @@ def test_eval_bad_input_one_line_error(tmp_path, suite_path, args, code, needle)
     assert proc.returncode == code, proc.stderr
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
+
+
+def test_a_corrected_answer_key_or_another_suite_never_reuses_rows(tiny_model_dir, suite_path, tmp_path):
+    base = load_base(resolve_base(str(tiny_model_dir)))
+    store = Store(tmp_path / "h.duckdb")
+    _, s1 = evaluate(base, [], [1.0], load_suite(suite_path), store)
+    assert (s1.generated, s1.cached) == (3, 0)
+    # the same prompts under another suite name: rows must name their own suite
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "suite.yaml").write_text(suite_path.read_text().replace("name: tiny-qa", "name: tiny-qa-copy"))
+    (other / "data.jsonl").write_text((suite_path.parent / "data.jsonl").read_text())
+    run2, s2 = evaluate(base, [], [1.0], load_suite(other / "suite.yaml"), store)
+    assert (s2.generated, s2.cached) == (3, 0)
+    assert {r["suite_name"] for r in store.query("SELECT DISTINCT suite_name FROM v_scores WHERE run_id = ?", [run2])} == {"tiny-qa-copy"}
+    # a corrected target re-scores that example only
+    data = (other / "data.jsonl").read_text().replace('"answer": "Paris"', '"answer": "Paris, France"')
+    (other / "data.jsonl").write_text(data)
+    _, s3 = evaluate(base, [], [1.0], load_suite(other / "suite.yaml"), store)
+    assert (s3.generated, s3.cached) == (1, 2)
