@@ -125,7 +125,8 @@ FLUCT_WINDOW = 9
 EPOCH_RESTART_TOL = 0.01
 
 #: Keys that mark an RL run (TRL GRPO/PPO/RLOO/online DPO); prefixes too.
-RL_KEYS = frozenset({"reward", "reward_std", "kl", "entropy", "clip_ratio", "frac_reward_zero_std"})
+# "entropy" is not among them: TRL's SFTTrainer logs it (with mean_token_accuracy) on every step.
+RL_KEYS = frozenset({"reward", "reward_std", "kl", "clip_ratio", "frac_reward_zero_std"})
 RL_PREFIXES = ("rewards/", "objective/", "policy/", "val/")
 
 #: Keys of the final summary row of a finished Trainer run.
@@ -367,6 +368,11 @@ def _read_dir(path: Path) -> StepLog:
     state = path / "trainer_state.json"
     if state.is_file():
         return _read_state_file(state)
+    ours = path / "step_logs.jsonl"  # an adapter trained by the harness keeps its loss curve beside it
+    if ours.is_file():
+        log = _read_jsonl(ours)
+        log.note = f"the training log of the adapter in {path}"
+        return log
     checkpoints = sorted((p for p in path.glob("checkpoint-*") if p.is_dir() and _checkpoint_number(p) >= 0),
                          key=_checkpoint_number, reverse=True)
     if not checkpoints:

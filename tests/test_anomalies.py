@@ -397,3 +397,16 @@ def test_callback_check_interval_on_long_logs() -> None:
     state.log_history.append(row)
     cb.on_log(None, state, control, logs={"loss": row["loss"], "grad_norm": row["grad_norm"]})
     assert calls[-1] == 1001 and control.should_training_stop
+
+
+def test_an_sft_log_from_trl_is_not_mistaken_for_rl_and_an_adapter_dir_is_read(tmp_path):
+    """TRL's SFTTrainer logs entropy and mean_token_accuracy on each step; the loss rules must still run."""
+    rows = [{"loss": 2.0 - 0.1 * i, "grad_norm": 1.0, "learning_rate": 2e-4, "entropy": 1.9, "mean_token_accuracy": 0.6,
+             "num_tokens": 700.0 * (i + 1), "epoch": i / 20, "step": i + 1} for i in range(20)]
+    rows[12]["loss"] = 0.0
+    rows[12]["grad_norm"] = float("nan")
+    (tmp_path / "step_logs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "adapter_config.json").write_text("{}")
+    log = read_log(tmp_path)
+    assert not log.is_rl
+    assert "nan_inf" in {f.kind for f in detect(log) if f.severity == "error"}
