@@ -20,6 +20,7 @@ import yaml
 from harness.errors import InputError
 
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+INIT_VARIANTS = ("default", "gaussian", "pissa", "loftq")
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class TrainSpec:
     bias: str = "none"
     use_rslora: bool = False
     use_dora: bool = False
-    init_lora_weights: str = "default"
+    init_lora_weights: str = "default"  # default | gaussian | pissa | loftq (loftq needs bitsandbytes + CUDA)
     # optimiser and schedule
     learning_rate: float = 2e-4
     num_train_epochs: float = 1.0
@@ -42,6 +43,7 @@ class TrainSpec:
     per_device_train_batch_size: int = 8
     gradient_accumulation_steps: int = 1
     warmup_ratio: float = 0.05
+    warmup_steps: int | None = None  # a fixed warmup step count; when set it replaces warmup_ratio
     lr_scheduler_type: str = "linear"
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -53,6 +55,11 @@ class TrainSpec:
     # general data mixed in to limit forgetting: {"general": share} (replay from the base model)
     mix: Mapping[str, float] = field(default_factory=dict)
     logging_steps: int = 1
+    # held-out share of the rows for an eval loss every eval_steps (default: logging_steps)
+    eval_split: float = 0.0
+    eval_steps: int | None = None
+    early_stopping_patience: int | None = None  # stop after this many evals without a lower eval_loss
+    save_steps: int | None = None  # write a resumable checkpoint every N steps (None: only on SIGTERM)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -86,6 +93,24 @@ def validate(spec: TrainSpec) -> tuple[list[str], list[str]]:
         errors.append("target_modules is empty: name the projections to adapt (default: all of q,k,v,o,gate,up,down)")
     if spec.max_seq_length <= 0:
         errors.append("max_seq_length must be positive")
+    if str(spec.init_lora_weights).lower() not in (*INIT_VARIANTS, "true"):
+        errors.append(f"init_lora_weights={spec.init_lora_weights!r}: use one of {', '.join(INIT_VARIANTS)}")
+    if spec.warmup_steps is not None and spec.warmup_steps < 0:
+        errors.append(f"warmup_steps={spec.warmup_steps}: must be >= 0 (usual: 5-10% of steps, or a count such as 20)")
+    if not 0 <= spec.warmup_ratio < 1:
+        errors.append(f"warmup_ratio={spec.warmup_ratio}: must be in [0, 1) (usual 0.05-0.1); or set warmup_steps")
+    if not 0 <= spec.eval_split < 1:
+        errors.append(f"eval_split={spec.eval_split}: the held-out share must be in [0, 1) (usual 0.05-0.2)")
+    for name in ("eval_steps", "save_steps", "early_stopping_patience"):
+        value = getattr(spec, name)
+        if value is not None and value <= 0:
+            errors.append(f"{name}={value}: must be a positive integer (or unset)")
+    if spec.early_stopping_patience is not None and spec.eval_split <= 0:
+        errors.append("early_stopping_patience needs an eval loss: set eval_split (e.g. 0.1) too")
+    if spec.eval_steps is not None and spec.eval_split <= 0:
+        warnings.append(f"eval_steps={spec.eval_steps} has no effect without eval_split > 0")
+    if spec.precision == "fp16":
+        warnings.append("precision=fp16 overflows easily (loss 0.0 or NaN, DOMAIN.md); prefer bf16 where the GPU has it")
     for name, share in spec.mix.items():
         if name != "general":
             errors.append(f"mix.{name}: unknown; only 'general' (base-model replay) is supported")
