@@ -119,6 +119,43 @@ def validate(spec: TrainSpec) -> tuple[list[str], list[str]]:
     return errors, warnings
 
 
+_FIELD_TYPES = {f.name: type(f.default) for f in dataclasses.fields(TrainSpec) if f.default is not dataclasses.MISSING}
+_OPTIONAL_INT = {"warmup_steps", "eval_steps", "early_stopping_patience", "save_steps"}
+
+
+def coerce_value(key: str, value: Any, where: str = "spec") -> Any:
+    """Type a value from YAML or a ``key=value`` flag by its field: YAML reads ``1e-4`` as a string,
+    and a flag value is always one."""
+    known = {f.name for f in dataclasses.fields(TrainSpec)}
+    if key not in known:
+        raise InputError(f"{where}: unknown field {key!r}; known: {', '.join(sorted(known))}")
+    if key == "mix" and isinstance(value, str):
+        value = yaml.safe_load(value) or {}
+    if key == "mix" and not isinstance(value, Mapping):
+        raise InputError(f"{where}: mix={value!r} must be a mapping such as {{general: 0.2}}")
+    if isinstance(value, str) and key not in ("target_modules", "mix"):
+        text = value.strip()
+        parsed = yaml.safe_load(text) if text else None
+        if key in _OPTIONAL_INT and parsed in (None, "none", "None", "null"):
+            return None
+        value = parsed if parsed is not None else text
+    kind = int if key in _OPTIONAL_INT else _FIELD_TYPES.get(key)
+    if value is None or kind is None or isinstance(value, bool) and kind is bool:
+        return value
+    if key == "target_modules":
+        return tuple(v.strip() for v in value.split(",")) if isinstance(value, str) else tuple(value)
+    try:
+        if kind is float and not isinstance(value, bool):
+            return float(value)
+        if kind is int and not isinstance(value, bool) and float(value) == int(float(value)):
+            return int(float(value))
+    except (TypeError, ValueError):
+        pass
+    if kind in (int, float) or (kind is bool and not isinstance(value, bool)):
+        raise InputError(f"{where}: {key}={value!r} is not a valid {kind.__name__}")
+    return value
+
+
 def load_spec(path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> TrainSpec:
     """Read a YAML spec (optional), apply overrides, validate; all errors are reported together."""
     raw: dict[str, Any] = {}
@@ -134,13 +171,13 @@ def load_spec(path: Path | None = None, overrides: Mapping[str, Any] | None = No
     unknown = sorted(set(raw) - known)
     if unknown:
         raise InputError(f"{path or 'spec'}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    if "target_modules" in raw:
-        raw["target_modules"] = tuple(raw["target_modules"])
+    raw = {k: coerce_value(k, v, str(path or "spec")) for k, v in raw.items()}
     try:
         spec = TrainSpec(**raw)
     except TypeError as exc:
         raise InputError(f"{path or 'spec'}: {exc}") from None
     errors, _ = validate(spec)
     if errors:
-        raise InputError(f"{len(errors)} problem(s) in training spec {path or ''}:\n  " + "\n  ".join(errors))
+        # one line: the CLI prints an error as a single line
+        raise InputError(f"{len(errors)} problem(s) in training spec {path or ''}: " + "; ".join(errors))
     return spec
