@@ -43,6 +43,8 @@ def _one_line_error(capsys):
         ("r: 8\n", ["--set", "r"], "use FIELD=VALUE"),
         ("r: 8\n", ["--grid", "r"], "use FIELD=V1,V2"),
         ("r: 8\n", ["--from-adapter", "/nonexistent/adapter"], "adapter directory /nonexistent/adapter does not exist"),
+        ("r: 8\n", ["--from-adapter", "/x", "--grid", "r=4,8"], "keeps its parent's LoRA shape"),
+        ("r: 8\n", ["--grid", "base=a,b"], "not supported"),
     ],
 )
 def test_bad_spec_or_flag_exits_2_with_one_line(tmp_path, capsys, spec_text, extra, match):

@@ -114,6 +114,10 @@ def run(args: argparse.Namespace) -> int:
     grid = parse_grid(args.grid)
     if {"base", "data"} & set(grid):
         raise UsageError("--grid over base or data is not supported; run one train command per base or data set")
+    shape = {"r", "lora_alpha", "target_modules", "init_lora_weights", "use_dora", "use_rslora", "bias", "lora_dropout"}
+    if args.from_adapter and shape & set(grid):
+        raise UsageError(f"--grid over {', '.join(sorted(shape & set(grid)))} with --from-adapter: a continued adapter keeps "
+                         "its parent's LoRA shape; grid over optimiser fields (learning_rate, max_steps, ...) instead")
     points = expand(grid) if grid else [GridPoint("", {})]
     specs = [(p, load_spec(args.spec, {**overrides, **p.overrides})) for p in points]
     parent = inspect_adapter(args.from_adapter) if args.from_adapter else None
