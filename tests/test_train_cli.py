@@ -132,3 +132,29 @@ def test_sigterm_saves_a_marked_checkpoint_and_exits_0_with_resume_hint(spec_fil
     ckpts = sorted((out / "checkpoints").glob("checkpoint-*"))
     assert len(ckpts) == 1 and (ckpts[0] / "harness-complete.json").is_file()
     assert not (out / "adapter_model.safetensors").exists()
+
+
+def test_cli_resume_finishes_a_stopped_run_like_an_uninterrupted_one(spec_file, tiny_model_dir, tmp_path, capsys):
+    from harness.models import load_base, resolve_base
+    from tests.test_train import _stop_at
+    from train.checkpoints import SaveAndStop
+    from train.recipe import train_adapter
+    from train.spec import load_spec
+
+    db = str(tmp_path / "h.duckdb")
+    assert main(["train", str(spec_file), "--out", str(tmp_path / "whole"), "--db", db, "--set", "max_steps=4"]) == 0
+    stopper = SaveAndStop()  # what SIGTERM does, at a known step
+    part = train_adapter(load_spec(spec_file, {"max_steps": 4}), tmp_path / "run", base=load_base(resolve_base(str(tiny_model_dir))),
+                         log=lambda s: None, stopper=stopper, callbacks=[_stop_at(stopper, 2)])
+    assert part.interrupted
+    assert main(["train", str(spec_file), "--out", str(tmp_path / "run"), "--db", db, "--set", "max_steps=4", "--resume"]) == 0
+
+    def losses(d):
+        return [json.loads(line)["loss"] for line in (d / "step_logs.jsonl").read_text().splitlines()]
+
+    assert len(losses(tmp_path / "run")) == 4 and losses(tmp_path / "run") == losses(tmp_path / "whole")
+    capsys.readouterr()
+    assert main(["train", str(spec_file), "--out", str(tmp_path / "run"), "--db", db, "--set", "max_steps=5", "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()  # progress lines first: the refusal comes after loading
+    assert err[-1].startswith("error: --resume refused") and "max_steps: 4 -> 5" in err[-1]
+    assert sum(line.startswith("error") for line in err) == 1
