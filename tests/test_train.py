@@ -260,3 +260,14 @@ def test_spec_validation_names_the_field(overrides, match):
 
     with pytest.raises(InputError, match=match):
         load_spec(None, overrides)
+
+
+def test_spec_values_are_typed_by_field_so_yaml_and_flags_agree():
+    from train.spec import coerce_value, load_spec
+
+    spec = load_spec(None, {"learning_rate": "1e-4", "lora_alpha": "16", "r": "8", "save_steps": "none",
+                            "target_modules": "q_proj,v_proj", "mix": "{general: 0.2}"})
+    assert (spec.learning_rate, spec.lora_alpha, spec.r, spec.save_steps) == (1e-4, 16.0, 8, None)
+    assert spec.target_modules == ("q_proj", "v_proj") and spec.mix == {"general": 0.2}
+    assert TrainSpec(lora_alpha=16) == spec.__class__(lora_alpha=16.0)  # one spec hash for 16 and 16.0
+    assert coerce_value("use_rslora", "true") is True

@@ -61,6 +61,13 @@ class TrainSpec:
     early_stopping_patience: int | None = None  # stop after this many evals without a lower eval_loss
     save_steps: int | None = None  # write a resumable checkpoint every N steps (None: only on SIGTERM)
 
+    def __post_init__(self) -> None:
+        # 8 and 8.0 are one alpha: keep float fields float so records and resume hashes agree
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type == "float" and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["target_modules"] = list(self.target_modules)
@@ -119,7 +126,8 @@ def validate(spec: TrainSpec) -> tuple[list[str], list[str]]:
     return errors, warnings
 
 
-_FIELD_TYPES = {f.name: type(f.default) for f in dataclasses.fields(TrainSpec) if f.default is not dataclasses.MISSING}
+_FIELD_TYPES = {f.name: {"int": int, "float": float, "bool": bool, "str": str}.get(str(f.type))
+                for f in dataclasses.fields(TrainSpec)}
 _OPTIONAL_INT = {"warmup_steps", "eval_steps", "early_stopping_patience", "save_steps"}
 
 
@@ -151,6 +159,8 @@ def coerce_value(key: str, value: Any, where: str = "spec") -> Any:
             return int(float(value))
     except (TypeError, ValueError):
         pass
+    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
     if kind in (int, float) or (kind is bool and not isinstance(value, bool)):
         raise InputError(f"{where}: {key}={value!r} is not a valid {kind.__name__}")
     return value
