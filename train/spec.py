@@ -147,11 +147,12 @@ def coerce_value(key: str, value: Any, where: str = "spec") -> Any:
         if key in _OPTIONAL_INT and parsed in (None, "none", "None", "null"):
             return None
         value = parsed if parsed is not None else text
+    if key == "target_modules":
+        # a string would reach PEFT as a regex over module names: always a tuple of names here
+        return tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) else tuple(value)
     kind = int if key in _OPTIONAL_INT else _FIELD_TYPES.get(key)
     if value is None or kind is None or isinstance(value, bool) and kind is bool:
         return value
-    if key == "target_modules":
-        return tuple(v.strip() for v in value.split(",")) if isinstance(value, str) else tuple(value)
     try:
         if kind is float and not isinstance(value, bool):
             return float(value)
