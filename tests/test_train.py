@@ -271,3 +271,26 @@ def test_spec_values_are_typed_by_field_so_yaml_and_flags_agree():
     assert spec.target_modules == ("q_proj", "v_proj") and spec.mix == {"general": 0.2}
     assert TrainSpec(lora_alpha=16) == spec.__class__(lora_alpha=16.0)  # one spec hash for 16 and 16.0
     assert coerce_value("use_rslora", "true") is True
+
+
+def test_pissa_adapter_saved_as_lora_reproduces_the_trained_model_on_the_original_base(base, tiny_model_dir, tmp_path):
+    from transformers import TrainerCallback
+
+    from harness.adapters import load_adapter
+
+    ids = base.tokenizer("Order 3 red hoodies", return_tensors="pt")["input_ids"]
+    seen = {}
+
+    class Capture(TrainerCallback):
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            model.eval()
+            with torch.no_grad():
+                seen["logits"] = model(input_ids=ids).logits.clone()
+
+    r = train_adapter(_spec(tiny_model_dir, init_lora_weights="pissa"), tmp_path / "p", examples=ROWS, base=base,
+                      log=lambda s: None, callbacks=[Capture()])
+    peft_model = load_adapter(base.model, inspect_adapter(r.adapter_dir))
+    with torch.no_grad():
+        logits = peft_model(input_ids=ids).logits
+    base.model = peft_model.unload()
+    torch.testing.assert_close(logits, seen["logits"], atol=1e-4, rtol=1e-4)
