@@ -22,8 +22,8 @@ def base(tiny_model_dir):
 
 
 def _spec(tiny_model_dir, **kw):
-    return TrainSpec(base=str(tiny_model_dir), learning_rate=1e-2, max_steps=3, per_device_train_batch_size=4,
-                     r=4, lora_alpha=8, **kw)
+    fields = dict(base=str(tiny_model_dir), learning_rate=1e-2, max_steps=3, per_device_train_batch_size=4, r=4, lora_alpha=8)
+    return TrainSpec(**{**fields, **kw})
 
 
 def test_same_spec_and_seed_give_identical_losses_and_weights(base, tiny_model_dir, tmp_path):
@@ -87,3 +87,210 @@ def test_common_dataset_shapes_normalise_to_prompt_completion(row, user, answer)
 def test_bad_rows_name_the_row_and_fix(row, match):
     with pytest.raises(DatasetError, match=match):
         normalize_row(row, "data.jsonl row 7")
+
+
+# --- checkpoints, resume, SIGTERM-style stop -------------------------------------------------------
+
+def _stop_at(stopper, step):
+    """A callback that asks for a clean stop during ``step`` (as the SIGTERM handler would)."""
+    from transformers import TrainerCallback
+
+    class StopAt(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step + 1 == step:
+                stopper.request()
+
+    return StopAt()
+
+
+def _losses(result):
+    return [(s["step"], s["loss"]) for s in result.step_logs if "loss" in s]
+
+
+def test_stopped_then_resumed_run_matches_an_uninterrupted_one(base, tiny_model_dir, tmp_path):
+    from train.checkpoints import MARKER, SaveAndStop
+
+    spec = _spec(tiny_model_dir, max_steps=4)
+    whole = train_adapter(spec, tmp_path / "whole", examples=ROWS * 2, base=base, log=lambda s: None)
+
+    stopper = SaveAndStop()
+    part = train_adapter(spec, tmp_path / "run", examples=ROWS * 2, base=base, log=lambda s: None,
+                         stopper=stopper, callbacks=[_stop_at(stopper, 2)])
+    assert part.interrupted and part.n_steps == 2 and part.adapter_id is None
+    assert (part.checkpoint / MARKER).is_file() and part.checkpoint.name == "checkpoint-2"
+    assert not (tmp_path / "run" / "adapter_model.safetensors").exists()
+    # a save that a kill cut short: newer, but without the marker
+    partial = tmp_path / "run" / "checkpoints" / "checkpoint-3"
+    partial.mkdir()
+    (partial / "adapter_model.safetensors").write_bytes(b"truncated")
+
+    resumed = train_adapter(spec, tmp_path / "run", examples=ROWS * 2, base=base, log=lambda s: None, resume=True)
+    assert not partial.exists()
+    assert [p.name.startswith("checkpoint-3-") for p in (tmp_path / "run" / "checkpoints" / "quarantine").iterdir()] == [True]
+    assert resumed.n_steps == 4
+    assert _losses(resumed) == _losses(whole)  # CPU, fixed seed: exactly equal, steps 1-4
+    assert resumed.adapter_id == whole.adapter_id
+    record = json.loads((tmp_path / "run" / "harness.json").read_text())
+    assert record["resumed_from"].endswith("checkpoint-2")
+
+
+def test_resume_refuses_a_changed_spec_or_data_and_needs_a_marked_checkpoint(base, tiny_model_dir, tmp_path):
+    from harness.errors import InputError
+    from train.checkpoints import SaveAndStop
+
+    spec = _spec(tiny_model_dir, max_steps=4)
+    with pytest.raises(InputError, match="no complete checkpoint"):
+        train_adapter(spec, tmp_path / "run", examples=ROWS, base=base, log=lambda s: None, resume=True)
+    stopper = SaveAndStop()
+    train_adapter(spec, tmp_path / "run", examples=ROWS, base=base, log=lambda s: None,
+                  stopper=stopper, callbacks=[_stop_at(stopper, 1)])
+    with pytest.raises(InputError, match=r"spec changed \(learning_rate: 0.01 -> 0.001\)"):
+        train_adapter(_spec(tiny_model_dir, max_steps=4, learning_rate=1e-3), tmp_path / "run", examples=ROWS, base=base, log=lambda s: None, resume=True)
+    with pytest.raises(InputError, match="training data changed"):
+        train_adapter(spec, tmp_path / "run", examples=ROWS[:6], base=base, log=lambda s: None, resume=True)
+
+
+def test_sigterm_handler_only_sets_a_flag_and_a_second_signal_is_not_caught():
+    import signal
+
+    from train.checkpoints import SaveAndStop
+
+    stopper = SaveAndStop()
+    before = signal.getsignal(signal.SIGTERM)
+    stopper.install()
+    try:
+        assert signal.getsignal(signal.SIGTERM) == stopper.request
+        stopper.request(signal.SIGTERM, None)
+        assert stopper.requested and stopper.signal_name == "SIGTERM"
+        assert signal.getsignal(signal.SIGTERM) == before  # the next SIGTERM acts as usual
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+# --- continued fine-tuning ---------------------------------------------------------------------------
+
+def test_continued_fine_tuning_changes_the_weights_and_stores_lineage(base, tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from harness.store import Store
+    from train.record import store_training
+
+    parent = train_adapter(_spec(tiny_model_dir), tmp_path / "parent", examples=ROWS, base=base, log=lambda s: None)
+    more = [{"prompt": f"Cancel order {i}.", "completion": f'{{"cancel": {i}}}'} for i in range(1, 9)]
+    child = train_adapter(_spec(tiny_model_dir, learning_rate=5e-3), tmp_path / "child", examples=more, base=base,
+                          log=lambda s: None, from_adapter=tmp_path / "parent")
+    assert child.parent_adapter_id == parent.adapter_id != child.adapter_id
+    w_parent = load_file(str(tmp_path / "parent" / "adapter_model.safetensors"))
+    w_child = load_file(str(tmp_path / "child" / "adapter_model.safetensors"))
+    assert w_parent.keys() == w_child.keys()
+    changed = [k for k in w_parent if not torch.equal(w_parent[k], w_child[k])]
+    assert any("lora_A" in k for k in changed) and any("lora_B" in k for k in changed)
+    record = json.loads((tmp_path / "child" / "harness.json").read_text())
+    assert record["parent_adapter"]["adapter_id"] == parent.adapter_id and record["init_lora_weights"] == "parent"
+    assert not any("lora" in n for n, _ in base.model.named_modules())
+
+    store = Store(tmp_path / "h.duckdb")
+    store_training(store, parent, "parent", "test", {})
+    store_training(store, child, "child", "test", {})
+    rows = store.query("SELECT name, parent_adapter_id FROM adapters WHERE adapter_id = ?", [child.adapter_id])
+    assert rows == [{"name": "child", "parent_adapter_id": parent.adapter_id}]
+    logs = store.query("SELECT step, loss FROM step_logs WHERE adapter_id = ? ORDER BY step", [child.adapter_id])
+    assert [(r["step"], r["loss"]) for r in logs] == _losses(child)
+
+
+# --- spec options --------------------------------------------------------------------------------------
+
+def test_pissa_and_gaussian_init_give_adapters_for_the_untouched_base(base, tiny_model_dir, tmp_path):
+    from harness.adapters import load_adapter
+
+    before = {k: v.clone() for k, v in base.model.state_dict().items()}
+    for init in ("gaussian", "pissa"):
+        r = train_adapter(_spec(tiny_model_dir, init_lora_weights=init, max_steps=1), tmp_path / init, examples=ROWS,
+                          base=base, log=lambda s: None)
+        info = inspect_adapter(r.adapter_dir)
+        assert all(torch.equal(before[k], v) for k, v in base.model.state_dict().items())
+        # PiSSA is saved converted to plain LoRA (rank 2r) against the original base weights
+        assert info.config["r"] == (8 if init == "pissa" else 4)
+        load_adapter(base.model, info).unload()
+
+
+def test_loftq_without_bitsandbytes_or_gpu_is_refused_clearly(base, tiny_model_dir, tmp_path):
+    import importlib.util
+
+    from harness.errors import UsageError
+
+    if importlib.util.find_spec("bitsandbytes") and torch.cuda.is_available():
+        pytest.skip("LoftQ can run here")
+    with pytest.raises(UsageError, match="loftq needs .*use pissa"):
+        train_adapter(_spec(tiny_model_dir, init_lora_weights="loftq"), tmp_path / "q", examples=ROWS, base=base,
+                      log=lambda s: None)
+
+
+def test_warmup_steps_eval_split_and_fp16_warning_on_cpu(base, tiny_model_dir, tmp_path):
+    r = train_adapter(_spec(tiny_model_dir, max_steps=4, warmup_steps=2, eval_split=0.25, eval_steps=2,
+                            precision="fp16"), tmp_path / "w", examples=ROWS * 2, base=base, log=lambda s: None)
+    lrs = [s["learning_rate"] for s in r.step_logs if "loss" in s]
+    assert lrs[0] == 0 and lrs[1] == pytest.approx(5e-3) and lrs[2] == pytest.approx(1e-2)
+    assert [s["step"] for s in r.step_logs if "eval_loss" in s] == [2, 4]
+    assert any("fp16" in w and "cpu" in w for w in r.warnings)
+    record = json.loads((tmp_path / "w" / "harness.json").read_text())
+    assert record["precision"] == "fp32" and record["data"]["n_eval"] == 4
+
+
+def test_early_stopping_ends_a_diverging_run(base, tiny_model_dir, tmp_path):
+    r = train_adapter(_spec(tiny_model_dir, max_steps=12, learning_rate=3.0, eval_split=0.25, eval_steps=1,
+                            early_stopping_patience=1, max_grad_norm=0), tmp_path / "e", examples=ROWS * 2, base=base,
+                      log=lambda s: None)
+    assert r.n_steps < 12
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"init_lora_weights": "olora2"}, "init_lora_weights"),
+        ({"eval_split": 1.5}, "eval_split"),
+        ({"early_stopping_patience": 2}, "early_stopping_patience needs an eval loss"),
+        ({"warmup_steps": -1}, "warmup_steps"),
+        ({"save_steps": 0}, "save_steps"),
+    ],
+)
+def test_spec_validation_names_the_field(overrides, match):
+    from harness.errors import InputError
+    from train.spec import load_spec
+
+    with pytest.raises(InputError, match=match):
+        load_spec(None, overrides)
+
+
+def test_spec_values_are_typed_by_field_so_yaml_and_flags_agree():
+    from train.spec import coerce_value, load_spec
+
+    spec = load_spec(None, {"learning_rate": "1e-4", "lora_alpha": "16", "r": "8", "save_steps": "none",
+                            "target_modules": "q_proj,v_proj", "mix": "{general: 0.2}"})
+    assert (spec.learning_rate, spec.lora_alpha, spec.r, spec.save_steps) == (1e-4, 16.0, 8, None)
+    assert spec.target_modules == ("q_proj", "v_proj") and spec.mix == {"general": 0.2}
+    assert TrainSpec(lora_alpha=16) == spec.__class__(lora_alpha=16.0)  # one spec hash for 16 and 16.0
+    assert coerce_value("use_rslora", "true") is True
+
+
+def test_pissa_adapter_saved_as_lora_reproduces_the_trained_model_on_the_original_base(base, tiny_model_dir, tmp_path):
+    from transformers import TrainerCallback
+
+    from harness.adapters import load_adapter
+
+    ids = base.tokenizer("Order 3 red hoodies", return_tensors="pt")["input_ids"]
+    seen = {}
+
+    class Capture(TrainerCallback):
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            model.eval()
+            with torch.no_grad():
+                seen["logits"] = model(input_ids=ids).logits.clone()
+
+    r = train_adapter(_spec(tiny_model_dir, init_lora_weights="pissa"), tmp_path / "p", examples=ROWS, base=base,
+                      log=lambda s: None, callbacks=[Capture()])
+    peft_model = load_adapter(base.model, inspect_adapter(r.adapter_dir))
+    with torch.no_grad():
+        logits = peft_model(input_ids=ids).logits
+    base.model = peft_model.unload()
+    torch.testing.assert_close(logits, seen["logits"], atol=1e-4, rtol=1e-4)

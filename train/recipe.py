@@ -27,6 +27,7 @@ from train.data import (
     normalize_row,
     replay_rows,
 )
+from train.checkpoints import RunIdentity, SaveAndStop, find_resumable, marker_callback
 from train.spec import TrainSpec, validate
 
 if TYPE_CHECKING:
@@ -38,8 +39,11 @@ STEP_LOG_FILE = "step_logs.jsonl"
 
 @dataclass
 class TrainResult:
+    """What a training call produced. ``interrupted``: stopped early on request (SIGTERM) after saving
+    ``checkpoint``; no final adapter was written then (``adapter_id`` is None)."""
+
     adapter_dir: Path
-    adapter_id: str
+    adapter_id: str | None
     n_steps: int
     final_loss: float | None
     seconds: float
@@ -48,23 +52,37 @@ class TrainResult:
     n_truncated: int
     findings: list[Any] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    checkpoint: Path | None = None
+    parent_adapter_id: str | None = None
+    base_model_id: str | None = None
 
 
-def resolve_precision(spec: TrainSpec, device: str) -> tuple[str, bool]:
-    """(precision, gradient_checkpointing) for ``device``: the spec's choice, or the device's best."""
+def resolve_precision(spec: TrainSpec, device: str) -> tuple[str, bool, list[str]]:
+    """(precision, gradient_checkpointing, warnings) for ``device``: the spec's choice, or the device's best."""
     import torch
 
+    warnings: list[str] = []
     precision = spec.precision
     if precision == "auto":
         precision = "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     if precision == "bf16" and device == "cuda" and not torch.cuda.is_bf16_supported():
         raise UsageError("precision=bf16 but this GPU has no bf16 support; use fp16 or fp32")
-    if precision in ("bf16", "fp16") and device == "cpu":
-        raise UsageError(f"precision={precision} on the CPU is slow or unsupported by the Trainer; use fp32 (or auto)")
+    if precision == "bf16" and device == "cpu":
+        raise UsageError("precision=bf16 on the CPU is slow and inexact; use fp32 (or auto)")
+    if precision == "fp16" and device == "cpu":
+        warnings.append("precision=fp16: this device (cpu) has no fp16 training support; training in fp32 instead")
+        precision = "fp32"
+    elif precision == "fp16" and device == "cuda":
+        if torch.cuda.get_device_capability() < (7, 0):
+            warnings.append("precision=fp16: this GPU has no fp16 tensor cores (compute capability < 7.0); "
+                            "fp16 will be slow; fp32 may be faster")
+        if torch.cuda.is_bf16_supported():
+            warnings.append("precision=fp16 on a GPU with bf16 support: bf16 has fp32's range and avoids fp16 overflow")
     checkpointing = spec.gradient_checkpointing
     if checkpointing == "auto":
         checkpointing = False  # only worth its ~30% extra compute when activations do not fit; opt in
-    return precision, bool(checkpointing)
+    return precision, bool(checkpointing), warnings
 
 
 class _StepPrinter:
@@ -122,65 +140,97 @@ def train_adapter(
     base: "LoadedBase | None" = None,
     log: Callable[[str], None] = print,
     callbacks: Sequence[Any] = (),
+    from_adapter: Path | str | None = None,
+    resume: bool = False,
+    stopper: SaveAndStop | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on ``base`` as ``spec`` says and write it to ``out_dir``.
 
-    ``base`` is left as it was (the LoRA layers are removed after saving), so one loaded base model
-    can train several adapters and then evaluate them.
+    ``from_adapter`` continues training an existing adapter (its own LoRA config wins over the
+    spec's r, alpha and target modules); ``resume`` continues from the newest complete checkpoint
+    under ``out_dir/checkpoints``; ``stopper`` lets a signal stop the run after a clean save.
+    ``base`` is left as it was (the LoRA layers are removed after saving, and the base weights that
+    PiSSA/LoftQ initialisation rewrites are put back), so one loaded base can train several adapters.
     """
     import datasets
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import set_seed
+    from transformers import EarlyStoppingCallback, set_seed
     from trl import SFTConfig, SFTTrainer
 
-    from harness.adapters import inspect_adapter
+    from harness.adapters import inspect_adapter, load_adapter
     from harness.models import load_base, resolve_base
     from harness.provenance import package_versions
 
     errors, warnings = validate(spec)
     if errors:
         raise InputError("training spec: " + "; ".join(errors))
-    for w in warnings:
-        log(f"  warning: {w}")
+    init = _init_arg(spec.init_lora_weights)
+    if init == "loftq" and from_adapter is None:
+        _check_loftq_runs()
+    parent = inspect_adapter(from_adapter) if from_adapter is not None else None
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
     if base is None:
         base = load_base(resolve_base(spec.base))
-    precision, checkpointing = resolve_precision(spec, base.device)
+    precision, checkpointing, device_warnings = resolve_precision(spec, base.device)
+    warnings = [*warnings, *device_warnings]
+    for w in warnings:
+        log(f"  warning: {w}")
 
     rows, rows_hash, n_task = prepare_rows(spec, base, examples, log)
     tokenizer = base.tokenizer
     check = check_supervision(tokenizer, rows, spec.max_seq_length)
     if check.n_truncated:
         log(f"  warning: {check.n_truncated} of {check.n_examples} examples truncated to max_seq_length={spec.max_seq_length}")
+    train_ds, eval_ds = _split(datasets, rows, spec)
+
+    identity = RunIdentity(spec.to_dict(), rows_hash, base.ref.model_id, parent.adapter_id if parent else None)
+    ckpt_root = out_dir / "checkpoints"
+    resume_from = find_resumable(ckpt_root, identity, log) if resume else None
+    if resume_from is not None:
+        log(f"  resuming from {resume_from}")
 
     set_seed(spec.seed)  # before the LoRA matrices are initialised, so two runs start identical
-    lora = LoraConfig(
-        r=spec.r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout,
-        target_modules=list(spec.target_modules), bias=spec.bias, use_rslora=spec.use_rslora,
-        use_dora=spec.use_dora, init_lora_weights=_init_arg(spec.init_lora_weights), task_type="CAUSAL_LM",
-    )
     model = base.model.float() if precision == "fp32" else base.model
-    peft_model = get_peft_model(model, lora)
+    # PiSSA and LoftQ rewrite the base weights they adapt; keep the originals to hand the base back.
+    saved_base = _snapshot_targets(model, spec.target_modules) if init in ("pissa", "loftq") and parent is None else {}
+    if parent is not None:
+        _note_parent_config(spec, parent, log)
+        peft_model = load_adapter(model, parent, trainable=True)
+    else:
+        peft_model = get_lora_model(model, spec, init)
     n_trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     if n_trainable == 0:
         raise InputError("no trainable parameters: check target_modules against the model's linear layers")
+    pissa_init_dir = ckpt_root / "pissa-init"
+    if init == "pissa" and parent is None and not (resume_from and pissa_init_dir.is_dir()):
+        # the adapter as initialised: needed to convert the trained PiSSA adapter into a plain LoRA one
+        peft_model.save_pretrained(str(pissa_init_dir), safe_serialization=True)
 
+    eval_steps = spec.eval_steps or spec.logging_steps
+    early = spec.early_stopping_patience is not None
     args = SFTConfig(
-        output_dir=str(out_dir / "checkpoints"),
+        output_dir=str(ckpt_root),
         per_device_train_batch_size=spec.per_device_train_batch_size,
+        per_device_eval_batch_size=spec.per_device_train_batch_size,
         gradient_accumulation_steps=spec.gradient_accumulation_steps,
         learning_rate=spec.learning_rate,
         num_train_epochs=spec.num_train_epochs,
         max_steps=spec.max_steps,
-        warmup_steps=spec.warmup_ratio,
+        # an int >= 1 is a step count; a float < 1 is a share of the steps
+        warmup_steps=spec.warmup_steps if spec.warmup_steps is not None else spec.warmup_ratio,
         lr_scheduler_type=spec.lr_scheduler_type,
         weight_decay=spec.weight_decay,
         max_grad_norm=spec.max_grad_norm if spec.max_grad_norm > 0 else 0.0,
         logging_steps=spec.logging_steps,
         logging_nan_inf_filter=False,  # log a NaN as NaN: the anomaly detectors need to see it
-        save_strategy="no",
+        eval_strategy="steps" if eval_ds is not None else "no",
+        eval_steps=eval_steps if eval_ds is not None else None,
+        metric_for_best_model="eval_loss" if early else None,
+        greater_is_better=False if early else None,
+        # the best checkpoint can be reloaded only when every eval step also saved one
+        load_best_model_at_end=bool(early and spec.save_steps and spec.save_steps % eval_steps == 0),
+        save_strategy="steps" if spec.save_steps else "no",
+        save_steps=spec.save_steps or 500,
         report_to="none",
         seed=spec.seed,
         data_seed=spec.seed,
@@ -194,54 +244,145 @@ def train_adapter(
         dataloader_num_workers=0,
     )
     datasets.disable_progress_bars()
+    extra = [_StepPrinter(log), marker_callback(identity, log)]
+    if stopper is not None:
+        extra.append(stopper.callback())
+    if early:
+        extra.append(EarlyStoppingCallback(early_stopping_patience=spec.early_stopping_patience))
     trainer = SFTTrainer(
-        model=peft_model,
-        args=args,
-        train_dataset=datasets.Dataset.from_list(rows),
-        processing_class=tokenizer,
-        callbacks=[_StepPrinter(log), *callbacks],
+        model=peft_model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+        processing_class=tokenizer, callbacks=[*extra, *callbacks],
     )
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our StepPrinter prints a shorter line per step
-    log(f"  training {n_trainable:,} LoRA parameters on {len(rows)} examples ({precision}, {base.device})")
+    what = f"continuing adapter {parent.adapter_id[:12]}" if parent else f"training {n_trainable:,} LoRA parameters"
+    log(f"  {what} on {len(train_ds)} examples ({precision}, {base.device}, init {spec.init_lora_weights if parent is None else 'parent'})")
+    interrupted, checkpoint = False, None
+    adapter_dir = out_dir
     try:
-        trainer.train()
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         steps = [dict(s) for s in trainer.state.log_history if "loss" in s or "eval_loss" in s]
         final = next((s["loss"] for s in reversed(steps) if "loss" in s), None)
-        adapter_dir = out_dir
-        adapter_dir.mkdir(parents=True, exist_ok=True)
-        peft_model.save_pretrained(str(adapter_dir), safe_serialization=True)
+        if stopper is not None and stopper.requested:
+            interrupted = True
+            checkpoint = ckpt_root / f"checkpoint-{trainer.state.global_step}"
+        else:
+            adapter_dir.mkdir(parents=True, exist_ok=True)
+            convert = {"path_initial_model_for_weight_conversion": str(pissa_init_dir)} if init == "pissa" and parent is None else {}
+            peft_model.save_pretrained(str(adapter_dir), safe_serialization=True, **convert)
     finally:
         # Give the caller back its base model without the LoRA layers, in inference mode.
         base.model = peft_model.unload()
+        if saved_base:
+            _restore_targets(base.model, saved_base)
         base.model.eval()
         tokenizer.padding_side = "left"
+    result = TrainResult(
+        adapter_dir=adapter_dir, adapter_id=None, n_steps=trainer.state.global_step,
+        final_loss=final if final is None or math.isfinite(final) else None, seconds=time.perf_counter() - t0,
+        step_logs=steps, n_examples=len(rows), n_truncated=check.n_truncated, warnings=warnings,
+        interrupted=interrupted, checkpoint=checkpoint, parent_adapter_id=identity.parent_adapter_id,
+        base_model_id=base.ref.model_id,
+    )
+    if interrupted:
+        return result
     (adapter_dir / STEP_LOG_FILE).write_text("".join(json.dumps(s) + "\n" for s in steps), encoding="utf-8")
     record = {
         "spec": spec.to_dict(),
         "base_model": {"name": base.ref.name, "model_id": base.ref.model_id},
-        "data": {"hash": rows_hash, "n_examples": len(rows), "n_task": n_task, "n_truncated": check.n_truncated,
-                 "n_supervised_tokens": check.n_supervised_tokens, "source": spec.data or "in-memory"},
-        "parent_adapter": None,
+        "data": {"hash": rows_hash, "n_examples": len(rows), "n_train": len(train_ds),
+                 "n_eval": len(eval_ds) if eval_ds is not None else 0, "n_task": n_task,
+                 "n_truncated": check.n_truncated, "n_supervised_tokens": check.n_supervised_tokens,
+                 "source": spec.data or "in-memory"},
+        "parent_adapter": {"adapter_id": parent.adapter_id, "path": str(parent.path)} if parent else None,
+        "init_lora_weights": "parent" if parent else init,
+        "resumed_from": str(resume_from) if resume_from else None,
         "precision": precision,
         "gradient_checkpointing": checkpointing,
         "device": base.device,
         "packages": package_versions(),
         "metrics": {"final_loss": final, "steps": trainer.state.global_step, "train_seconds": time.perf_counter() - t0,
-                    "n_trainable_parameters": n_trainable},
+                    "n_trainable_parameters": n_trainable, "best_eval_loss": trainer.state.best_metric,
+                    "best_step": trainer.state.best_global_step},
     }
     (adapter_dir / HARNESS_FILE).write_text(json.dumps(record, indent=2, default=_json_default) + "\n", encoding="utf-8")
-    info = inspect_adapter(adapter_dir)
-    return TrainResult(
-        adapter_dir=adapter_dir, adapter_id=info.adapter_id, n_steps=trainer.state.global_step,
-        final_loss=final if final is None or math.isfinite(final) else None, seconds=time.perf_counter() - t0,
-        step_logs=steps, n_examples=len(rows), n_truncated=check.n_truncated, warnings=warnings,
+    result.adapter_id = inspect_adapter(adapter_dir).adapter_id
+    return result
+
+
+def get_lora_model(model: Any, spec: TrainSpec, init: Any) -> Any:
+    """Wrap ``model`` with a fresh LoRA adapter as the spec says."""
+    from peft import LoraConfig, get_peft_model
+
+    extra: dict[str, Any] = {}
+    if init == "loftq":
+        from peft import LoftQConfig
+
+        extra["loftq_config"] = LoftQConfig(loftq_bits=4)
+    lora = LoraConfig(
+        r=spec.r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout,
+        target_modules=list(spec.target_modules), bias=spec.bias, use_rslora=spec.use_rslora,
+        use_dora=spec.use_dora, init_lora_weights=init, task_type="CAUSAL_LM", **extra,
     )
+    return get_peft_model(model, lora)
+
+
+def _split(datasets: Any, rows: list[dict], spec: TrainSpec) -> tuple[Any, Any]:
+    ds = datasets.Dataset.from_list(rows)
+    if spec.eval_split <= 0:
+        return ds, None
+    n_eval = math.ceil(len(rows) * spec.eval_split)
+    if n_eval >= len(rows):
+        raise DatasetError(f"eval_split={spec.eval_split} leaves no training rows out of {len(rows)}; lower it or add data")
+    parts = ds.train_test_split(test_size=n_eval, seed=spec.seed, shuffle=True)
+    return parts["train"], parts["test"]
+
+
+def _check_loftq_runs() -> None:
+    """LoftQ quantises the base to 4 bits with bitsandbytes, which needs CUDA: refuse clearly elsewhere."""
+    import importlib.util
+
+    import torch
+
+    missing = []
+    if importlib.util.find_spec("bitsandbytes") is None:
+        missing.append("the bitsandbytes package")
+    if not torch.cuda.is_available():
+        missing.append("a CUDA GPU")
+    if missing:
+        raise UsageError(
+            f"init_lora_weights=loftq needs {' and '.join(missing)} (it quantises the base to 4-bit NF4 through "
+            "bitsandbytes); use pissa (runs anywhere) or default here"
+        )
+
+
+def _snapshot_targets(model: Any, targets: Sequence[str]) -> dict[str, Any]:
+    names = set(targets)
+    return {f"{n}.weight": m.weight.detach().clone() for n, m in model.named_modules()
+            if n.split(".")[-1] in names and hasattr(m, "weight")}
+
+
+def _restore_targets(model: Any, saved: dict[str, Any]) -> None:
+    import torch
+
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in saved.items():
+            params[name].copy_(value)
+
+
+def _note_parent_config(spec: TrainSpec, parent: Any, log: Callable[[str], None]) -> None:
+    cfg = parent.config
+    differ = [f"{k}={getattr(spec, k)!r} (parent {cfg.get(k)!r})" for k in ("r", "lora_alpha")
+              if cfg.get(k) is not None and cfg.get(k) != getattr(spec, k)]
+    if differ:
+        log(f"  note: continuing the parent adapter keeps its own LoRA shape; ignored {', '.join(differ)}")
 
 
 def _init_arg(name: str) -> Any:
-    return {"default": True, "true": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora", "loftq": "loftq"}.get(
+    """PEFT's ``init_lora_weights`` value for a spec's name (validated by ``train.spec.validate``)."""
+    return {"default": True, "true": True, "gaussian": "gaussian", "pissa": "pissa", "loftq": "loftq"}.get(
         str(name).lower(), name
     )
 

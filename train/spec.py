@@ -20,6 +20,7 @@ import yaml
 from harness.errors import InputError
 
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+INIT_VARIANTS = ("default", "gaussian", "pissa", "loftq")
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class TrainSpec:
     bias: str = "none"
     use_rslora: bool = False
     use_dora: bool = False
-    init_lora_weights: str = "default"
+    init_lora_weights: str = "default"  # default | gaussian | pissa | loftq (loftq needs bitsandbytes + CUDA)
     # optimiser and schedule
     learning_rate: float = 2e-4
     num_train_epochs: float = 1.0
@@ -42,6 +43,7 @@ class TrainSpec:
     per_device_train_batch_size: int = 8
     gradient_accumulation_steps: int = 1
     warmup_ratio: float = 0.05
+    warmup_steps: int | None = None  # a fixed warmup step count; when set it replaces warmup_ratio
     lr_scheduler_type: str = "linear"
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -53,6 +55,18 @@ class TrainSpec:
     # general data mixed in to limit forgetting: {"general": share} (replay from the base model)
     mix: Mapping[str, float] = field(default_factory=dict)
     logging_steps: int = 1
+    # held-out share of the rows for an eval loss every eval_steps (default: logging_steps)
+    eval_split: float = 0.0
+    eval_steps: int | None = None
+    early_stopping_patience: int | None = None  # stop after this many evals without a lower eval_loss
+    save_steps: int | None = None  # write a resumable checkpoint every N steps (None: only on SIGTERM)
+
+    def __post_init__(self) -> None:
+        # 8 and 8.0 are one alpha: keep float fields float so records and resume hashes agree
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type == "float" and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -86,12 +100,71 @@ def validate(spec: TrainSpec) -> tuple[list[str], list[str]]:
         errors.append("target_modules is empty: name the projections to adapt (default: all of q,k,v,o,gate,up,down)")
     if spec.max_seq_length <= 0:
         errors.append("max_seq_length must be positive")
+    if str(spec.init_lora_weights).lower() not in (*INIT_VARIANTS, "true"):
+        errors.append(f"init_lora_weights={spec.init_lora_weights!r}: use one of {', '.join(INIT_VARIANTS)}")
+    if spec.warmup_steps is not None and spec.warmup_steps < 0:
+        errors.append(f"warmup_steps={spec.warmup_steps}: must be >= 0 (usual: 5-10% of steps, or a count such as 20)")
+    if not 0 <= spec.warmup_ratio < 1:
+        errors.append(f"warmup_ratio={spec.warmup_ratio}: must be in [0, 1) (usual 0.05-0.1); or set warmup_steps")
+    if not 0 <= spec.eval_split < 1:
+        errors.append(f"eval_split={spec.eval_split}: the held-out share must be in [0, 1) (usual 0.05-0.2)")
+    for name in ("eval_steps", "save_steps", "early_stopping_patience"):
+        value = getattr(spec, name)
+        if value is not None and value <= 0:
+            errors.append(f"{name}={value}: must be a positive integer (or unset)")
+    if spec.early_stopping_patience is not None and spec.eval_split <= 0:
+        errors.append("early_stopping_patience needs an eval loss: set eval_split (e.g. 0.1) too")
+    if spec.eval_steps is not None and spec.eval_split <= 0:
+        warnings.append(f"eval_steps={spec.eval_steps} has no effect without eval_split > 0")
+    if spec.precision == "fp16":
+        warnings.append("precision=fp16 overflows easily (loss 0.0 or NaN, DOMAIN.md); prefer bf16 where the GPU has it")
     for name, share in spec.mix.items():
         if name != "general":
             errors.append(f"mix.{name}: unknown; only 'general' (base-model replay) is supported")
         elif not 0 < share < 1:
             errors.append(f"mix.general={share}: the share of general data must be between 0 and 1 (usual 0.1-0.3)")
     return errors, warnings
+
+
+_FIELD_TYPES = {f.name: {"int": int, "float": float, "bool": bool, "str": str}.get(str(f.type))
+                for f in dataclasses.fields(TrainSpec)}
+_OPTIONAL_INT = {"warmup_steps", "eval_steps", "early_stopping_patience", "save_steps"}
+
+
+def coerce_value(key: str, value: Any, where: str = "spec") -> Any:
+    """Type a value from YAML or a ``key=value`` flag by its field: YAML reads ``1e-4`` as a string,
+    and a flag value is always one."""
+    known = {f.name for f in dataclasses.fields(TrainSpec)}
+    if key not in known:
+        raise InputError(f"{where}: unknown field {key!r}; known: {', '.join(sorted(known))}")
+    if key == "mix" and isinstance(value, str):
+        value = yaml.safe_load(value) or {}
+    if key == "mix" and not isinstance(value, Mapping):
+        raise InputError(f"{where}: mix={value!r} must be a mapping such as {{general: 0.2}}")
+    if isinstance(value, str) and key not in ("target_modules", "mix"):
+        text = value.strip()
+        parsed = yaml.safe_load(text) if text else None
+        if key in _OPTIONAL_INT and parsed in (None, "none", "None", "null"):
+            return None
+        value = parsed if parsed is not None else text
+    if key == "target_modules":
+        # a string would reach PEFT as a regex over module names: always a tuple of names here
+        return tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) else tuple(value)
+    kind = int if key in _OPTIONAL_INT else _FIELD_TYPES.get(key)
+    if value is None or kind is None or isinstance(value, bool) and kind is bool:
+        return value
+    try:
+        if kind is float and not isinstance(value, bool):
+            return float(value)
+        if kind is int and not isinstance(value, bool) and float(value) == int(float(value)):
+            return int(float(value))
+    except (TypeError, ValueError):
+        pass
+    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if kind in (int, float) or (kind is bool and not isinstance(value, bool)):
+        raise InputError(f"{where}: {key}={value!r} is not a valid {kind.__name__}")
+    return value
 
 
 def load_spec(path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> TrainSpec:
@@ -109,13 +182,13 @@ def load_spec(path: Path | None = None, overrides: Mapping[str, Any] | None = No
     unknown = sorted(set(raw) - known)
     if unknown:
         raise InputError(f"{path or 'spec'}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    if "target_modules" in raw:
-        raw["target_modules"] = tuple(raw["target_modules"])
+    raw = {k: coerce_value(k, v, str(path or "spec")) for k, v in raw.items()}
     try:
         spec = TrainSpec(**raw)
     except TypeError as exc:
         raise InputError(f"{path or 'spec'}: {exc}") from None
     errors, _ = validate(spec)
     if errors:
-        raise InputError(f"{len(errors)} problem(s) in training spec {path or ''}:\n  " + "\n  ".join(errors))
+        # one line: the CLI prints an error as a single line
+        raise InputError(f"{len(errors)} problem(s) in training spec {path or ''}: " + "; ".join(errors))
     return spec

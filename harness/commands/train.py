@@ -1,0 +1,195 @@
+"""`harness train`: train a LoRA adapter (or a grid of them) from a spec, record it in the store.
+
+Parse, build, run, print: the work lives in ``train/`` (spec, recipe, checkpoints, grid, record).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UsageError
+
+# One line per spec field for --help; the defaults come from TrainSpec itself.
+FIELD_HELP = {
+    "base": "base model: 'smollm2-135m' (embedded) or a local model directory",
+    "data": "training data: JSONL/JSON/CSV/Parquet file or dataset directory",
+    "r": "LoRA rank (usual 8-64)",
+    "lora_alpha": "LoRA alpha; the update is scaled by alpha/r (usual r or 2r)",
+    "lora_dropout": "dropout on the LoRA input (0 or 0.05-0.2)",
+    "target_modules": "projections to adapt, comma-separated",
+    "bias": "none | all | lora_only",
+    "use_rslora": "rank-stabilised scaling alpha/sqrt(r)",
+    "use_dora": "weight-decomposed LoRA",
+    "init_lora_weights": "default | gaussian | pissa | loftq (loftq needs bitsandbytes and a CUDA GPU)",
+    "learning_rate": "peak learning rate (LoRA usual 5e-5 to 2e-4)",
+    "num_train_epochs": "passes over the data",
+    "max_steps": "stop after this many optimiser steps (-1: by epochs)",
+    "per_device_train_batch_size": "examples per device per step",
+    "gradient_accumulation_steps": "steps accumulated per optimiser update",
+    "warmup_ratio": "share of steps with a rising LR (ignored when warmup_steps is set)",
+    "warmup_steps": "a fixed number of warmup steps (replaces warmup_ratio)",
+    "lr_scheduler_type": "linear | cosine | constant | ...",
+    "weight_decay": "AdamW weight decay (usual 0.01-0.1)",
+    "max_grad_norm": "gradient clipping (0.3-1.0; 0 disables)",
+    "precision": "auto | fp32 | bf16 | fp16 (auto: bf16 on a GPU that has it, else fp32)",
+    "gradient_checkpointing": "auto | true | false",
+    "max_seq_length": "tokens per example after truncation",
+    "seed": "seed of LoRA init, data order and dropout",
+    "mix": "general replay data mixed in, e.g. '{general: 0.2}'",
+    "logging_steps": "log loss/grad_norm/lr every N steps",
+    "eval_split": "held-out share of the rows for an eval loss (0: none)",
+    "eval_steps": "eval every N steps (default: logging_steps)",
+    "early_stopping_patience": "stop after N evals without a lower eval_loss (needs eval_split)",
+    "save_steps": "resumable checkpoint every N steps under OUT/checkpoints (default: only on SIGTERM)",
+}
+
+
+def _fields_epilog() -> str:
+    from train.spec import TrainSpec
+
+    lines = ["spec fields (YAML keys; override any with --set FIELD=VALUE):"]
+    for f in dataclasses.fields(TrainSpec):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if isinstance(default, tuple):
+            default = ",".join(default)
+        lines.append(f"  {f.name:<28} {FIELD_HELP.get(f.name, '')} (default: {default})")
+    lines += [
+        "",
+        "exit codes: 0 trained (or stopped by SIGTERM after saving a checkpoint; the message says how to resume),",
+        "2 bad spec, flag or data, 3 adapter incompatible with the base, 4 refused for safety, 5 storage trouble.",
+    ]
+    return "\n".join(lines)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a LoRA adapter (or a grid of them) from a spec",
+        description=(
+            "Train a LoRA adapter with TRL's SFTTrainer as SPEC says, write it to OUT (PEFT files + harness.json + "
+            "step_logs.jsonl) and record the adapter and its step logs in the results store. SIGTERM stops after "
+            "the current step with a saved checkpoint; --resume continues from it."
+        ),
+        epilog=_fields_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("spec", type=Path, metavar="SPEC.yaml", help="training spec: a YAML mapping of the fields below")
+    p.add_argument("--data", default=None, metavar="F", help="training data file; overrides the spec's data")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="adapter directory (default: adapters/NAME); with --grid, the parent of one directory per point")
+    p.add_argument("--name", default=None, help="adapter name in the store and in grid directory names (default: the spec file's stem)")
+    p.add_argument("--db", type=Path, default=None, metavar="F", help="results database (default: $HARNESS_DB or ./harness.duckdb)")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="override a spec field, e.g. --set learning_rate=1e-4 r=8; repeatable")
+    p.add_argument("--from-adapter", type=Path, default=None, metavar="DIR",
+                   help="continue training this adapter (loaded trainable); recorded as the new adapter's parent")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest complete checkpoint under OUT/checkpoints (partial ones are quarantined); "
+                        "refused if the spec or data changed")
+    p.add_argument("--grid", action="extend", nargs="+", default=[], metavar="FIELD=V1,V2",
+                   help="train one adapter per combination, e.g. --grid r=8,16 lora_alpha=16,32 -> OUT/NAME-r8-alpha16 ...")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness.adapters import inspect_adapter
+    from harness.models import load_base, resolve_base
+    from harness.store import Store, default_db_path
+    from train.checkpoints import SaveAndStop
+    from train.grid import GridPoint, expand, parse_grid
+    from train.recipe import train_adapter
+    from train.spec import load_spec
+
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    # Everything cheap is checked before the model loads: spec, overrides, grid, parent adapter.
+    overrides = _parse_sets(args.overrides)
+    if args.data is not None:
+        overrides["data"] = args.data
+    spec = load_spec(args.spec, overrides)
+    grid = parse_grid(args.grid)
+    if {"base", "data"} & set(grid):
+        raise UsageError("--grid over base or data is not supported; run one train command per base or data set")
+    shape = {"r", "lora_alpha", "target_modules", "init_lora_weights", "use_dora", "use_rslora", "bias", "lora_dropout"}
+    if args.from_adapter and shape & set(grid):
+        raise UsageError(f"--grid over {', '.join(sorted(shape & set(grid)))} with --from-adapter: a continued adapter keeps "
+                         "its parent's LoRA shape; grid over optimiser fields (learning_rate, max_steps, ...) instead")
+    points = expand(grid) if grid else [GridPoint("", {})]
+    specs = [(p, load_spec(args.spec, {**overrides, **p.overrides})) for p in points]
+    parent = inspect_adapter(args.from_adapter) if args.from_adapter else None
+    name = args.name or args.spec.stem
+    out = args.out or Path("adapters") / (name if not grid else "")
+    base = load_base(resolve_base(spec.base), device=args.device)
+    store = Store(args.db or default_db_path())
+    stopper = SaveAndStop()
+    stopper.install()
+    command = shlex.join(["harness", *sys.argv[1:]])
+    results = []
+    try:
+        for point, point_spec in specs:
+            point_name = f"{name}-{point.suffix}" if point.suffix else name
+            point_out = out / point_name if grid else out
+            if grid and args.resume and _finished(point_out):
+                log(f"{point_name}: already trained in {point_out}, skipped")
+                continue
+            log(f"{point_name}: training into {point_out}")
+            resume = args.resume and (not grid or (point_out / "checkpoints").is_dir())
+            result = train_adapter(point_spec, point_out, base=base, log=log, from_adapter=parent.path if parent else None,
+                                   resume=resume, stopper=stopper)
+            if result.interrupted:
+                _print_interrupted(result, stopper, args)
+                return 0
+            from train.record import store_training
+
+            run_id = store_training(store, result, point_name, command,
+                                    {"spec": point_spec.to_dict(), "device": base.device, "grid_point": dict(point.overrides)})
+            log(f"{point_name}: adapter {result.adapter_id[:12]} written to {result.adapter_dir} (store run {run_id})")
+            results.append((point_name, point, result))
+    finally:
+        stopper.uninstall()
+    if grid:
+        _print_table(results, list(grid))
+    else:
+        print(results[0][2].adapter_dir)
+    return 0
+
+
+def _parse_sets(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set {item!r}: use FIELD=VALUE, e.g. --set learning_rate=1e-4")
+        out[key.strip()] = value
+    return out
+
+
+def _finished(adapter_dir: Path) -> bool:
+    return (adapter_dir / "adapter_model.safetensors").is_file() and (adapter_dir / "harness.json").is_file()
+
+
+def _print_interrupted(result: Any, stopper: Any, args: argparse.Namespace) -> None:
+    argv = [a for a in sys.argv[1:] if a != "--resume"] if sys.argv[1:2] == ["train"] else ["train", str(args.spec)]
+    resume = shlex.join(["harness", *argv, "--resume"])
+    print(
+        f"stopped by {stopper.signal_name or 'request'} after step {result.n_steps}; checkpoint saved to "
+        f"{result.checkpoint}. Resume with: {resume}",
+        file=sys.stderr,
+    )
+
+
+def _print_table(results: list[tuple[str, Any, Any]], keys: list[str]) -> None:
+    header = ["adapter", *keys, "steps", "final_loss", "eval_loss", "adapter_id", "dir"]
+    rows = []
+    for name, point, r in results:
+        evals = [s["eval_loss"] for s in r.step_logs if "eval_loss" in s]
+        rows.append([name, *(str(point.overrides[k]) for k in keys), str(r.n_steps),
+                     f"{r.final_loss:.4f}" if r.final_loss is not None else "-",
+                     f"{evals[-1]:.4f}" if evals else "-", r.adapter_id[:12], str(r.adapter_dir)])
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
+    for row in [header, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())

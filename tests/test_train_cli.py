@@ -1,0 +1,160 @@
+"""`harness train` end to end on a tiny model: bad input exits 2 with one line, a grid makes one
+adapter per point (and stores each), SIGTERM stops cleanly with a resumable checkpoint."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+
+ROWS = [{"prompt": f"Order {i} red hoodies, size M.", "completion": f'{{"item": "hoodie", "quantity": {i}}}'} for i in range(1, 9)]
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def spec_file(tiny_model_dir, tmp_path):
+    data = tmp_path / "orders.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    spec = tmp_path / "orders.yaml"
+    spec.write_text(f"base: {tiny_model_dir}\ndata: {data}\nr: 4\nlora_alpha: 8\nlearning_rate: 1e-2\n"
+                    "max_steps: 2\nper_device_train_batch_size: 4\n")
+    return spec
+
+
+def _one_line_error(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize(
+    "spec_text, extra, match",
+    [
+        ("r: -1\nlora_alpha: -2\n", [], "r=-1.*lora_alpha=-2"),
+        ("r: 8\nrank: 8\n", [], "unknown field.*rank"),
+        ("- just\n- a list\n", [], "YAML mapping"),
+        ("r: 8\n", ["--set", "learning_rate=fast"], "learning_rate='fast' is not a valid float"),
+        ("r: 8\n", ["--set", "r"], "use FIELD=VALUE"),
+        ("r: 8\n", ["--grid", "r"], "use FIELD=V1,V2"),
+        ("r: 8\n", ["--from-adapter", "/nonexistent/adapter"], "adapter directory /nonexistent/adapter does not exist"),
+        ("r: 8\n", ["--from-adapter", "/x", "--grid", "r=4,8"], "keeps its parent's LoRA shape"),
+        ("r: 8\n", ["--grid", "base=a,b"], "not supported"),
+    ],
+)
+def test_bad_spec_or_flag_exits_2_with_one_line(tmp_path, capsys, spec_text, extra, match):
+    import re
+
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(spec_text)
+    assert main(["train", str(spec), "--db", str(tmp_path / "h.duckdb"), *extra]) == 2
+    assert re.search(match, _one_line_error(capsys))
+
+
+def test_missing_spec_file_exits_2(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "nope.yaml")]) == 2
+    assert "cannot read training spec" in _one_line_error(capsys)
+
+
+def test_help_documents_every_option_and_spec_field(capsys):
+    import dataclasses
+
+    from train.spec import TrainSpec
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--data", "--out", "--db", "--set", "--from-adapter", "--resume", "--grid", "--name", "--device"):
+        assert flag in out
+    for f in dataclasses.fields(TrainSpec):
+        assert f"  {f.name} " in out, f.name
+
+
+def test_grid_trains_one_adapter_per_point_and_prints_a_table(spec_file, tmp_path, capsys):
+    from harness.store import Store
+
+    db = tmp_path / "h.duckdb"
+    code = main(["train", str(spec_file), "--out", str(tmp_path / "grid"), "--db", str(db),
+                 "--set", "max_steps=1", "--grid", "r=2,4", "lora_alpha=4,8"])
+    out = capsys.readouterr().out
+    assert code == 0
+    names = ["orders-r2-alpha4", "orders-r2-alpha8", "orders-r4-alpha4", "orders-r4-alpha8"]
+    for name in names:
+        d = tmp_path / "grid" / name
+        assert (d / "adapter_model.safetensors").is_file() and (d / "harness.json").is_file()
+        assert name in out
+    cfg = json.loads((tmp_path / "grid" / "orders-r4-alpha8" / "adapter_config.json").read_text())
+    assert (cfg["r"], cfg["lora_alpha"]) == (4, 8)
+    assert out.splitlines()[0].split()[:3] == ["adapter", "r", "lora_alpha"]
+    rows = Store(db).query("SELECT name FROM adapters ORDER BY name")
+    assert [r["name"] for r in rows] == names
+    assert Store(db).query("SELECT count(*) AS n FROM step_logs")[0]["n"] == 4
+
+
+def test_train_then_continue_records_parent_in_store(spec_file, tmp_path, capsys):
+    from harness.store import Store
+
+    db = tmp_path / "h.duckdb"
+    assert main(["train", str(spec_file), "--out", str(tmp_path / "a"), "--db", str(db)]) == 0
+    assert main(["train", str(spec_file), "--out", str(tmp_path / "b"), "--db", str(db), "--name", "b",
+                 "--from-adapter", str(tmp_path / "a"), "--set", "learning_rate=5e-3"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(tmp_path / "b")
+    rows = {r["name"]: r for r in Store(db).query("SELECT adapter_id, name, parent_adapter_id FROM adapters")}
+    assert rows["b"]["parent_adapter_id"] == rows["orders"]["adapter_id"]
+    assert rows["orders"]["parent_adapter_id"] is None
+
+
+def test_sigterm_saves_a_marked_checkpoint_and_exits_0_with_resume_hint(spec_file, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", "train", str(spec_file), "--out", str(out), "--db", str(tmp_path / "h.duckdb"),
+         "--set", "max_steps=100000", "learning_rate=1e-4"],
+        cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    lines = []
+    deadline = time.time() + 120
+    for line in proc.stderr:  # wait until training has really started
+        lines.append(line)
+        if "step 2/" in line or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=120)[1], None
+    err = "".join(lines) + rest
+    assert proc.returncode == 0, err
+    assert "stopped by SIGTERM after step" in err and "--resume" in err.splitlines()[-1]
+    ckpts = sorted((out / "checkpoints").glob("checkpoint-*"))
+    assert len(ckpts) == 1 and (ckpts[0] / "harness-complete.json").is_file()
+    assert not (out / "adapter_model.safetensors").exists()
+
+
+def test_cli_resume_finishes_a_stopped_run_like_an_uninterrupted_one(spec_file, tiny_model_dir, tmp_path, capsys):
+    from harness.models import load_base, resolve_base
+    from tests.test_train import _stop_at
+    from train.checkpoints import SaveAndStop
+    from train.recipe import train_adapter
+    from train.spec import load_spec
+
+    db = str(tmp_path / "h.duckdb")
+    assert main(["train", str(spec_file), "--out", str(tmp_path / "whole"), "--db", db, "--set", "max_steps=4"]) == 0
+    stopper = SaveAndStop()  # what SIGTERM does, at a known step
+    part = train_adapter(load_spec(spec_file, {"max_steps": 4}), tmp_path / "run", base=load_base(resolve_base(str(tiny_model_dir))),
+                         log=lambda s: None, stopper=stopper, callbacks=[_stop_at(stopper, 2)])
+    assert part.interrupted
+    assert main(["train", str(spec_file), "--out", str(tmp_path / "run"), "--db", db, "--set", "max_steps=4", "--resume"]) == 0
+
+    def losses(d):
+        return [json.loads(line)["loss"] for line in (d / "step_logs.jsonl").read_text().splitlines()]
+
+    assert len(losses(tmp_path / "run")) == 4 and losses(tmp_path / "run") == losses(tmp_path / "whole")
+    capsys.readouterr()
+    assert main(["train", str(spec_file), "--out", str(tmp_path / "run"), "--db", db, "--set", "max_steps=5", "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()  # progress lines first: the refusal comes after loading
+    assert err[-1].startswith("error: --resume refused") and "max_steps: 4 -> 5" in err[-1]
+    assert sum(line.startswith("error") for line in err) == 1

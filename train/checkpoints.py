@@ -1,0 +1,192 @@
+"""Resumable checkpoints: a completion marker per checkpoint, the newest marked one to resume from,
+and a SIGTERM handler that makes the Trainer save and stop cleanly.
+
+The HF Trainer's saves are not atomic, and its ``get_last_checkpoint`` picks the highest-numbered
+directory even when a kill left it half-written (FAULTS.md 31). So after every save we fsync the
+checkpoint's files and then write ``harness-complete.json`` (temporary name, fsync, rename); only a
+checkpoint with that marker is resumed from. The marker also holds the hashes of the spec, data,
+base model and parent adapter, so a resume with anything changed is refused (FAULTS.md 33).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.errors import InputError
+
+MARKER = "harness-complete.json"
+QUARANTINE = "quarantine"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# Fields that change how often things are logged or saved, not the trajectory: a resume may change them.
+_RESUME_FREE_FIELDS = frozenset({"data", "logging_steps", "save_steps"})
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """What must be equal for a checkpoint to be resumed: spec, data, base model and parent adapter."""
+
+    spec: Mapping[str, Any]
+    data_hash: str
+    base_model_id: str
+    parent_adapter_id: str | None
+
+    @property
+    def spec_hash(self) -> str:
+        kept = {k: v for k, v in self.spec.items() if k not in _RESUME_FREE_FIELDS}
+        return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
+
+    def to_marker(self, step: int) -> dict[str, Any]:
+        return {"step": step, "spec_hash": self.spec_hash, "data_hash": self.data_hash,
+                "base_model_id": self.base_model_id, "parent_adapter_id": self.parent_adapter_id,
+                "spec": dict(self.spec), "written_at": time.time()}
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def write_marker(checkpoint: Path, identity: RunIdentity, step: int) -> Path:
+    """Mark ``checkpoint`` complete: fsync its files, then write the marker atomically."""
+    _fsync_tree(checkpoint)
+    marker = checkpoint / MARKER
+    tmp = marker.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(identity.to_marker(step), f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, marker)
+    return marker
+
+
+def checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """``(step, dir)`` of every ``checkpoint-N`` under ``root``, newest first."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))]
+    return sorted(found, reverse=True)
+
+
+def find_resumable(root: Path, identity: RunIdentity, log: Callable[[str], None] = print) -> Path:
+    """The newest checkpoint under ``root`` with a marker; partial ones are moved to ``root/quarantine``.
+
+    Raises:
+        InputError: no marked checkpoint, or the marked one was written for another spec, data set,
+            base model or parent adapter.
+    """
+    marked: tuple[Path, dict[str, Any]] | None = None
+    for _, path in checkpoints(root):
+        marker = path / MARKER
+        if marker.is_file():
+            try:
+                data = json.loads(marker.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                data = None
+            if isinstance(data, dict) and marked is None:
+                marked = (path, data)
+                continue
+            if isinstance(data, dict):
+                continue  # an older complete checkpoint: keep it
+        # no marker (or an unreadable one): a save that was cut off
+        dest = root / QUARANTINE / f"{path.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        path.rename(dest)
+        log(f"  moved partial checkpoint {path.name} (no {MARKER}) aside to {dest}")
+    if marked is None:
+        raise InputError(
+            f"--resume: no complete checkpoint under {root} (none has {MARKER}); run again without --resume to start over"
+        )
+    path, data = marked
+    _check_same_run(path, data, identity)
+    return path
+
+
+def _check_same_run(path: Path, data: Mapping[str, Any], identity: RunIdentity) -> None:
+    problems = []
+    if data.get("spec_hash") != identity.spec_hash:
+        old = data.get("spec") or {}
+        changed = sorted(k for k in set(old) | set(identity.spec)
+                         if k not in _RESUME_FREE_FIELDS and old.get(k) != identity.spec.get(k))
+        diff = ", ".join(f"{k}: {old.get(k)!r} -> {identity.spec.get(k)!r}" for k in changed) or "spec hash differs"
+        problems.append(f"the spec changed ({diff})")
+    if data.get("data_hash") != identity.data_hash:
+        problems.append("the training data changed (hash differs)")
+    if data.get("base_model_id") != identity.base_model_id:
+        problems.append("the base model changed")
+    if data.get("parent_adapter_id") != identity.parent_adapter_id:
+        problems.append("the parent adapter changed")
+    if problems:
+        raise InputError(
+            f"--resume refused: checkpoint {path} was written by a different run: {'; '.join(problems)}. "
+            "Restore the original spec and data, or start a new run in another --out directory"
+        )
+
+
+class SaveAndStop:
+    """A SIGTERM (or any caller) asks for a clean stop: after the current step the Trainer saves a
+    checkpoint (which gets its marker) and stops.
+
+    A signal handler must not touch the Trainer mid-step, so it only sets a flag; the callback turns
+    the flag into ``control.should_save`` and ``control.should_training_stop`` at the step's end.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name: str | None = None
+        self._previous: Any = None
+
+    def request(self, signum: int | None = None, frame: Any = None) -> None:
+        self.requested = True
+        if signum is not None:
+            self.signal_name = signal.Signals(signum).name
+            # a second signal ends the process at once
+            signal.signal(signum, self._previous if self._previous is not None else signal.SIG_DFL)
+
+    def install(self, signum: int = signal.SIGTERM) -> None:
+        self._previous = signal.signal(signum, self.request)
+
+    def uninstall(self, signum: int = signal.SIGTERM) -> None:
+        if self._previous is not None:
+            signal.signal(signum, self._previous)
+            self._previous = None
+
+    def callback(self) -> Any:
+        from transformers import TrainerCallback
+
+        owner = self
+
+        class _SaveAndStop(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if owner.requested:
+                    control.should_save = True
+                    control.should_training_stop = True
+                return control
+
+        return _SaveAndStop()
+
+
+def marker_callback(identity: RunIdentity, log: Callable[[str], None]) -> Any:
+    """A TrainerCallback that writes the completion marker once the Trainer has saved a checkpoint."""
+    from transformers import TrainerCallback
+
+    class _Marker(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if args.should_save:  # the main process
+                ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if ckpt.is_dir():
+                    write_marker(ckpt, identity, state.global_step)
+                    log(f"    checkpoint {ckpt} saved")
+            return control
+
+    return _Marker()
