@@ -294,3 +294,29 @@ def test_pissa_adapter_saved_as_lora_reproduces_the_trained_model_on_the_origina
         logits = peft_model(input_ids=ids).logits
     base.model = peft_model.unload()
     torch.testing.assert_close(logits, seen["logits"], atol=1e-4, rtol=1e-4)
+
+
+def test_replay_mix_uses_base_model_answers_generated_once_and_cached(tiny_model_dir, tmp_path, monkeypatch):
+    from train.data import REPLAY_POOL, replay_rows
+
+    monkeypatch.setenv("HARNESS_HOME", str(tmp_path / "home"))
+    base = load_base(resolve_base(str(tiny_model_dir)))
+    # The random tiny model only emits whitespace; make it say one of two words (whichever the hidden
+    # state favours) so its answers are usable text.
+    yes, no = [i for i in range(base.tokenizer.vocab_size) if base.tokenizer.decode([i]).strip().isalpha()][:2]
+    with torch.no_grad():
+        w = base.model.lm_head.weight
+        v = torch.randn(w.shape[1], generator=torch.Generator().manual_seed(0))
+        w[yes] += 100 * v
+        w[no] -= 100 * v
+    pool = {__import__("json").loads(line)["prompt"] for line in REPLAY_POOL.read_text().splitlines() if line.strip()}
+    said = []
+    rows = replay_rows(base, 5, seed=1, log=said.append)
+    assert len(rows) == 5 and all(r["prompt"][0]["content"] in pool for r in rows)
+    assert len({r["prompt"][0]["content"] for r in rows}) == 5
+    assert any("generating the base model's answers to 5" in s for s in said)
+    said.clear()
+    again = replay_rows(base, 5, seed=1, log=said.append)
+    assert again == rows and not said  # served from the cache, no generation
+    cache = list((tmp_path / "home" / "replay").rglob("*.jsonl"))
+    assert len(cache) == 1 and len(cache[0].read_text().splitlines()) == 5

@@ -109,7 +109,7 @@ def test_train_then_continue_records_parent_in_store(spec_file, tmp_path, capsys
     assert rows["orders"]["parent_adapter_id"] is None
 
 
-def test_sigterm_saves_a_marked_checkpoint_and_exits_0_with_resume_hint(spec_file, tmp_path):
+def test_sigterm_saves_a_marked_checkpoint_and_exits_143_with_resume_hint(spec_file, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "PYTHONPATH": str(REPO)}
@@ -127,7 +127,7 @@ def test_sigterm_saves_a_marked_checkpoint_and_exits_0_with_resume_hint(spec_fil
     proc.send_signal(signal.SIGTERM)
     rest, _ = proc.communicate(timeout=120)[1], None
     err = "".join(lines) + rest
-    assert proc.returncode == 0, err
+    assert proc.returncode == 143, err
     assert "stopped by SIGTERM after step" in err and "--resume" in err.splitlines()[-1]
     ckpts = sorted((out / "checkpoints").glob("checkpoint-*"))
     assert len(ckpts) == 1 and (ckpts[0] / "harness-complete.json").is_file()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -147,34 +148,39 @@ def replay_rows(base: "LoadedBase", n: int, seed: int, log: Callable[[str], None
     from harness.generate import GenerationSettings, generate, render_prompt
     from harness.models import harness_home
 
-    pool = [json.loads(line) for line in REPLAY_POOL.read_text(encoding="utf-8").splitlines() if line.strip()]
-    pool_hash = hashlib.sha256(REPLAY_POOL.read_bytes()).hexdigest()[:16]
-    cache = harness_home() / "replay" / base.ref.model_id[:16] / f"{pool_hash}-v{REPLAY_VERSION}-{base.device}.jsonl"
-    answers: list[dict[str, str]] | None = None
+    pool = [json.loads(line)["prompt"] for line in REPLAY_POOL.read_text(encoding="utf-8").splitlines() if line.strip()]
+    # The prompts used are the first n of a seeded shuffle of the pool; only those are generated.
+    order = list(pool)
+    random.Random(seed).shuffle(order)
+    wanted = order[: min(n, len(order))]
+    cache = harness_home() / "replay" / base.ref.model_id[:16] / f"answers-v{REPLAY_VERSION}-{base.device}.jsonl"
+    answers: dict[str, str] = {}
     if cache.exists():
         try:
-            answers = [json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except (OSError, json.JSONDecodeError):
-            answers = None
-        if answers is not None and len(answers) != len(pool):
-            answers = None
-    if answers is None:
-        log(f"  building replay answers for {len(pool)} general prompts from the base model (cached afterwards)")
+            for line in cache.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    a = json.loads(line)
+                    answers[a["prompt"]] = a["answer"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            answers = {}  # a damaged cache is rebuilt, never trusted
+    missing = [p for p in wanted if p not in answers]
+    if missing:
+        log(f"  generating the base model's answers to {len(missing)} general prompts for replay (cached afterwards)")
         settings = GenerationSettings(max_new_tokens=REPLAY_MAX_NEW_TOKENS)
-        prompts = [render_prompt(base.tokenizer, p["prompt"]) for p in pool]
-        gens = generate(base.model, base.tokenizer, prompts, settings, batch_size=32)
-        answers = [{"prompt": p["prompt"], "answer": (g.text or "").strip()} for p, g in zip(pool, gens)]
+        gens = generate(base.model, base.tokenizer, [render_prompt(base.tokenizer, p) for p in missing], settings, batch_size=16)
+        answers.update({p: (g.text or "").strip() for p, g in zip(missing, gens)})
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(a, ensure_ascii=False) + "\n" for a in answers), encoding="utf-8")
+        tmp = cache.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text("".join(json.dumps({"prompt": p, "answer": a}, ensure_ascii=False) + "\n" for p, a in answers.items()),
+                       encoding="utf-8")
         tmp.replace(cache)
-    usable = [a for a in answers if a["answer"]]
-    rng = random.Random(seed)
-    rng.shuffle(usable)
+    usable = [p for p in wanted if answers.get(p)]
+    if not usable:
+        raise DatasetError("the base model gave no usable answer to any replay prompt; mix in your own general data instead")
     if n > len(usable):
         # More replay than the pool holds: repeat it rather than invent data.
-        usable = (usable * (n // max(len(usable), 1) + 1))
-    return [{"prompt": [_msg("user", a["prompt"])], "completion": [_msg("assistant", a["answer"])]} for a in usable[:n]]
+        usable = usable * (n // len(usable) + 1)
+    return [{"prompt": [_msg("user", p)], "completion": [_msg("assistant", answers[p])]} for p in usable[:n]]
 
 
 def mix_in(task: list[Conversation], general: list[Conversation], seed: int) -> list[Conversation]:

@@ -51,6 +51,7 @@ class TrainResult:
     n_examples: int
     n_truncated: int
     findings: list[Any] = field(default_factory=list)
+    stop_reason: str | None = None  # set when the live anomaly check stopped the run
     warnings: list[str] = field(default_factory=list)
     interrupted: bool = False
     checkpoint: Path | None = None
@@ -244,7 +245,10 @@ def train_adapter(
         dataloader_num_workers=0,
     )
     datasets.disable_progress_bars()
-    extra = [_StepPrinter(log), marker_callback(identity, log)]
+    from harness.anomaly_callback import AnomalyCallback
+
+    anomaly = AnomalyCallback(stop_on_error=spec.stop_on_anomaly)
+    extra = [_StepPrinter(log), marker_callback(identity, log), anomaly]
     if stopper is not None:
         extra.append(stopper.callback())
     if early:
@@ -278,7 +282,10 @@ def train_adapter(
             _restore_targets(base.model, saved_base)
         base.model.eval()
         tokenizer.padding_side = "left"
+    if anomaly.stop_reason:
+        log(f"  stopped early by the anomaly check: {anomaly.stop_reason}")
     result = TrainResult(
+        findings=list(anomaly.findings), stop_reason=anomaly.stop_reason,
         adapter_dir=adapter_dir, adapter_id=None, n_steps=trainer.state.global_step,
         final_loss=final if final is None or math.isfinite(final) else None, seconds=time.perf_counter() - t0,
         step_logs=steps, n_examples=len(rows), n_truncated=check.n_truncated, warnings=warnings,
@@ -298,6 +305,8 @@ def train_adapter(
         "parent_adapter": {"adapter_id": parent.adapter_id, "path": str(parent.path)} if parent else None,
         "init_lora_weights": "parent" if parent else init,
         "resumed_from": str(resume_from) if resume_from else None,
+        "anomalies": [{"kind": f.kind, "severity": f.severity, "step": f.step, "message": f.message} for f in anomaly.findings],
+        "stopped_by_anomaly": anomaly.stop_reason,
         "precision": precision,
         "gradient_checkpointing": checkpointing,
         "device": base.device,

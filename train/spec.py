@@ -55,6 +55,8 @@ class TrainSpec:
     # general data mixed in to limit forgetting: {"general": share} (replay from the base model)
     mix: Mapping[str, float] = field(default_factory=dict)
     logging_steps: int = 1
+    # stop training when the live anomaly detectors find an error (NaN, divergence, no learning...)
+    stop_on_anomaly: bool = True
     # held-out share of the rows for an eval loss every eval_steps (default: logging_steps)
     eval_split: float = 0.0
     eval_steps: int | None = None

@@ -60,8 +60,9 @@ def _fields_epilog() -> str:
         lines.append(f"  {f.name:<28} {FIELD_HELP.get(f.name, '')} (default: {default})")
     lines += [
         "",
-        "exit codes: 0 trained (or stopped by SIGTERM after saving a checkpoint; the message says how to resume),",
-        "2 bad spec, flag or data, 3 adapter incompatible with the base, 4 refused for safety, 5 storage trouble.",
+        "exit codes: 0 trained; 143 stopped by SIGTERM (130 by Ctrl-C) after saving a complete checkpoint (the message",
+        "says how to resume); 2 bad spec, flag or data; 3 adapter incompatible with the base; 4 refused for safety;",
+        "5 storage trouble.",
     ]
     return "\n".join(lines)
 
@@ -142,7 +143,9 @@ def run(args: argparse.Namespace) -> int:
                                    resume=resume, stopper=stopper)
             if result.interrupted:
                 _print_interrupted(result, stopper, args)
-                return 0
+                # 128 + SIGTERM, the shell's convention (FAULTS.md 30): a scheduler sees the job was stopped,
+                # and the checkpoint it saved is complete and marked.
+                return 143 if stopper.signal_name == "SIGTERM" else 130
             from train.record import store_training
 
             run_id = store_training(store, result, point_name, command,
