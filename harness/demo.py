@@ -9,7 +9,6 @@ shows what mixing buys.
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 import time
@@ -21,7 +20,7 @@ from harness.demo_data import generate_orders, order_to_json
 from harness.models import load_base, resolve_base
 from harness.runner import expand_targets, run_eval
 from harness.scorers import Example
-from harness.store import FindingRow, RunInfo, StepLogRow, Store
+from harness.store import RunInfo, Store
 from harness.suites import load_suite, render_user_text
 from harness.summary import print_run_summary
 
@@ -135,22 +134,9 @@ def run_demo(out_dir: Path, quick: bool, base_name: str, device: str | None, log
 
 
 def _store_training(store: Store, name: str, spec, result) -> None:
-    """Record a training run's step logs (and any anomaly findings) in the store."""
-    from harness.adapters import inspect_adapter
+    """Record a training run (adapter, step logs, anomaly findings) in the store; print the findings."""
+    from train.record import store_training
 
-    from harness.anomalies import detect, from_history
-
-    info = inspect_adapter(result.adapter_dir)
-    findings = detect(from_history(result.step_logs, source=f"training log of {name}"))
-    for f in findings:
+    for f in result.findings:  # from the live anomaly check that watched the run
         print(f"  {f.severity}: {f.kind} at step {f.step}: {f.message}")
-    with store.run(RunInfo(kind="train", command=f"harness demo (train {name})", seed=spec.seed,
-                           config={"spec": json.loads(json.dumps(spec.__dict__, default=str))})) as run:
-        run.add_step_logs(
-            StepLogRow(info.adapter_id, int(s.get("step", 0)), s.get("epoch"), s.get("loss"), s.get("grad_norm"),
-                       s.get("learning_rate"), s.get("eval_loss"))
-            for s in result.step_logs
-        )
-        run.add_findings(
-            FindingRow(info.adapter_id, f.kind, f.severity, f.step, f.message) for f in findings
-        )
+    store_training(store, result, name, f"harness demo (train {name})", {"spec": spec.to_dict(), "demo": True})
