@@ -42,7 +42,24 @@ def summary_table(c: Comparison) -> str:
     return format_table(["suite", "metric", *c.targets], rows)
 
 
+def category_tables(c: Comparison) -> str:
+    """Per-category accuracy of each suite's headline metric: rows categories, columns models."""
+    out = []
+    for suite in sorted({k.suite for k in c.categories}):
+        cells = {(k.category, k.target): k for k in c.categories if k.suite == suite}
+        cats = sorted({cat for cat, _ in cells})
+        targets = [t for t in c.targets if any((cat, t) in cells for cat in cats)]
+        rows = [[cat, *[("—" if (cat, t) not in cells else f"{_pct(cells[(cat, t)].mean, cells[(cat, t)].metric)} (n={cells[(cat, t)].n})")
+                         for t in targets]] for cat in cats]
+        metric = next(iter(cells.values())).metric
+        out.append(f"{suite}: {metric} by category\n" + format_table(["category", *targets], rows))
+    return "\n\n".join(out)
+
+
 def print_run_summary(store: Store, run_id: str) -> Comparison:
     c = build_comparison(store, run_id)
     print(summary_table(c))
+    if c.categories:
+        print()
+        print(category_tables(c))
     return c

@@ -123,7 +123,7 @@ def test_resumed_run_is_split_and_the_restart_not_flagged(monkeypatch: pytest.Mo
     assert log.segments[1].train[0]["step"] == 410 and log.segments[1].train[0]["epoch"] < 0.1
     assert detect(log) == []
     # Without the split, the jump after the restart would be judged against the first segment.
-    monkeypatch.setattr(anomalies, "EPOCH_RESTART_TOL", 1e9)
+    monkeypatch.setattr(anomalies.logs, "EPOCH_RESTART_TOL", 1e9)
     assert "spike" in kinds_of(detect(read_log(CORPUS / "healthy__resumed.json")))
 
 

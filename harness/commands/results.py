@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from harness.errors import InputError
     from harness.store import Store, default_db_path
-    from harness.summary import format_table, summary_table
+    from harness.summary import format_table
 
     path = args.db or default_db_path()
     if not Path(path).exists():
@@ -73,10 +73,10 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"run": {k: (str(v) if k.endswith("_at") else v) for k, v in state[0].items()}, "results": rows},
                          indent=2, default=str))
         return 0
-    from harness.comparison import build_comparison
+    from harness.summary import print_run_summary
 
     s = state[0]
     print(f"run {run_id} ({s['kind']}, {s['status']}): {s['n_results']}/{s['n_expected'] or 0} results, {s['n_errors']} errors"
           + ("  — INCOMPLETE: rerun its command to finish it" if s["incomplete"] else ""))
-    print(summary_table(build_comparison(store, run_id)))
+    print_run_summary(store, run_id)
     return 0
