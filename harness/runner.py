@@ -98,6 +98,7 @@ def run_eval(
     limit: int | None = None,
     flush_every: int = 64,
     log: Callable[[str], None] = print,
+    progress_bar: bool = False,
 ) -> EvalStats:
     """Evaluate every target on every suite, writing rows through ``run`` as they are produced."""
     from harness.metrics import model_metric_names
@@ -146,10 +147,12 @@ def run_eval(
             log(f"  {suite.name} × {target.label}: {len(reqs)} examples, {len(reqs) - len(todo)} cached, {len(todo)} to generate")
             if not todo:
                 continue
+            bar = _bar(len(todo), f"{suite.name} × {target.label}") if progress_bar else None
             with _attached(base, target) as model:
                 for start in range(0, len(todo), flush_every):
                     chunk = todo[start : start + flush_every]
-                    gens = generate(model, base.tokenizer, [r.prompt for r in chunk], suite.generation, batch_size)
+                    tick = (lambda done, at=start: bar.update(at + done - bar.n)) if bar is not None else None
+                    gens = generate(model, base.tokenizer, [r.prompt for r in chunk], suite.generation, batch_size, tick)
                     nll = _perplexity(model, base, chunk) if wants_ppl else [None] * len(chunk)
                     for r, g, ppl in zip(chunk, gens, nll):
                         run.add_generations([GenerationRow(
@@ -164,9 +167,21 @@ def run_eval(
                         stats.errors += g.error is not None
                     stats.generated += len(chunk)
                     run.flush()
-                    log(f"    {min(start + flush_every, len(todo))}/{len(todo)} generated")
+                    if bar is None:
+                        log(f"    {min(start + flush_every, len(todo))}/{len(todo)} generated")
+            if bar is not None:
+                bar.close()
     stats.seconds = time.perf_counter() - t_start
     return stats
+
+
+def _bar(total: int, desc: str):
+    """A progress bar on stderr (for a terminal; logs get one line per flush instead)."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"  {desc}", unit="ex", file=sys.stderr, leave=True, dynamic_ncols=True)
 
 
 def _perplexity(model, base: LoadedBase, chunk: Sequence[_Request]) -> list[list[ScoreRow] | None]:

@@ -139,3 +139,13 @@ def test_a_corrected_answer_key_or_another_suite_never_reuses_rows(tiny_model_di
     (other / "data.jsonl").write_text(data)
     _, s3 = evaluate(base, [], [1.0], load_suite(other / "suite.yaml"), store)
     assert (s3.generated, s3.cached) == (1, 2)
+
+
+def test_progress_bar_counts_every_example(tiny_model_dir, suite_path, tmp_path, capsys):
+    base = load_base(resolve_base(str(tiny_model_dir)))
+    store = Store(tmp_path / "h.duckdb")
+    with store.run(RunInfo(kind="eval", command="test")) as run:
+        run_eval(base, expand_targets([], [1.0]), [load_suite(suite_path)], run, store, batch_size=2,
+                 log=lambda m: None, progress_bar=True)
+    err = capsys.readouterr().err
+    assert "tiny-qa × base" in err and "3/3" in err

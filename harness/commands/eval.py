@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
                    config={"device": base.device, "base": args.base, "scales": scales, "suites": [s.name for s in suites]})
     with store.run(info) as run_writer:
         stats = run_eval(base, targets, suites, run_writer, store, batch_size=args.batch_size, limit=args.limit,
-                         flush_every=args.flush_every,
+                         flush_every=args.flush_every, progress_bar=sys.stderr.isatty(),
                          log=lambda m: print(m, file=sys.stderr))
         run_id = run_writer.run_id
     print(f"run {run_id}: {stats.generated} generated, {stats.cached} cached, {stats.errors} errors, {stats.seconds:.1f}s", file=sys.stderr)
