@@ -242,3 +242,18 @@ def test_runs_and_results_commands(tiny_model_dir, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "harness", "runs", "--db", str(tmp_path / "nope.duckdb")],
                              capture_output=True, text=True, cwd=tmp_path, env=_env())
     assert missing.returncode == 2 and "nope.duckdb" in missing.stderr
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_damaged_database_exits_5_naming_the_file_and_is_left_as_it_was(tmp_path, damage):
+    db = tmp_path / "h.duckdb"
+    with Store(db).connect() as con:
+        con.execute("CREATE TABLE filler AS SELECT range AS i, repeat('x', 100) AS s FROM range(20000)")
+    data = db.read_bytes()
+    db.write_bytes(data[:10000] if damage == "truncated" else os.urandom(4096))
+    before = db.read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "harness", "runs", "--db", str(db)], capture_output=True, text=True,
+                          cwd=tmp_path, env=_env())
+    assert proc.returncode == 5, proc.stderr
+    assert proc.stderr.count("\n") == 1 and str(db) in proc.stderr and "harness db rebuild" in proc.stderr
+    assert db.read_bytes() == before

@@ -25,7 +25,7 @@ import math
 import os
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -251,20 +251,22 @@ class Store:
                     con = duckdb.connect(str(self.path))
                     break
                 except duckdb.IOException as exc:
+                    if "lock" not in str(exc).lower():
+                        raise self._damaged(exc) from None
                     # Another program (a `duckdb` shell, a notebook) holds DuckDB's own lock: wait for it too.
-                    if "lock" in str(exc).lower() and time.monotonic() < deadline:
+                    if time.monotonic() < deadline:
                         time.sleep(0.2)
                         continue
-                    raise StorageError(f"cannot open results DB {self.path}: {str(exc).splitlines()[0]}; close the "
-                                       "program holding it or pass --db") from None
+                    raise StorageError(f"results DB {self.path} is held open by another program "
+                                       f"({str(exc).splitlines()[0]}); close it or pass --db another.duckdb") from None
                 except duckdb.Error as exc:
-                    raise StorageError(
-                        f"cannot open results DB {self.path}: {str(exc).splitlines()[0]}; the file may be damaged: "
-                        "move it aside and run `harness db rebuild` to recreate it from its shards"
-                    ) from None
+                    raise self._damaged(exc) from None
             try:
                 if not self._ready:
-                    _migrate(con, self.path)
+                    try:
+                        _migrate(con, self.path)
+                    except duckdb.IOException as exc:
+                        raise self._damaged(exc) from None
                     _recover_shards(con, self.shard_dir)
                     self._ready = True
                 yield con
@@ -272,6 +274,13 @@ class Store:
                 con.close()
         finally:
             lock.release()
+
+    def _damaged(self, exc: Exception) -> StorageError:
+        return StorageError(
+            f"results DB {self.path} cannot be read ({str(exc).splitlines()[0]}): the file is damaged or not a DuckDB "
+            f"database; nothing was changed. `harness db rebuild --db {self.path}` recreates it from its shards and "
+            "keeps this file beside it as .bak-<time>"
+        )
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self.connect() as con:
@@ -312,6 +321,8 @@ class Store:
 
 def _migrate(con: Any, path: Path) -> None:
     """Bring the database to SCHEMA_VERSION, one transaction per migration; refuse a newer one."""
+    import duckdb
+
     has_table = con.execute(
         "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'schema_migrations' AND schema_name = 'main'"
     ).fetchone()[0]
@@ -329,8 +340,11 @@ def _migrate(con: Any, path: Path) -> None:
             con.execute(file.read_text(encoding="utf-8"))
             con.execute("INSERT INTO schema_migrations (version) VALUES (?)", [version])
             con.execute("COMMIT")
-        except Exception as exc:
-            con.execute("ROLLBACK")
+        except duckdb.Error as exc:
+            with suppress(duckdb.Error):
+                con.execute("ROLLBACK")
+            if isinstance(exc, duckdb.IOException):
+                raise  # an unreadable file, not a failed migration: the caller names the damage
             raise StorageError(f"migrating results DB {path} to schema v{version} failed, nothing changed: {exc}") from None
 
 
