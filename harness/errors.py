@@ -62,3 +62,16 @@ class GateFailure(HarnessError):
     """A quality gate failed."""
 
     exit_code = 1
+
+
+class TrainingStopped(HarnessError):
+    """Training was stopped by the live anomaly check (NaN, divergence, no learning...): no adapter written.
+
+    ``result`` holds the step logs and findings so that they can still be stored.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, result: object = None) -> None:
+        super().__init__(message)
+        self.result = result

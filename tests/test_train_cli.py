@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
+from harness.store import Store
 
 ROWS = [{"prompt": f"Order {i} red hoodies, size M.", "completion": f'{{"item": "hoodie", "quantity": {i}}}'} for i in range(1, 9)]
 REPO = Path(__file__).resolve().parents[1]
@@ -158,3 +159,23 @@ def test_cli_resume_finishes_a_stopped_run_like_an_uninterrupted_one(spec_file, 
     err = capsys.readouterr().err.strip().splitlines()  # progress lines first: the refusal comes after loading
     assert err[-1].startswith("error: --resume refused") and "max_steps: 4 -> 5" in err[-1]
     assert sum(line.startswith("error") for line in err) == 1
+
+
+def test_a_run_that_blows_up_is_stopped_exits_1_writes_no_adapter_and_stores_its_findings(spec_file, tmp_path, capsys):
+    """No clipping and an absurd learning rate: gradients explode and the loss goes non-finite (FAULTS 35)."""
+    db, out = tmp_path / "h.duckdb", tmp_path / "run"
+    code = main(["train", str(spec_file), "--out", str(out), "--db", str(db),
+                 "--set", "learning_rate=1e6", "max_grad_norm=0", "max_steps=30"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    line = [ln for ln in err.splitlines() if ln.startswith("error: ")][0]
+    assert "training stopped at step" in line and "No adapter was written" in line
+    assert any(k in line for k in ("nan_inf", "grad_explosion", "divergence"))
+    assert not (out / "adapter_model.safetensors").exists()
+    store = Store(db)
+    run = store.query("SELECT run_id, status FROM runs WHERE kind = 'train'")
+    assert [r["status"] for r in run] == ["stopped"]
+    kinds = {r["kind"] for r in store.query("SELECT kind FROM findings WHERE run_id = ? AND severity = 'error'", [run[0]["run_id"]])}
+    assert kinds & {"nan_inf", "grad_explosion", "divergence"}
+    steps = store.query("SELECT max(step) AS last FROM step_logs WHERE run_id = ?", [run[0]["run_id"]])[0]["last"]
+    assert steps < 30  # stopped early, not run to the end

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.errors import DatasetError, InputError, UsageError
+from harness.errors import DatasetError, InputError, TrainingStopped, UsageError
 from train.data import (
     check_supervision,
     data_hash,
@@ -27,7 +27,7 @@ from train.data import (
     normalize_row,
     replay_rows,
 )
-from train.checkpoints import RunIdentity, SaveAndStop, find_resumable, marker_callback
+from train.checkpoints import MARKER, RunIdentity, SaveAndStop, checkpoints, find_resumable, marker_callback
 from train.spec import TrainSpec, validate
 
 if TYPE_CHECKING:
@@ -271,6 +271,8 @@ def train_adapter(
         if stopper is not None and stopper.requested:
             interrupted = True
             checkpoint = ckpt_root / f"checkpoint-{trainer.state.global_step}"
+        elif anomaly.stop_reason:
+            pass  # a broken run's weights are not an adapter; the error below says what happened
         else:
             adapter_dir.mkdir(parents=True, exist_ok=True)
             convert = {"path_initial_model_for_weight_conversion": str(pissa_init_dir)} if init == "pissa" and parent is None else {}
@@ -294,6 +296,14 @@ def train_adapter(
     )
     if interrupted:
         return result
+    if anomaly.stop_reason:
+        good = [path for _, path in checkpoints(ckpt_root) if (path / MARKER).is_file()]
+        keep = f"; the newest complete checkpoint is {good[0]}" if good else ""
+        raise TrainingStopped(
+            f"training stopped at step {trainer.state.global_step} by the anomaly check: {anomaly.stop_reason} "
+            f"No adapter was written to {adapter_dir}{keep}. `harness anomalies` on the step log explains more; "
+            "set stop_on_anomaly: false to train through it", result,
+        )
     (adapter_dir / STEP_LOG_FILE).write_text("".join(json.dumps(s) + "\n" for s in steps), encoding="utf-8")
     record = {
         "spec": spec.to_dict(),

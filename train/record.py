@@ -42,3 +42,18 @@ def store_training(store: Any, result: TrainResult, name: str, command: str, con
 def _num(v: Any) -> float | None:
     # kept as logged (a NaN loss stays NaN, as the anomaly detectors expect); only non-numbers become NULL
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def store_stopped_training(store: Any, result: TrainResult, name: str, command: str, config: Mapping[str, Any]) -> str:
+    """Record a run the anomaly check stopped: its step logs and findings, status 'stopped', no adapter."""
+    from harness.store import FindingRow, RunInfo, StepLogRow
+
+    with store.run(RunInfo(kind="train", command=command, config={**config, "name": name, "stop_reason": result.stop_reason})) as run:
+        run.add_step_logs(
+            StepLogRow(None, int(s.get("step", 0)), _num(s.get("epoch")), _num(s.get("loss")),
+                       _num(s.get("grad_norm")), _num(s.get("learning_rate")), _num(s.get("eval_loss")))
+            for s in result.step_logs
+        )
+        run.add_findings(FindingRow(None, f.kind, f.severity, f.step, f.message) for f in result.findings)
+        run.final_status = "stopped"
+        return run.run_id

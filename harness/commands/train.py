@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UsageError
+from harness.errors import TrainingStopped, UsageError
 
 # One line per spec field for --help; the defaults come from TrainSpec itself.
 FIELD_HELP = {
@@ -60,7 +60,8 @@ def _fields_epilog() -> str:
         lines.append(f"  {f.name:<28} {FIELD_HELP.get(f.name, '')} (default: {default})")
     lines += [
         "",
-        "exit codes: 0 trained; 143 stopped by SIGTERM (130 by Ctrl-C) after saving a complete checkpoint (the message",
+        "exit codes: 0 trained; 1 stopped by the anomaly check (NaN, divergence, no learning: no adapter written);",
+        "143 stopped by SIGTERM (130 by Ctrl-C) after saving a complete checkpoint (the message",
         "says how to resume); 2 bad spec, flag or data; 3 adapter incompatible with the base; 4 refused for safety;",
         "5 storage trouble.",
     ]
@@ -139,8 +140,15 @@ def run(args: argparse.Namespace) -> int:
                 continue
             log(f"{point_name}: training into {point_out}")
             resume = args.resume and (not grid or (point_out / "checkpoints").is_dir())
-            result = train_adapter(point_spec, point_out, base=base, log=log, from_adapter=parent.path if parent else None,
-                                   resume=resume, stopper=stopper)
+            try:
+                result = train_adapter(point_spec, point_out, base=base, log=log,
+                                       from_adapter=parent.path if parent else None, resume=resume, stopper=stopper)
+            except TrainingStopped as exc:
+                from train.record import store_stopped_training
+
+                run_id = store_stopped_training(store, exc.result, point_name, command,
+                                                {"spec": point_spec.to_dict(), "device": base.device})
+                raise TrainingStopped(f"{exc} (step logs and findings: store run {run_id})") from None
             if result.interrupted:
                 _print_interrupted(result, stopper, args)
                 # 128 + SIGTERM, the shell's convention (FAULTS.md 30): a scheduler sees the job was stopped,

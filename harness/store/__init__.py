@@ -316,7 +316,7 @@ class Store:
             # Keep what was produced (every buffered row is whole) and mark the run failed.
             writer.finish("failed")
             raise
-        writer.finish("complete")
+        writer.finish(writer.final_status)
 
 
 def _migrate(con: Any, path: Path) -> None:
@@ -379,6 +379,8 @@ class RunWriter:
         self._seq: dict[str, int] = {}
         self.n_expected = 0
         self._run_row: dict[str, Any] = {}
+        #: status recorded when the run ends without an exception ("stopped": ended early on purpose)
+        self.final_status = "complete"
 
     def start(self) -> None:
         from harness.provenance import provenance
