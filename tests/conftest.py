@@ -9,6 +9,10 @@ import os
 for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ[_name] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# CPU-only by default, also on a machine with a GPU (the tiny-model tests compare CPU numbers);
+# HARNESS_TEST_GPU=1 leaves the GPUs visible for `-m gpu` runs.
+if os.environ.get("HARNESS_TEST_GPU") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 import socket
 from pathlib import Path
