@@ -225,7 +225,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
             err(f"gate thresholds must be numbers, got {gd!r}", "gates", i)
 
     if not errors and data_path.is_file():
-        errors.extend(_check_data_file(data_path))
+        errors.extend(check_jsonl(data_path))
     if errors:
         raise SuiteError(f"{len(errors)} problem(s) in suite {path}:\n  " + "\n  ".join(errors))
     return Suite(
@@ -245,7 +245,7 @@ def _env():  # -> jinja2.Environment
     return jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
 
 
-def _check_data_file(path: Path) -> list[str]:
+def check_jsonl(path: Path) -> list[str]:
     """JSONL is checked line by line here, because `datasets` reports a bad line without its number."""
     if path.suffix != ".jsonl":
         return []

@@ -113,3 +113,17 @@ def test_limit_takes_a_balanced_deterministic_subset_across_categories():
     assert len(counts) == len({e.category for e in every}) and max(counts.values()) - min(counts.values()) <= 1
     order = {e.id: i for i, e in enumerate(every)}
     assert [order[e.id] for e in some] == sorted(order[e.id] for e in some)  # file order kept
+
+
+def test_parquet_and_saved_dataset_directory_data(tmp_path):
+    import datasets
+
+    rows = {"id": ["p1", "p2"], "question": ["What is 2+2?", "Capital of Italy?"], "answer": ["4", "Rome"]}
+    datasets.Dataset.from_dict(rows).to_parquet(str(tmp_path / "d.parquet"))
+    suite = load_suite(write_suite(tmp_path, GOOD.replace("data.jsonl", "d.parquet")))
+    assert [(e.id, e.target) for e in load_examples(suite)] == [("p1", "4"), ("p2", "Rome")]
+
+    datasets.DatasetDict({"test": datasets.Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "saved"))
+    yaml_text = GOOD.replace("  path: data.jsonl\n", "  path: saved\n  split: test\n")
+    suite = load_suite(write_suite(tmp_path, yaml_text))
+    assert [e.input for e in load_examples(suite)] == rows["question"]

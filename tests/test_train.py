@@ -320,3 +320,25 @@ def test_replay_mix_uses_base_model_answers_generated_once_and_cached(tiny_model
     assert again == rows and not said  # served from the cache, no generation
     cache = list((tmp_path / "home" / "replay").rglob("*.jsonl"))
     assert len(cache) == 1 and len(cache[0].read_text().splitlines()) == 5
+
+
+def test_training_data_loads_from_jsonl_csv_parquet_and_a_dataset_directory(tmp_path):
+    import datasets
+
+    from train.data import load_rows
+
+    rows = [{"instruction": "Say hi", "input": "", "output": "hi"}, {"instruction": "Say bye", "input": "", "output": "bye"}]
+    (tmp_path / "d.jsonl").write_text("".join(__import__("json").dumps(r) + "\n" for r in rows))
+    ds = datasets.Dataset.from_list(rows)
+    ds.to_csv(str(tmp_path / "d.csv"), index=False)
+    ds.to_parquet(str(tmp_path / "d.parquet"))
+    ds.save_to_disk(str(tmp_path / "saved"))
+    for src in ("d.jsonl", "d.csv", "d.parquet", "saved"):
+        got = [normalize_row(r, src) for r in load_rows(tmp_path / src)]
+        assert [g["completion"][0]["content"] for g in got] == ["hi", "bye"], src
+    with pytest.raises(DatasetError, match=r"d\.txt: unsupported file type"):
+        (tmp_path / "d.txt").write_text("x")
+        load_rows(tmp_path / "d.txt")
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "completion": "b"}\n{not json\n')
+    with pytest.raises(DatasetError, match=r"bad\.jsonl:2: malformed JSON line"):
+        load_rows(tmp_path / "bad.jsonl")

@@ -81,6 +81,13 @@ def load_rows(path: Path | str) -> list[dict[str, Any]]:
             kind = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(path.suffix.lower())
             if kind is None:
                 raise DatasetError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl, .json, .csv or .parquet")
+            from harness.suites import check_jsonl
+
+            problems = check_jsonl(path)  # datasets names a bad line without its number
+            if problems:
+                more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+                raise DatasetError(problems[0] + more)
+            datasets.disable_progress_bars()
             ds = datasets.load_dataset(kind, data_files=str(path), split="train")
     except DatasetError:
         raise
