@@ -2,12 +2,13 @@
 leaves the base model as it was, writes a loadable adapter with its record."""
 
 import json
+import re
 
 import pytest
 import torch
 
 from harness.adapters import inspect_adapter
-from harness.errors import DatasetError
+from harness.errors import DatasetError, UsageError
 from harness.models import load_base, resolve_base
 from train.data import normalize_row
 from train.recipe import train_adapter
@@ -342,3 +343,41 @@ def test_training_data_loads_from_jsonl_csv_parquet_and_a_dataset_directory(tmp_
     (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "completion": "b"}\n{not json\n')
     with pytest.raises(DatasetError, match=r"bad\.jsonl:2: malformed JSON line"):
         load_rows(tmp_path / "bad.jsonl")
+
+
+def test_mixing_your_own_general_data_and_the_parents_data(base, tiny_model_dir, tmp_path):
+    from train.recipe import prepare_rows
+
+    task_file = tmp_path / "task.jsonl"
+    task_file.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    general = tmp_path / "general.jsonl"
+    general.write_text("".join(json.dumps({"instruction": f"Name fact {i}", "output": f"fact {i}"}) + "\n" for i in range(30)))
+    said = []
+    rows, _, n_task = prepare_rows(_spec(tiny_model_dir, data=str(task_file), mix={"general": 0.2},
+                                         general_data=str(general)), base, None, said.append)
+    users = [r["prompt"][-1]["content"] for r in rows]
+    assert n_task == 8 and len(rows) == 10 and sum(u.startswith("Name fact") for u in users) == 2
+    assert any("2 general rows from" in s for s in said)
+
+    # continued fine-tuning mixes in the data the parent was trained on, found through its harness.json
+    train_adapter(_spec(tiny_model_dir, data=str(task_file)), tmp_path / "parent", base=base, log=lambda s: None)
+    new = tmp_path / "new.jsonl"
+    new.write_text("".join(json.dumps({"prompt": f"Cancel order {i}.", "completion": "ok"}) + "\n" for i in range(12)))
+    from harness.adapters import inspect_adapter
+
+    rows, _, _ = prepare_rows(_spec(tiny_model_dir, data=str(new), mix={"parent": 0.25}), base, None, lambda s: None,
+                              inspect_adapter(tmp_path / "parent"))
+    users = [r["prompt"][-1]["content"] for r in rows]
+    assert len(rows) == 16 and sum(u.startswith("Order") for u in users) == 4
+
+    with pytest.raises(UsageError, match="mix.parent needs --from-adapter"):
+        prepare_rows(_spec(tiny_model_dir, data=str(new), mix={"parent": 0.25}), base, None, lambda s: None)
+
+
+@pytest.mark.parametrize("mix, match", [({"wiki": 0.2}, "mix.wiki: unknown"), ({"general": 1.5}, "between 0 and 1"),
+                                        ({"general": 0.6, "parent": 0.5}, "add up to 1.1")])
+def test_bad_mix_is_explained(mix, match):
+    from train.spec import validate
+
+    errors, _ = validate(TrainSpec(mix=mix))
+    assert any(re.search(match, e) for e in errors), errors

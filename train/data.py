@@ -190,6 +190,15 @@ def replay_rows(base: "LoadedBase", n: int, seed: int, log: Callable[[str], None
     return [{"prompt": [_msg("user", p)], "completion": [_msg("assistant", answers[p])]} for p in usable[:n]]
 
 
+def sample_rows(pool: list[Conversation], n: int, seed: int) -> list[Conversation]:
+    """``n`` rows drawn from ``pool`` without replacement (repeating the pool when it is smaller)."""
+    if not pool:
+        raise DatasetError("the data to mix in is empty")
+    order = list(pool)
+    random.Random(seed).shuffle(order)
+    return (order * (n // len(order) + 1))[:n]
+
+
 def mix_in(task: list[Conversation], general: list[Conversation], seed: int) -> list[Conversation]:
     """Shuffle general rows in among the task rows, deterministically."""
     rows = task + general

@@ -26,6 +26,7 @@ from train.data import (
     n_general_for,
     normalize_row,
     replay_rows,
+    sample_rows,
 )
 from train.checkpoints import MARKER, RunIdentity, SaveAndStop, checkpoints, find_resumable, marker_callback
 from train.spec import TrainSpec, validate
@@ -112,8 +113,12 @@ def prepare_rows(
     base: "LoadedBase",
     examples: Sequence[dict[str, Any]] | None,
     log: Callable[[str], None],
+    parent: Any = None,
 ) -> tuple[list[dict], str, int]:
-    """Task rows (normalised) mixed with general replay rows as the spec asks. Returns (rows, hash, n_task)."""
+    """Task rows (normalised) with the mixes the spec asks for. Returns (rows, hash, n_task).
+
+    Shares are of the mixed set: with 0.2 general, 20% of the rows are general ones.
+    """
     if examples is None:
         if not spec.data:
             raise UsageError("no training data: set `data:` in the spec or pass --data FILE")
@@ -124,14 +129,36 @@ def prepare_rows(
     if not raw:
         raise DatasetError(f"{where}: no training examples")
     task = [normalize_row(r, f"{where} row {i + 1}") for i, r in enumerate(raw)]
-    rows = task
-    share = spec.mix.get("general")
-    if share:
-        n_general = n_general_for(len(task), share)
-        general = replay_rows(base, n_general, spec.seed, log)
-        rows = mix_in(task, general, spec.seed)
-        log(f"  mixed {len(general)} general replay rows into {len(task)} task rows (share {share:g})")
-    return rows, data_hash(rows), len(task)
+    extra: list[dict] = []
+    n_task = len(task)
+    total_share = sum(spec.mix.values())
+    for name, share in spec.mix.items():
+        n = n_general_for(n_task, total_share) * share / total_share if total_share else 0
+        n = max(1, round(n))
+        if name == "general" and spec.general_data:
+            pool = [normalize_row(r, f"{spec.general_data} row {i + 1}") for i, r in enumerate(load_rows(spec.general_data))]
+            got, what = sample_rows(pool, n, spec.seed), f"general rows from {spec.general_data}"
+        elif name == "general":
+            got, what = replay_rows(base, n, spec.seed, log), "general replay rows (the base model's own answers)"
+        else:  # parent
+            got, what = sample_rows(_parent_rows(parent), n, spec.seed), "rows of the parent adapter's training data"
+        extra.extend(got)
+        log(f"  mixed {len(got)} {what} into {n_task} task rows (share {share:g})")
+    rows = mix_in(task, extra, spec.seed) if extra else task
+    return rows, data_hash(rows), n_task
+
+
+def _parent_rows(parent: Any) -> list[dict]:
+    """The parent adapter's training data, from the path its harness.json records."""
+    if parent is None:
+        raise UsageError("mix.parent needs --from-adapter: it mixes in the data the parent adapter was trained on")
+    source = ((parent.harness or {}).get("data") or {}).get("source")
+    if not source or source == "in-memory" or not Path(source).exists():
+        raise DatasetError(
+            f"{parent.path}: its harness.json does not name a readable training data file ({source!r}); "
+            "mix its data in yourself (concatenate it into --data) or drop mix.parent"
+        )
+    return [normalize_row(r, f"{source} row {i + 1}") for i, r in enumerate(load_rows(source))]
 
 
 def train_adapter(
@@ -177,7 +204,7 @@ def train_adapter(
     for w in warnings:
         log(f"  warning: {w}")
 
-    rows, rows_hash, n_task = prepare_rows(spec, base, examples, log)
+    rows, rows_hash, n_task = prepare_rows(spec, base, examples, log, parent)
     tokenizer = base.tokenizer
     check = check_supervision(tokenizer, rows, spec.max_seq_length)
     if check.n_truncated:
@@ -311,7 +338,7 @@ def train_adapter(
         "data": {"hash": rows_hash, "n_examples": len(rows), "n_train": len(train_ds),
                  "n_eval": len(eval_ds) if eval_ds is not None else 0, "n_task": n_task,
                  "n_truncated": check.n_truncated, "n_supervised_tokens": check.n_supervised_tokens,
-                 "source": spec.data or "in-memory"},
+                 "source": str(Path(spec.data).resolve()) if spec.data else "in-memory"},
         "parent_adapter": {"adapter_id": parent.adapter_id, "path": str(parent.path)} if parent else None,
         "init_lora_weights": "parent" if parent else init,
         "resumed_from": str(resume_from) if resume_from else None,

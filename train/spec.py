@@ -52,8 +52,11 @@ class TrainSpec:
     gradient_checkpointing: str | bool = "auto"
     max_seq_length: int = 512
     seed: int = 3407
-    # general data mixed in to limit forgetting: {"general": share} (replay from the base model)
+    # data mixed in to limit forgetting, as shares of the mixed set: {"general": 0.2} (the base model's
+    # own answers to built-in general prompts, or general_data when given), {"parent": 0.3} (the
+    # parent adapter's training data, with --from-adapter)
     mix: Mapping[str, float] = field(default_factory=dict)
+    general_data: str | None = None  # your own general dataset for mix.general instead of replay
     logging_steps: int = 1
     # stop training when the live anomaly detectors find an error (NaN, divergence, no learning...)
     stop_on_anomaly: bool = True
@@ -121,10 +124,14 @@ def validate(spec: TrainSpec) -> tuple[list[str], list[str]]:
     if spec.precision == "fp16":
         warnings.append("precision=fp16 overflows easily (loss 0.0 or NaN, DOMAIN.md); prefer bf16 where the GPU has it")
     for name, share in spec.mix.items():
-        if name != "general":
-            errors.append(f"mix.{name}: unknown; only 'general' (base-model replay) is supported")
-        elif not 0 < share < 1:
-            errors.append(f"mix.general={share}: the share of general data must be between 0 and 1 (usual 0.1-0.3)")
+        if name not in ("general", "parent"):
+            errors.append(f"mix.{name}: unknown; use general (replay or general_data) or parent (the parent adapter's data)")
+        elif not isinstance(share, (int, float)) or not 0 < share < 1:
+            errors.append(f"mix.{name}={share}: a share of the mixed set must be between 0 and 1 (usual 0.1-0.3)")
+    if sum(v for v in spec.mix.values() if isinstance(v, (int, float))) >= 1:
+        errors.append(f"mix shares add up to {sum(spec.mix.values()):g}: they must leave room for the task data (< 1)")
+    if spec.general_data and "general" not in spec.mix:
+        warnings.append("general_data is set but mix.general is not: the general data is not used")
     return errors, warnings
 
 
