@@ -152,6 +152,28 @@ def _check_tensors(weights: Path, cfg: dict[str, Any]) -> None:
         raise AdapterFileError(f"cannot read {weights}: {exc}") from None
 
 
+def check_base_identity(info: AdapterInfo, base_model_id: str, base_name: str, allow_mismatch: bool = False) -> str | None:
+    """Refuse an adapter the harness trained on another base model (same shapes, other weights).
+
+    Shapes alone cannot tell a fine-tuned sibling of the base from the base itself: an adapter on the
+    wrong one loads without error and gives quietly worse numbers. ``harness.json`` records the exact
+    base (a hash of its weights), so the check is exact for our adapters; adapters from elsewhere
+    carry no such record and are checked by shape only. Returns a warning when ``allow_mismatch``.
+    """
+    trained_on = ((info.harness or {}).get("base_model") or {}).get("model_id")
+    if not trained_on or trained_on == base_model_id:
+        return None
+    trained_name = ((info.harness or {}).get("base_model") or {}).get("name")
+    message = (
+        f"{info.path}: trained on base {trained_name!r} (weights {trained_on[:12]}), but the base given is "
+        f"{base_name!r} (weights {base_model_id[:12]}); pass --base {trained_name} or, if this is intended, "
+        "--allow-base-mismatch"
+    )
+    if not allow_mismatch:
+        raise IncompatibleError(message)
+    return message
+
+
 def check_against_base(info: AdapterInfo, model: "PreTrainedModel") -> None:
     """Check every LoRA tensor's shape against the base module it attaches to.
 

@@ -2,6 +2,7 @@
 never share rows, and the base model's rows are shared by every adapter of that base."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -149,3 +150,24 @@ def test_progress_bar_counts_every_example(tiny_model_dir, suite_path, tmp_path,
                  log=lambda m: None, progress_bar=True)
     err = capsys.readouterr().err
     assert "tiny-qa × base" in err and "3/3" in err
+
+
+def test_an_adapter_trained_on_another_base_of_the_same_shape_is_refused(tiny_model_dir, suite_path, tmp_path):
+    """Same shapes, other weights: it would load silently, so harness.json's base hash decides (FAULTS 22)."""
+    from tests.helpers import make_tiny_llama
+    from train.recipe import train_adapter
+    from train.spec import TrainSpec
+
+    rows = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(4)]
+    spec = TrainSpec(base=str(tiny_model_dir), r=2, lora_alpha=4, max_steps=1, per_device_train_batch_size=4)
+    train_adapter(spec, tmp_path / "ad", examples=rows, log=lambda s: None)
+    sibling = make_tiny_llama(tmp_path / "sibling", seed=7)
+    cmd = [sys.executable, "-m", "harness", "eval", "--base", str(sibling), "--adapter", str(tmp_path / "ad"),
+           "--suite", str(suite_path), "--db", str(tmp_path / "h.duckdb")]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    refused = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert refused.returncode == 3, refused.stderr
+    assert refused.stderr.count("\n") == 1 and "--allow-base-mismatch" in refused.stderr and str(tmp_path / "ad") in refused.stderr
+    allowed = subprocess.run(cmd + ["--allow-base-mismatch"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert allowed.returncode == 0, allowed.stderr[-2000:]
+    assert "warning: " in allowed.stderr

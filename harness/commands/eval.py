@@ -32,6 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--db", type=Path, default=None, help="results database (default: $HARNESS_DB or ./harness.duckdb)")
     p.add_argument("--report", type=Path, default=None, metavar="HTML", help="also write an HTML report of this run")
     p.add_argument("--allow-pickle", action="store_true", help="allow loading a base model stored as pickle (.bin) weights; only for files you trust")
+    p.add_argument("--allow-base-mismatch", action="store_true",
+                   help="evaluate an adapter on a base other than the one its harness.json records (a warning, not an error)")
     p.add_argument("--seed", type=int, default=0, help="seed recorded with the run (generation is greedy unless a suite samples)")
 
 
@@ -56,6 +58,12 @@ def run(args: argparse.Namespace) -> int:
     if not adapters and args.no_base:
         raise UsageError("nothing to evaluate: --no-base given and no --adapter")
     ref = resolve_base(args.base, allow_pickle=args.allow_pickle)
+    from harness.adapters import check_base_identity
+
+    for a in adapters:
+        warning = check_base_identity(a, ref.model_id, ref.name, args.allow_base_mismatch)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
     base = load_base(ref, device=args.device)
     store = Store(args.db or default_db_path())
     targets = expand_targets(adapters, scales, include_base=not args.no_base)
