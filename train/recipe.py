@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.errors import DatasetError, InputError, TrainingStopped, UsageError
+from harness.errors import DatasetError, InputError, StorageError, TrainingStopped, UsageError
 from train.data import (
     check_supervision,
     data_hash,
@@ -303,7 +304,7 @@ def train_adapter(
         else:
             adapter_dir.mkdir(parents=True, exist_ok=True)
             convert = {"path_initial_model_for_weight_conversion": str(pissa_init_dir)} if init == "pissa" and parent is None else {}
-            peft_model.save_pretrained(str(adapter_dir), safe_serialization=True, **convert)
+            _save_adapter(peft_model, adapter_dir, convert)
     finally:
         # Give the caller back its base model without the LoRA layers, in inference mode.
         base.model = peft_model.unload()
@@ -331,7 +332,7 @@ def train_adapter(
             f"No adapter was written to {adapter_dir}{keep}. `harness anomalies` on the step log explains more; "
             "set stop_on_anomaly: false to train through it", result,
         )
-    (adapter_dir / STEP_LOG_FILE).write_text("".join(json.dumps(s) + "\n" for s in steps), encoding="utf-8")
+    _write_atomic(adapter_dir / STEP_LOG_FILE, "".join(json.dumps(s) + "\n" for s in steps))
     record = {
         "spec": spec.to_dict(),
         "base_model": {"name": base.ref.name, "model_id": base.ref.model_id},
@@ -352,9 +353,54 @@ def train_adapter(
                     "n_trainable_parameters": n_trainable, "best_eval_loss": trainer.state.best_metric,
                     "best_step": trainer.state.best_global_step},
     }
-    (adapter_dir / HARNESS_FILE).write_text(json.dumps(record, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    _write_atomic(adapter_dir / HARNESS_FILE, json.dumps(record, indent=2, default=_json_default) + "\n")
     result.adapter_id = inspect_adapter(adapter_dir).adapter_id
     return result
+
+
+def _disk_full(path: Path, exc: OSError) -> StorageError:
+    import shutil
+
+    free = shutil.disk_usage(path if path.exists() else path.parent).free
+    return StorageError(f"disk full while writing {path} ({exc.strerror}; {free / 2**20:.0f} MiB free); the previous "
+                        "adapter there, if any, is intact. Free space and run again")
+
+
+def _save_adapter(peft_model: Any, adapter_dir: Path, convert: dict[str, Any]) -> None:
+    """Save PEFT's files next to the adapter and move them in with one rename each, so that a crash or a
+    full disk never leaves a half-written adapter where a good one was (FAULTS.md 32)."""
+    import errno
+    import shutil
+
+    staging = adapter_dir / ".saving"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        peft_model.save_pretrained(str(staging), safe_serialization=True, **convert)
+        for f in sorted(staging.iterdir()):
+            os.replace(f, adapter_dir / f.name)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise _disk_full(adapter_dir, exc) from None
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    import errno
+
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno == errno.ENOSPC:
+            raise _disk_full(path, exc) from None
+        raise
 
 
 def get_lora_model(model: Any, spec: TrainSpec, init: Any) -> Any:
