@@ -99,8 +99,13 @@ def run_eval(
     flush_every: int = 64,
     log: Callable[[str], None] = print,
     progress_bar: bool = False,
+    examples: dict[str, list[Example]] | None = None,
 ) -> EvalStats:
-    """Evaluate every target on every suite, writing rows through ``run`` as they are produced."""
+    """Evaluate every target on every suite, writing rows through ``run`` as they are produced.
+
+    ``examples`` (suite name -> examples) passes examples already loaded (and so validated) by the
+    caller; suites not in it are loaded here.
+    """
     from harness.metrics import model_metric_names
 
     stats = EvalStats()
@@ -117,13 +122,13 @@ def run_eval(
                 parent, json.dumps(t.adapter.harness) if t.adapter.harness else None, t.adapter.path.name,
             ))
     for suite in suites:
-        examples = load_examples(suite, limit)
-        run.add_suite(SuiteRow(suite.suite_id, suite.name, suite.version, str(suite.path), len(examples)))
-        run.add_examples(ExampleRow(suite.suite_id, e.id, e.input, e.target, e.category) for e in examples)
+        suite_examples = (examples or {}).get(suite.name) or load_examples(suite, limit)
+        run.add_suite(SuiteRow(suite.suite_id, suite.name, suite.version, str(suite.path), len(suite_examples)))
+        run.add_examples(ExampleRow(suite.suite_id, e.id, e.input, e.target, e.category) for e in suite_examples)
         scorers = [get_scorer(s.name, s.args) for s in suite.scorers if s.name not in model_metric_names()]
         wants_ppl = any(s.name == "perplexity" for s in suite.scorers)
         versions = {s.name: s.version for s in scorers}
-        prompts = [render_prompt(base.tokenizer, render_user_text(suite, e), suite.prompt.system, suite.prompt.raw) for e in examples]
+        prompts = [render_prompt(base.tokenizer, render_user_text(suite, e), suite.prompt.system, suite.prompt.raw) for e in suite_examples]
         for target in targets:
             reqs = [
                 _Request(suite, e, p, cache_key(
@@ -137,7 +142,7 @@ def run_eval(
                     suite=suite.name, example=e.id, answer=[e.target, list(e.aliases), list(e.references)],
                     scorer_args={s.name: dict(s.args) for s in scorers},
                 ))
-                for e, p in zip(examples, prompts)
+                for e, p in zip(suite_examples, prompts)
             ]
             run.expect(len(reqs))
             hits = store.cached([r.key for r in reqs])

@@ -250,11 +250,13 @@ def check_jsonl(path: Path) -> list[str]:
     if path.suffix != ".jsonl":
         return []
     errors = []
+    n_rows = 0
     with open(path, encoding="utf-8", errors="strict") as f:
         try:
             for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue
+                n_rows += 1
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
@@ -263,7 +265,9 @@ def check_jsonl(path: Path) -> list[str]:
                 if not isinstance(row, dict):
                     errors.append(f"{path}:{n}: each line must be a JSON object")
         except UnicodeDecodeError as exc:
-            errors.append(f"{path}: not UTF-8 (byte offset {exc.start}); re-save the file as UTF-8")
+            return [f"{path}: not UTF-8 (byte offset {exc.start}); re-save the file as UTF-8"]
+    if not n_rows and not errors:
+        errors.append(f"{path}: empty: no JSON lines in it; add one object per line")
     return errors
 
 

@@ -54,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
     scales = args.scale or [1.0]
     # Everything cheap is checked before the model loads: suites, adapters, base model files.
     suites = [load_suite(s) for s in args.suite]
+    from harness.suites import load_examples
+
+    examples = {s.name: load_examples(s, args.limit) for s in suites}  # data errors surface before the model loads
     adapters = [inspect_adapter(a) for a in args.adapter]
     if not adapters and args.no_base:
         raise UsageError("nothing to evaluate: --no-base given and no --adapter")
@@ -71,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
                    config={"device": base.device, "base": args.base, "scales": scales, "suites": [s.name for s in suites]})
     with store.run(info) as run_writer:
         stats = run_eval(base, targets, suites, run_writer, store, batch_size=args.batch_size, limit=args.limit,
-                         flush_every=args.flush_every, progress_bar=sys.stderr.isatty(),
+                         flush_every=args.flush_every, progress_bar=sys.stderr.isatty(), examples=examples,
                          log=lambda m: print(m, file=sys.stderr))
         run_id = run_writer.run_id
     print(f"run {run_id}: {stats.generated} generated, {stats.cached} cached, {stats.errors} errors, {stats.seconds:.1f}s", file=sys.stderr)
