@@ -127,3 +127,9 @@ def test_parquet_and_saved_dataset_directory_data(tmp_path):
     yaml_text = GOOD.replace("  path: data.jsonl\n", "  path: saved\n  split: test\n")
     suite = load_suite(write_suite(tmp_path, yaml_text))
     assert [e.input for e in load_examples(suite)] == rows["question"]
+
+
+def test_empty_data_file_is_a_suite_error(tmp_path):
+    write_suite(tmp_path, GOOD, rows=[])
+    with pytest.raises(SuiteError, match=r"data\.jsonl: empty"):
+        load_suite(tmp_path / "suite.yaml")
