@@ -12,6 +12,8 @@ import sacrebleu as scb
 
 import evaluate
 
+from harness.scorers.text import reference_streams  # one definition of how reference lists become streams
+
 _CITATION = """\
 @inproceedings{post-2018-call,
     title = "A Call for Clarity in Reporting {BLEU} Scores",
@@ -39,10 +41,6 @@ Returns:
 """
 
 
-def _streams(references):
-    per_example = [[r] if isinstance(r, str) else list(r) for r in references]
-    width = max((len(r) for r in per_example), default=1)
-    return [[refs[j] if j < len(refs) else None for refs in per_example] for j in range(width)]
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
@@ -76,7 +74,7 @@ class Bleu(evaluate.Metric):
         tok = {"tokenize": tokenize} if tokenize else {}
         metric = scb.BLEU(lowercase=lowercase, force=False, smooth_method=smooth_method,
                           smooth_value=smooth_value, effective_order=use_effective_order, **tok)
-        result = metric.corpus_score(list(predictions), _streams(references))
+        result = metric.corpus_score(list(predictions), reference_streams(references))
         out = {
             "score": float(result.score),
             "counts": list(result.counts),

@@ -10,6 +10,8 @@ import sacrebleu as scb
 
 import evaluate
 
+from harness.scorers.text import reference_streams  # one definition of how reference lists become streams
+
 _CITATION = """\
 @inproceedings{popovic-2015-chrf,
     title = "chr{F}: character n-gram {F}-score for automatic {MT} evaluation",
@@ -36,10 +38,6 @@ Returns:
 """
 
 
-def _streams(references):
-    per_example = [[r] if isinstance(r, str) else list(r) for r in references]
-    width = max((len(r) for r in per_example), default=1)
-    return [[refs[j] if j < len(refs) else None for refs in per_example] for j in range(width)]
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
@@ -75,7 +73,7 @@ class Chrf(evaluate.Metric):
                             whitespace=whitespace, eps_smoothing=eps_smoothing)
 
         metric = make()
-        result = metric.corpus_score(list(predictions), _streams(references))
+        result = metric.corpus_score(list(predictions), reference_streams(references))
         out = {
             "score": float(result.score),
             "char_order": int(result.char_order),
