@@ -11,18 +11,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+from harness.store import GateRow
 
 
-@dataclass(frozen=True)
-class GateResult:
-    gate: str
-    metric: str
-    observed: float | None
-    threshold: float | None
-    baseline: float | None
-    passed: bool
-    message: str
+#: A gate's outcome is exactly the store's row, so results go into ``gate_results`` unchanged
+#: (``run.add_gate_results([...])``): {gate, metric, observed, threshold, baseline, passed, message}.
+GateResult = GateRow
 
 
 def threshold_gate(
