@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.errors import ModelNotFoundError, SafetyError, UsageError
+from harness.errors import IncompatibleError, ModelNotFoundError, SafetyError, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -238,6 +238,14 @@ def load_base(ref: BaseModelRef, device: str | None = None, dtype: "torch.dtype 
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=dtype, use_safetensors=True)
+    n_embed = model.get_input_embeddings().num_embeddings
+    if len(tok) > n_embed:
+        # A token id past the embedding table is an IndexError on the CPU and a device assert on a GPU,
+        # in the middle of a run: refuse before any forward pass (FAULTS.md 27).
+        raise IncompatibleError(
+            f"{ref.path}: the tokenizer has {len(tok)} tokens but the model's embedding table has {n_embed} rows; "
+            "resize the base model's embeddings to the tokenizer (model.resize_token_embeddings) before loading"
+        )
     model.to(device).eval()
     return LoadedBase(model, tok, ref, device, time.perf_counter() - t0)
 

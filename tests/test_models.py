@@ -73,3 +73,15 @@ def test_old_torch_is_refused(monkeypatch):
     monkeypatch.setattr(torch, "__version__", "2.5.1+cpu")
     with pytest.raises(SafetyError, match=r"torch 2.5.1\+cpu is older than 2.6"):
         check_torch()
+
+
+def test_tokenizer_larger_than_the_embedding_table_is_refused_before_any_forward(tmp_path):
+    from harness.errors import IncompatibleError
+    from tests.helpers import make_tiny_llama, make_tokenizer
+
+    model_dir = make_tiny_llama(tmp_path / "m")
+    tok = make_tokenizer(tmp_path / "tok")
+    tok.add_tokens([f"<extra_{i}>" for i in range(50)])
+    tok.save_pretrained(str(model_dir))  # the tokenizer grew, the embeddings did not
+    with pytest.raises(IncompatibleError, match=r"tokenizer has \d+ tokens but the model's embedding table has \d+ rows"):
+        load_base(resolve_base(str(model_dir)))
