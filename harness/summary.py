@@ -34,9 +34,11 @@ def summary_table(c: Comparison) -> str:
             cell = c.cell(t, suite, metric)
             row.append("—" if cell is None else f"{_pct(cell.mean, metric)} (n={cell.n_scored}/{cell.n})")
         rows.append(row)
-    for r in c.retention:
-        rows.append([r.suite, "retention", *[
-            f"{_pct(r.retention)} ({r.kept}/{r.base_correct})" if t == r.target else ("100.0%" if t == "base" else "")
+    for suite in sorted({r.suite for r in c.retention}):
+        by_target = {r.target: r for r in c.retention if r.suite == suite}
+        rows.append([suite, "retention", *[
+            f"{_pct(by_target[t].retention)} ({by_target[t].kept}/{by_target[t].base_correct})" if t in by_target
+            else ("100.0%" if t == "base" else "—")
             for t in c.targets
         ]])
     return format_table(["suite", "metric", *c.targets], rows)
