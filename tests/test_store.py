@@ -239,6 +239,14 @@ def test_runs_and_results_commands(tiny_model_dir, tmp_path):
     table = subprocess.run([sys.executable, "-m", "harness", "results", "--db", str(db)], capture_output=True, text=True,
                            cwd=tmp_path, env=_env())
     assert table.returncode == 0 and "exact_match" in table.stdout and "3/3" in table.stdout
+    report = subprocess.run([sys.executable, "-m", "harness", "report", "--db", str(db), "--out", str(tmp_path / "r.html")],
+                            capture_output=True, text=True, cwd=tmp_path, env=_env())
+    assert report.returncode == 0, report.stderr
+    html = (tmp_path / "r.html").read_text()
+    assert "Content-Security-Policy" in html and "cmds" in html and listed[0]["run_id"] in html
+    unknown = subprocess.run([sys.executable, "-m", "harness", "report", "--db", str(db), "--run", "nope"],
+                             capture_output=True, text=True, cwd=tmp_path, env=_env())
+    assert unknown.returncode == 2 and "no run 'nope'" in unknown.stderr
     missing = subprocess.run([sys.executable, "-m", "harness", "runs", "--db", str(tmp_path / "nope.duckdb")],
                              capture_output=True, text=True, cwd=tmp_path, env=_env())
     assert missing.returncode == 2 and "nope.duckdb" in missing.stderr

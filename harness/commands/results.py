@@ -25,14 +25,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from harness.commands._common import existing_store, pick_run
     from harness.errors import InputError
-    from harness.store import Store, default_db_path
     from harness.summary import format_table
 
-    path = args.db or default_db_path()
-    if not Path(path).exists():
-        raise InputError(f"no results database at {path}; run `harness eval` first or pass --db")
-    store = Store(path)
+    store = existing_store(args.db)
+    path = store.path
     if args.adapter:
         ident = args.adapter
         if Path(ident).is_dir():
@@ -59,12 +57,7 @@ def run(args: argparse.Namespace) -> int:
               fmt(r["adapter_mean"]), fmt(r["base_mean"]), fmt(r["mean_delta"])] for r in rows],
         ))
         return 0
-    run_id = args.run
-    if run_id is None:
-        newest = store.query("SELECT run_id FROM runs WHERE kind IN ('eval', 'demo') ORDER BY started_at DESC LIMIT 1")
-        if not newest:
-            raise InputError(f"no evaluation runs in {path}")
-        run_id = newest[0]["run_id"]
+    run_id = pick_run(store, args.run)
     state = store.query("SELECT * FROM v_runs WHERE run_id = ?", [run_id])
     if not state:
         raise InputError(f"no run {run_id!r} in {path}; `harness runs` lists them")

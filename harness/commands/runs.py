@@ -23,14 +23,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.errors import InputError
-    from harness.store import Store, default_db_path, run_status
+    from harness.commands._common import existing_store
+    from harness.store import run_status
     from harness.summary import format_table
 
-    path = args.db or default_db_path()
-    if not Path(path).exists():
-        raise InputError(f"no results database at {path}; run `harness eval` first or pass --db")
-    rows = Store(path).query(
+    store = existing_store(args.db)
+    path = store.path
+    rows = store.query(
         "SELECT run_id, kind, status, host, pid, n_expected, n_results, n_errors, incomplete, started_at, finished_at, command "
         "FROM v_runs ORDER BY started_at DESC LIMIT ?", [args.limit]
     )

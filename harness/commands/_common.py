@@ -1,0 +1,28 @@
+"""Small helpers shared by the commands that read a results database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.errors import InputError
+from harness.store import Store, default_db_path
+
+
+def existing_store(db: Path | None) -> Store:
+    """The store at ``db`` (or the default path); an input error when there is no database there."""
+    path = Path(db or default_db_path())
+    if not path.exists():
+        raise InputError(f"no results database at {path}; run `harness eval` first or pass --db")
+    return Store(path)
+
+
+def pick_run(store: Store, run_id: str | None) -> str:
+    """``run_id`` if the store has it, else (when None) the newest eval or demo run."""
+    if run_id is None:
+        newest = store.query("SELECT run_id FROM runs WHERE kind IN ('eval', 'demo') ORDER BY started_at DESC LIMIT 1")
+        if not newest:
+            raise InputError(f"no evaluation runs in {store.path}")
+        return newest[0]["run_id"]
+    if not store.query("SELECT 1 FROM runs WHERE run_id = ?", [run_id]):
+        raise InputError(f"no run {run_id!r} in {store.path}; `harness runs` lists them")
+    return run_id
