@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from harness.errors import IncompatibleError, ModelNotFoundError, SafetyError, UsageError
 
@@ -249,7 +249,3 @@ def load_base(ref: BaseModelRef, device: str | None = None, dtype: "torch.dtype 
     model.to(device).eval()
     return LoadedBase(model, tok, ref, device, time.perf_counter() - t0)
 
-
-def describe_model(model: Any) -> str:
-    n = sum(p.numel() for p in model.parameters())
-    return f"{type(model).__name__} {n / 1e6:.1f}M params, {next(model.parameters()).dtype}"

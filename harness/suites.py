@@ -362,6 +362,3 @@ def render_user_text(suite: Suite, example: Example) -> str:
     except jinja2.UndefinedError as exc:
         raise SuiteError(f"{suite.path}: prompt.template: {exc.message} (example {example.id})") from None
 
-
-def examples_digest(examples: Sequence[Example]) -> str:
-    return hashlib.sha256("\n".join(e.id for e in examples).encode()).hexdigest()

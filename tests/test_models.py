@@ -1,7 +1,6 @@
 """Base model resolution: local dirs, pickle refusal, remote-code refusal, missing embedded package."""
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from harness.errors import IncompatibleError, StorageError
 from harness.gates import threshold_gate
 from harness.store import (
-    SCHEMA, SCHEMA_VERSION, GenerationRow, RunInfo, ScoreRow, Store, migrations, run_status, write_shard,
+    SCHEMA, SCHEMA_VERSION, GenerationRow, ScoreRow, Store, migrations, run_status, write_shard,
 )
 
 ROOT = Path(__file__).resolve().parent.parent

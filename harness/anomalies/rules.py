@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from harness.errors import InputError
-
-from harness.anomalies.logs import Finding, Segment, StepLog, _is_rl_key  # noqa: F401
+from harness.anomalies.logs import Finding, Segment, StepLog, _is_rl_key
 
 # --------------------------------------------------------------------------------------------
 # Thresholds. Each is a named constant so that a false alarm can be traced to one number.

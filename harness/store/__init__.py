@@ -540,10 +540,6 @@ def _ingest(con: Any, shard: Path) -> int:
     return n_rows
 
 
-def ingest_shard(store: Store, shard: Path) -> int:
-    """Ingest one shard directory (no-op when it is already in)."""
-    with store.connect() as con:
-        return _ingest(con, shard)
 
 
 def rebuild(db_path: Path, shard_dir: Path | None = None) -> tuple[int, Path | None]:
@@ -586,5 +582,5 @@ def run_status(row: Mapping[str, Any]) -> str:
 __all__ = [
     "AdapterRow", "BaseModelRow", "CachedResult", "ExampleRow", "FindingRow", "GateRow", "GenerationRow",
     "RunInfo", "RunWriter", "SCHEMA_VERSION", "ScoreRow", "StepLogRow", "Store", "SuiteRow", "cache_key",
-    "default_db_path", "ingest_shard", "migrations", "rebuild", "run_status", "write_shard",
+    "default_db_path", "migrations", "rebuild", "run_status", "write_shard",
 ]
