@@ -134,8 +134,7 @@ def prepare_rows(
     n_task = len(task)
     total_share = sum(spec.mix.values())
     for name, share in spec.mix.items():
-        n = n_general_for(n_task, total_share) * share / total_share if total_share else 0
-        n = max(1, round(n))
+        n = max(1, round(n_general_for(n_task, total_share) * share / total_share))
         if name == "general" and spec.general_data:
             pool = [normalize_row(r, f"{spec.general_data} row {i + 1}") for i, r in enumerate(load_rows(spec.general_data))]
             got, what = sample_rows(pool, n, spec.seed), f"general rows from {spec.general_data}"

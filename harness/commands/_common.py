@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from harness.errors import InputError
 from harness.store import Store, default_db_path
+
+
+def add_db_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--db`` option every command that touches the results database takes."""
+    parser.add_argument("--db", type=Path, default=None, metavar="F",
+                        help="results database (default: $HARNESS_DB or ./harness.duckdb)")
 
 
 def existing_store(db: Path | None) -> Store:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from harness.commands._common import add_db_argument
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -15,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("action", choices=["rebuild", "info"],
                    help="rebuild: recreate the database from its shards (the old file is kept as <db>.bak-<time>); "
                         "info: schema version and row counts")
-    p.add_argument("--db", type=Path, default=None, help="results database (default: $HARNESS_DB or ./harness.duckdb)")
+    add_db_argument(p)
     p.add_argument("--shards", type=Path, default=None, help="shard directory (default: <db>.shards)")
 
 

@@ -7,6 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from harness.commands._common import add_db_argument
 from harness.errors import UsageError
 
 
@@ -29,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--flush-every", type=int, default=64, metavar="N",
                    help="make results durable every N examples (a killed run loses at most N; default: %(default)s)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
-    p.add_argument("--db", type=Path, default=None, help="results database (default: $HARNESS_DB or ./harness.duckdb)")
+    add_db_argument(p)
     p.add_argument("--report", type=Path, default=None, metavar="HTML", help="also write an HTML report of this run")
     p.add_argument("--allow-pickle", action="store_true", help="allow loading a base model stored as pickle (.bin) weights; only for files you trust")
     p.add_argument("--allow-base-mismatch", action="store_true",

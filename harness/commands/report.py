@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from harness.commands._common import add_db_argument
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -15,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "headline metrics, retention, per-category accuracy and sample outputs, read from the results store."
         ),
     )
-    p.add_argument("--db", type=Path, default=None, help="results database (default: $HARNESS_DB or ./harness.duckdb)")
+    add_db_argument(p)
     p.add_argument("--run", default=None, metavar="RUN_ID", help="a run id from `harness runs` (default: the newest eval or demo run)")
     p.add_argument("--out", type=Path, default=Path("report.html"), help="HTML file to write (default: %(default)s)")
     p.add_argument("--title", default=None, help="page title (default: the run id)")

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from harness.commands._common import add_db_argument
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -16,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "(base, adapter@scale), or, with --adapter, every run's results for one adapter against its base."
         ),
     )
-    p.add_argument("--db", type=Path, default=None, help="results database (default: $HARNESS_DB or ./harness.duckdb)")
+    add_db_argument(p)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--run", default=None, metavar="RUN_ID", help="a run id from `harness runs` (default: the newest eval or demo run)")
     g.add_argument("--adapter", default=None, metavar="DIR|NAME|ID",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+
+from harness.commands._common import add_db_argument
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "before it finished is shown as interrupted (rerun its command: finished results are reused)."
         ),
     )
-    p.add_argument("--db", type=Path, default=None, help="results database (default: $HARNESS_DB or ./harness.duckdb)")
+    add_db_argument(p)
     p.add_argument("--limit", type=int, default=50, help="show at most N runs (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
 
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     )
     for r in rows:
         r["status"] = run_status(r)
-        r["incomplete"] = bool(r["incomplete"]) if r["kind"] != "train" else False
+        r["incomplete"] = bool(r["incomplete"])  # NULL (no expected count, e.g. training) is not incomplete
     if args.json:
         print(json.dumps([{k: (str(v) if k.endswith("_at") and v is not None else v) for k, v in r.items()
                            if k not in ("host", "pid")} for r in rows], indent=2))

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from harness.commands._common import add_db_argument
 from harness.errors import TrainingStopped, UsageError
 
 # One line per spec field for --help; the defaults come from TrainSpec itself.
@@ -87,7 +88,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="adapter directory (default: adapters/NAME); with --grid, the parent of one directory per point")
     p.add_argument("--name", default=None, help="adapter name in the store and in grid directory names (default: the spec file's stem)")
-    p.add_argument("--db", type=Path, default=None, metavar="F", help="results database (default: $HARNESS_DB or ./harness.duckdb)")
+    add_db_argument(p)
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="FIELD=VALUE",
                    help="override a spec field, e.g. --set learning_rate=1e-4 r=8; repeatable")
     p.add_argument("--from-adapter", type=Path, default=None, metavar="DIR",

@@ -263,32 +263,33 @@ def reference_streams(references: Sequence[str | Sequence[str]]) -> list[list[st
     return [[refs[j] if j < len(refs) else None for refs in per_example] for j in range(width)]
 
 
+def corpus_result(metric: Any, predictions: Sequence[str], references: Sequence[str | Sequence[str]]) -> dict[str, Any]:
+    """Score a corpus with a configured sacrebleu BLEU or CHRF object: its numbers plus its signature."""
+    result = metric.corpus_score(list(predictions), reference_streams(references))
+    if hasattr(result, "counts"):  # BLEU
+        out = {
+            "score": float(result.score),
+            "counts": list(result.counts),
+            "totals": list(result.totals),
+            "precisions": [float(p) for p in result.precisions],
+            "bp": float(result.bp),
+            "sys_len": int(result.sys_len),
+            "ref_len": int(result.ref_len),
+        }
+    else:  # chrF
+        out = {"score": float(result.score), "char_order": int(result.char_order),
+               "word_order": int(result.word_order), "beta": int(result.beta)}
+    out["signature"] = str(metric.get_signature())
+    return out
+
+
 def corpus_bleu(predictions: Sequence[str], references: Sequence[str | Sequence[str]]) -> dict[str, Any]:
     """``sacrebleu.corpus_bleu`` with defaults; ``references[i]`` is a string or list for ``predictions[i]``."""
     _check_lengths(predictions, references)
-    metric = _bleu_metric(effective_order=False)
-    result = metric.corpus_score(list(predictions), reference_streams(references))
-    return {
-        "score": float(result.score),
-        "counts": list(result.counts),
-        "totals": list(result.totals),
-        "precisions": [float(p) for p in result.precisions],
-        "bp": float(result.bp),
-        "sys_len": int(result.sys_len),
-        "ref_len": int(result.ref_len),
-        "signature": str(metric.get_signature()),
-    }
+    return corpus_result(_bleu_metric(effective_order=False), predictions, references)
 
 
 def corpus_chrf(predictions: Sequence[str], references: Sequence[str | Sequence[str]]) -> dict[str, Any]:
     """``sacrebleu.corpus_chrf`` with defaults (char order 6, beta 2)."""
     _check_lengths(predictions, references)
-    metric = _chrf_metric()
-    result = metric.corpus_score(list(predictions), reference_streams(references))
-    return {
-        "score": float(result.score),
-        "char_order": int(result.char_order),
-        "word_order": int(result.word_order),
-        "beta": int(result.beta),
-        "signature": str(metric.get_signature()),
-    }
+    return corpus_result(_chrf_metric(), predictions, references)

@@ -12,7 +12,7 @@ import sacrebleu as scb
 
 import evaluate
 
-from harness.scorers.text import reference_streams  # one definition of how reference lists become streams
+from harness.scorers.text import corpus_result  # one definition of the corpus numbers and signature
 
 _CITATION = """\
 @inproceedings{post-2018-call,
@@ -74,17 +74,7 @@ class Bleu(evaluate.Metric):
         tok = {"tokenize": tokenize} if tokenize else {}
         metric = scb.BLEU(lowercase=lowercase, force=False, smooth_method=smooth_method,
                           smooth_value=smooth_value, effective_order=use_effective_order, **tok)
-        result = metric.corpus_score(list(predictions), reference_streams(references))
-        out = {
-            "score": float(result.score),
-            "counts": list(result.counts),
-            "totals": list(result.totals),
-            "precisions": [float(p) for p in result.precisions],
-            "bp": float(result.bp),
-            "sys_len": int(result.sys_len),
-            "ref_len": int(result.ref_len),
-            "signature": str(metric.get_signature()),
-        }
+        out = corpus_result(metric, predictions, references)
         if sentence_scores:
             out["sentence_scores"] = [
                 float(scb.sentence_bleu(p, [r] if isinstance(r, str) else list(r), smooth_method=smooth_method,

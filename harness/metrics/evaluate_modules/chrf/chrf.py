@@ -10,7 +10,7 @@ import sacrebleu as scb
 
 import evaluate
 
-from harness.scorers.text import reference_streams  # one definition of how reference lists become streams
+from harness.scorers.text import corpus_result  # one definition of the corpus numbers and signature
 
 _CITATION = """\
 @inproceedings{popovic-2015-chrf,
@@ -73,14 +73,7 @@ class Chrf(evaluate.Metric):
                             whitespace=whitespace, eps_smoothing=eps_smoothing)
 
         metric = make()
-        result = metric.corpus_score(list(predictions), reference_streams(references))
-        out = {
-            "score": float(result.score),
-            "char_order": int(result.char_order),
-            "word_order": int(result.word_order),
-            "beta": int(result.beta),
-            "signature": str(metric.get_signature()),
-        }
+        out = corpus_result(metric, predictions, references)
         if sentence_scores:
             out["sentence_scores"] = [
                 float(make().sentence_score(p, [r] if isinstance(r, str) else list(r)).score)
