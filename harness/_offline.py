@@ -19,6 +19,8 @@ def configure_network(allow_hub: bool | None = None) -> None:
     if allow_hub:
         return
     for name in _SWITCHES:
-        os.environ.setdefault(name, "1")
+        # Assigned, not defaulted: an HF_HUB_OFFLINE=0 left in the environment must not turn hub access
+        # back on; only HARNESS_ALLOW_HUB=1 does (README, security model).
+        os.environ[name] = "1"
     # Quiet, deterministic tokenizers in our worker-free processes.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -32,7 +32,8 @@ class AdapterInfo:
 
     Attributes:
         path: the adapter directory.
-        adapter_id: SHA-256 of the weights file plus the config file (the adapter's identity).
+        adapter_id: SHA-256 of the canonical config plus every tensor (the adapter's identity; see
+            ``canonical_config``).
         config: the parsed ``adapter_config.json``.
         harness: the parsed ``harness.json`` when the harness trained it, else None.
     """
@@ -41,6 +42,8 @@ class AdapterInfo:
     adapter_id: str
     config: dict[str, Any]
     harness: dict[str, Any] | None
+    #: one line each: unknown config keys and the like (shown and stored with the run)
+    warnings: tuple[str, ...] = ()
 
     @property
     def base_model_name(self) -> str | None:
@@ -76,13 +79,42 @@ def _read_config(path: Path) -> dict[str, Any]:
     return cfg
 
 
+# Fields that say where or how an adapter was saved, not what it computes: the same weights saved from
+# another directory, another PEFT release, or in inference mode are the same adapter.
+_IDENTITY_IGNORED = frozenset({"base_model_name_or_path", "revision", "inference_mode", "peft_version"})
+# List-valued fields whose order carries no meaning (PEFT writes target_modules from a set, in varying order).
+_SET_FIELDS = frozenset({"target_modules", "modules_to_save", "exclude_modules", "layers_to_transform"})
+
+
+def canonical_config(cfg: dict[str, Any]) -> str:
+    """The adapter config as identity sees it: sorted keys, set-like lists sorted, save-time fields dropped."""
+    out = {}
+    for k, v in cfg.items():
+        if k in _IDENTITY_IGNORED:
+            continue
+        if k in _SET_FIELDS and isinstance(v, list):
+            v = sorted(v, key=lambda x: json.dumps(x, sort_keys=True))
+        out[k] = v
+    return json.dumps(out, sort_keys=True, separators=(",", ":"))
+
+
 def adapter_id(path: Path) -> str:
-    h = hashlib.sha256()
-    for name in (WEIGHTS, CONFIG):
-        with open(path / name, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+    """The adapter's identity: SHA-256 of ``canonical_config`` and of every tensor (name, dtype, shape,
+    bytes) in name order. Two saves of the same weights get the same id whatever order PEFT wrote the
+    header or ``target_modules`` in."""
+    from safetensors import safe_open
+
+    h = hashlib.sha256(canonical_config(_read_config(path)).encode())
+    with safe_open(str(path / WEIGHTS), framework="pt") as f:
+        for key in sorted(f.keys()):
+            _hash_tensor(h, key, f.get_tensor(key))
     return h.hexdigest()
+
+
+def _hash_tensor(h: "hashlib._Hash", key: str, t: Any) -> None:
+    h.update(f"{key}|{str(t.dtype).removeprefix('torch.')}|{list(t.shape)}|".encode())
+    t = t.detach().contiguous().cpu()
+    h.update(t.view(-1).view(__import__("torch").uint8).numpy().tobytes() if t.numel() else b"")
 
 
 def inspect_adapter(path: Path | str, allow_pickle: bool = False) -> AdapterInfo:
@@ -114,25 +146,81 @@ def inspect_adapter(path: Path | str, allow_pickle: bool = False) -> AdapterInfo
     if not (path / CONFIG).is_file():
         raise AdapterFileError(f"{path} has no {CONFIG}; fix: copy the adapter's config next to its weights")
     cfg = _read_config(path)
-    _check_tensors(path / WEIGHTS, cfg)
+    digest = _check_tensors(path / WEIGHTS, cfg)
     harness_json = None
     if (path / "harness.json").is_file():
         try:
             harness_json = json.loads((path / "harness.json").read_text())
         except (ValueError, UnicodeDecodeError):
             harness_json = None
-    return AdapterInfo(path.resolve(), adapter_id(path), cfg, harness_json)
+        if not isinstance(harness_json, dict):
+            harness_json = None
+    return AdapterInfo(path.resolve(), digest, cfg, harness_json, tuple(_config_warnings(path / CONFIG, cfg)))
 
 
-def _check_tensors(weights: Path, cfg: dict[str, Any]) -> None:
+def _known_config_keys() -> set[str]:
+    import dataclasses
+
+    from peft import LoraConfig
+
+    return {f.name for f in dataclasses.fields(LoraConfig)} | {"auto_mapping", "peft_version"}
+
+
+def _config_warnings(cfg_path: Path, cfg: dict[str, Any]) -> list[str]:
+    unknown = sorted(set(cfg) - _known_config_keys())
+    if not unknown:
+        return []
+    # PEFT ignores keys it does not know (with a warning on some versions): the adapter may have been
+    # saved by a newer PEFT with a feature this one would silently drop.
+    return [f"{cfg_path}: unknown key(s) {', '.join(unknown)} are ignored by peft; the adapter may need a newer peft "
+            "than the one installed"]
+
+
+_LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight", ".lora_embedding_A", ".lora_embedding_B")
+_DORA_SUFFIXES = (".lora_magnitude_vector", ".lora_magnitude_vector.weight")
+
+
+def unaccounted_tensor(key: str, cfg: dict[str, Any]) -> str | None:
+    """Why ``key`` is not a tensor this LoRA config can hold, or None when it is.
+
+    A LoRA adapter holds A/B matrices (plus B's bias with ``lora_bias``, DoRA magnitudes with
+    ``use_dora``) and whole copies of the modules named in ``modules_to_save``. Anything else would be
+    loaded by PEFT (``strict=False``) straight into the base model: a ``model.norm.weight`` of zeros
+    in an adapter file overwrote the base's norm and stayed after ``unload()``.
+    """
+    if key.endswith(_LORA_SUFFIXES):
+        return None
+    if key.endswith(".lora_B.bias"):
+        return None if cfg.get("lora_bias") else "a LoRA bias, but adapter_config.json has no lora_bias: true"
+    if key.endswith(_DORA_SUFFIXES):
+        return None if cfg.get("use_dora") else "a DoRA magnitude, but adapter_config.json has no use_dora: true"
+    module = key.removeprefix("base_model.model.").rpartition(".")[0]
+    saved = cfg.get("modules_to_save") or []
+    if isinstance(saved, str):
+        saved = [saved]
+    if ".lora_" not in key and any(module == m or module.endswith("." + str(m)) for m in saved):
+        return None
+    return "not a LoRA weight, and its module is not in modules_to_save"
+
+
+def _check_tensors(weights: Path, cfg: dict[str, Any]) -> str:
+    """Check every tensor; return the adapter id (config and tensors hashed in the same pass)."""
     import torch
     from safetensors import SafetensorError, safe_open
 
+    h = hashlib.sha256(canonical_config(cfg).encode())
     try:
         with safe_open(str(weights), framework="pt") as f:
-            keys = list(f.keys())
+            keys = sorted(f.keys())
             if not keys:
                 raise AdapterFileError(f"{weights} holds no tensors; fix: re-save the adapter")
+            for key in keys:
+                why = unaccounted_tensor(key, cfg)
+                if why is not None:
+                    raise SafetyError(
+                        f"{weights}: tensor {key} is {why}; an adapter may not carry base-model weights, refused. "
+                        "Fix: re-save the adapter with PEFT's save_pretrained, or declare the module in modules_to_save"
+                    )
             for key in keys:
                 t = f.get_tensor(key)
                 if t.numel() == 0:
@@ -144,12 +232,33 @@ def _check_tensors(weights: Path, cfg: dict[str, Any]) -> None:
                     raise AdapterFileError(f"{weights}: tensor {key} holds NaN or Inf values; the training run diverged")
                 if ".lora_A." in key and t.dim() == 2 and t.shape[0] != cfg["r"] and not cfg.get("rank_pattern"):
                     raise AdapterConfigError(f"{weights}: {key} has rank {t.shape[0]} but {CONFIG} says r={cfg['r']}")
+                _hash_tensor(h, key, t)
     except SafetensorError as exc:
         raise AdapterFileError(
             f"{weights} is not a readable safetensors file ({exc}); fix: re-copy the artifact (it may be truncated)"
         ) from None
     except OSError as exc:
         raise AdapterFileError(f"cannot read {weights}: {exc}") from None
+    return h.hexdigest()
+
+
+def check_base_name(info: AdapterInfo, ref: Any) -> str | None:
+    """A warning when ``base_model_name_or_path`` names a model other than the base given (PEFT never
+    checks it; an adapter for Llama-2-7b on SmolLM2 fails on shapes, a sibling of the base does not)."""
+    named = info.base_model_name
+    if not named:
+        return None
+    trained_on = ((info.harness or {}).get("base_model") or {}).get("model_id")
+    if trained_on and trained_on == ref.model_id:
+        return None
+    from harness.models import EMBEDDED_HUB_IDS
+
+    accepted = {str(ref.name), str(ref.path), ref.path.name, *EMBEDDED_HUB_IDS.get(str(ref.name), ())}
+    norm = lambda x: str(x).rstrip("/").lower()  # noqa: E731
+    if norm(named) in {norm(a) for a in accepted} or Path(str(named)).name.lower() in {Path(a).name.lower() for a in accepted}:
+        return None
+    return (f"{info.path / CONFIG}: base_model_name_or_path is {named!r}, but the base given is {ref.name!r}; "
+            "check that this adapter was trained on this base")
 
 
 def check_base_identity(info: AdapterInfo, base_model_id: str, base_name: str, allow_mismatch: bool = False) -> str | None:
@@ -183,7 +292,7 @@ def check_against_base(info: AdapterInfo, model: "PreTrainedModel") -> None:
     from safetensors import safe_open
 
     modules = dict(model.named_modules())
-    linear = sorted({n.split(".")[-1] for n, m in modules.items() if hasattr(m, "in_features")})
+    linear = linear_module_names(model)
     with safe_open(str(info.path / WEIGHTS), framework="pt") as f:
         for key in f.keys():
             if ".lora_A." not in key and ".lora_B." not in key:
@@ -217,10 +326,16 @@ def load_adapter(model: "PreTrainedModel", info: AdapterInfo, trainable: bool = 
     from peft import LoraConfig, PeftModel, set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    from peft import NoMatchingPeftModuleError
+
     check_against_base(info, model)
+    check_target_modules(info.config.get("target_modules"), model, str(info.path / CONFIG))
     config = LoraConfig.from_pretrained(str(info.path))
     config.inference_mode = not trainable
-    peft_model = PeftModel(model, config, adapter_name=ADAPTER_NAME)
+    try:
+        peft_model = PeftModel(model, config, adapter_name=ADAPTER_NAME)
+    except (NoMatchingPeftModuleError, ValueError) as exc:
+        raise IncompatibleError(f"{info.path}: the adapter's config does not fit this base: {str(exc).splitlines()[0]}") from None
     state = load_file(str(info.path / WEIGHTS), device=str(next(model.parameters()).device))
     result = set_peft_model_state_dict(peft_model, state, adapter_name=ADAPTER_NAME)
     missing = [k for k in result.missing_keys if ".lora_" in k and f".{ADAPTER_NAME}." in k]
@@ -238,6 +353,66 @@ def load_adapter(model: "PreTrainedModel", info: AdapterInfo, trainable: bool = 
     else:
         peft_model.eval()
     return peft_model
+
+
+def linear_module_names(model: "PreTrainedModel") -> list[str]:
+    """The short names (q_proj, down_proj, ...) of the base's linear and embedding modules."""
+    return sorted({n.split(".")[-1] for n, m in model.named_modules() if n and hasattr(m, "in_features")})
+
+
+def check_target_modules(target_modules: Any, model: "PreTrainedModel", where: str) -> None:
+    """Refuse ``target_modules`` naming modules the base lacks, before PEFT raises NoMatchingPeftModuleError."""
+    check_target_modules_names(target_modules, [n for n, _ in model.named_modules() if n], where,
+                               linear_module_names(model))
+
+
+def check_target_modules_names(target_modules: Any, names: list[str], where: str,
+                               linear: list[str] | None = None) -> None:
+    """The same check against a list of module paths (read from a base's safetensors headers).
+
+    A string is a regex over full module names (PEFT's rule); a list names module suffixes.
+    """
+    import re
+
+    if linear is None:  # from weight names: modules holding a 2-D weight are the projections
+        linear = sorted({n.split(".")[-1] for n in names if n.split(".")[-1].endswith(("proj", "fc", "fc1", "fc2", "dense", "lm_head", "c_attn", "c_proj", "c_fc", "query_key_value"))})
+    if target_modules in (None, "all-linear"):
+        return
+    if isinstance(target_modules, str):
+        try:
+            pattern = re.compile(target_modules)
+        except re.error as exc:
+            raise IncompatibleError(f"{where}: target_modules {target_modules!r} is not a valid regex ({exc})") from None
+        if not any(pattern.fullmatch(n) for n in names):
+            raise IncompatibleError(
+                f"{where}: target_modules regex {target_modules!r} matches no module of this base; linear modules: "
+                f"{', '.join(linear)}"
+            )
+        return
+    missing = [t for t in target_modules if not any(n == t or n.endswith("." + str(t)) for n in names)]
+    if missing:
+        raise IncompatibleError(
+            f"{where}: target_modules {', '.join(map(str, missing))} not found in this base (another architecture?); "
+            f"linear modules in this base: {', '.join(linear)}"
+        )
+
+
+def detach_adapter(peft_model: "PeftModel") -> "PreTrainedModel":
+    """Remove the adapter and hand back the base modules as they were before it was attached.
+
+    ``unload()`` alone is not enough: for a ``modules_to_save`` module it keeps the adapter's trained
+    copy in place of the base's own module, so the next base-model generation would silently run
+    with the adapter's lm_head. The originals are put back first.
+    """
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    inner = peft_model.base_model.model
+    for name, module in list(inner.named_modules()):
+        if isinstance(module, AuxiliaryTrainingWrapper):
+            parent_name, _, child = name.rpartition(".")
+            parent = inner.get_submodule(parent_name) if parent_name else inner
+            setattr(parent, child, module.original_module)
+    return peft_model.unload()
 
 
 def set_scale(model: "PeftModel", scale: float, adapter: str = ADAPTER_NAME) -> None:

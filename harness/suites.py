@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,9 +18,10 @@ from typing import Any
 
 import yaml
 
-from harness.errors import SuiteError
+from harness.errors import SafetyError, SuiteError
 from harness.generate import GenerationSettings
-from harness.scorers import Example, check_scorer_args, scorer_names
+from harness.scorers import Example, check_scorer_args, get_scorer, scorer_names
+from harness.yamlsafe import compose_bounded, read_spec_text
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 DATA_SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -64,15 +66,20 @@ class Suite:
     scorers: tuple[ScorerSpec, ...]
     gates: tuple[GateSpec, ...]
     suite_id: str
+    #: text fields longer than this many characters are cut and flagged (data.max_chars)
+    max_chars: int = 16_384
 
 
 class _Lines:
-    """YAML loading that remembers the line of every key, for error messages."""
+    """YAML loading that remembers the line of every key, for error messages.
+
+    The walk below expands aliases, so the node graph is bounded first (``harness.yamlsafe``).
+    """
 
     def __init__(self, text: str, path: Path) -> None:
         self.path = path
         self.lines: dict[tuple[Any, ...], int] = {}
-        node = yaml.compose(text)
+        node = compose_bounded(text, path, SuiteError)
         self.data = self._build(node, ()) if node is not None else None
 
     def _build(self, node: yaml.Node, at: tuple[Any, ...]) -> Any:
@@ -120,9 +127,9 @@ def load_suite(name_or_path: str | Path) -> Suite:
 
     path = resolve_suite_path(name_or_path)
     try:
-        y = _Lines(path.read_text(encoding="utf-8"), path)
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise SuiteError(f"{path}: not valid YAML: {exc}") from None
+        y = _Lines(read_spec_text(path, "suite spec", SuiteError), path)
+    except yaml.YAMLError as exc:
+        raise SuiteError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from None
     spec = y.data
     if not isinstance(spec, dict):
         raise SuiteError(f"{path}:1: a suite must be a YAML mapping with name, version, data, scorers")
@@ -142,6 +149,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
     data = spec.get("data")
     data_path = path.parent
     split = None
+    max_chars = default_max_chars()
     fields: dict[str, str] = {f: f for f in FIELDS}
     if not isinstance(data, dict) or "path" not in data:
         err("data.path is required (a .jsonl/.json/.csv/.parquet file or a local dataset directory)", "data")
@@ -152,6 +160,12 @@ def load_suite(name_or_path: str | Path) -> Suite:
             err(f"data file {data_path} does not exist", "data", "path")
         elif data_path.is_file() and data_path.suffix not in DATA_SUFFIXES:
             err(f"data file {data_path.name}: unsupported type; use one of {', '.join(DATA_SUFFIXES)}", "data", "path")
+        if "max_chars" in data:
+            mc = data.get("max_chars")
+            if isinstance(mc, bool) or not isinstance(mc, int) or mc <= 0:
+                err(f"data.max_chars must be a positive integer, not {mc!r}", "data", "max_chars")
+            else:
+                max_chars = mc
         mapping = data.get("fields") or {}
         if not isinstance(mapping, dict):
             err("data.fields must map suite fields to columns", "data", "fields")
@@ -189,6 +203,10 @@ def load_suite(name_or_path: str | Path) -> Suite:
         )
         if generation.max_new_tokens <= 0:
             err("generation.max_new_tokens must be positive", "generation", "max_new_tokens")
+        if not (math.isfinite(generation.temperature) and generation.temperature > 0):
+            err(f"generation.temperature must be a positive number, not {generation.temperature!r}", "generation", "temperature")
+        if not (math.isfinite(generation.top_p) and 0 < generation.top_p <= 1):
+            err(f"generation.top_p must be in (0, 1], not {generation.top_p!r}", "generation", "top_p")
         unknown = set(g) - {"max_new_tokens", "do_sample", "temperature", "top_p", "stop"}
         for k in sorted(unknown):
             err(f"unknown generation setting {k!r}", "generation", k)
@@ -209,9 +227,20 @@ def load_suite(name_or_path: str | Path) -> Suite:
             args = s.get("args") or {}
             if s["name"] not in known:
                 err(f"unknown scorer {s['name']!r}; available: {', '.join(sorted(known))}", "scorers", i, "name")
+            elif not isinstance(args, dict):
+                err(f"scorer {s['name']!r}: args must be a mapping, not {type(args).__name__}", "scorers", i, "args")
+                continue
             elif s["name"] in scorer_names():
-                for problem in check_scorer_args(s["name"], args):
+                problems = check_scorer_args(s["name"], args)
+                for problem in problems:
                     err(problem, "scorers", i, "args")
+                if not problems:
+                    # Build it now: a bad value (mode: bogus, an invalid regex) is a suite error found before
+                    # the model loads, not a crash after it.
+                    try:
+                        get_scorer(s["name"], args)
+                    except (ValueError, TypeError, KeyError, re.error, SuiteError) as exc:
+                        err(f"scorer {s['name']!r}: {exc}", "scorers", i, "args")
             scorers.append(ScorerSpec(s["name"], dict(args)))
 
     gates: list[GateSpec] = []
@@ -231,18 +260,32 @@ def load_suite(name_or_path: str | Path) -> Suite:
     return Suite(
         name=name, version=str(spec["version"]), description=str(spec.get("description", "")), path=path,
         data_path=data_path, split=split, fields=fields, prompt=prompt, generation=generation,
-        scorers=tuple(scorers), gates=tuple(gates), suite_id=_suite_hash(path, data_path),
+        scorers=tuple(scorers), gates=tuple(gates), suite_id=_suite_hash(path, data_path), max_chars=max_chars,
     )
+
+
+def default_max_chars() -> int:
+    """The cap on one stored text field: 16,384 characters, or ``$HARNESS_MAX_TEXT_CHARS``."""
+    import os
+
+    raw = os.environ.get("HARNESS_MAX_TEXT_CHARS", "")
+    try:
+        return max(1, int(raw)) if raw.strip() else 16_384
+    except ValueError:
+        raise SuiteError(f"HARNESS_MAX_TEXT_CHARS={raw!r} must be a positive integer") from None
 
 
 def _opt_float(v: Any) -> float | None:
     return None if v is None else float(v)
 
 
-def _env():  # -> jinja2.Environment
+def _env():  # -> jinja2.sandbox.ImmutableSandboxedEnvironment
+    """Suites are shared data: their templates render in Jinja's immutable sandbox, never with
+    access to Python internals (``cycler.__init__.__globals__.os`` raises SecurityError)."""
     import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    return jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+    return ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
 
 
 def check_jsonl(path: Path) -> list[str]:
@@ -258,17 +301,53 @@ def check_jsonl(path: Path) -> list[str]:
                     continue
                 n_rows += 1
                 try:
-                    row = json.loads(line)
+                    row = json.loads(line, parse_constant=_refuse_constant)
                 except json.JSONDecodeError as exc:
                     errors.append(f"{path}:{n}: malformed JSON line ({exc.msg} at column {exc.colno})")
                     continue
+                except ValueError as exc:
+                    errors.append(f"{path}:{n}: {exc}")
+                    continue
                 if not isinstance(row, dict):
                     errors.append(f"{path}:{n}: each line must be a JSON object")
+                    continue
+                bad = bad_text(row)
+                if bad:
+                    errors.append(f"{path}:{n}: {bad}")
         except UnicodeDecodeError as exc:
             return [f"{path}: not UTF-8 (byte offset {exc.start}); re-save the file as UTF-8"]
     if not n_rows and not errors:
         errors.append(f"{path}: empty: no JSON lines in it; add one object per line")
     return errors
+
+
+def _refuse_constant(name: str) -> Any:
+    # Python's json accepts NaN/Infinity, which are not JSON; a "NaN" target would be stored as text.
+    raise ValueError(f"{name} is not a JSON value (write null, a number or a string)")
+
+
+def bad_text(value: Any, where: str = "") -> str | None:
+    """Describe the first string in ``value`` that cannot be stored as UTF-8 (a lone surrogate such as
+    the escape \\ud800), or None when every string is valid."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            field_name = f"field {where!r}" if where else "a value"
+            return (f"{field_name} holds a lone surrogate {value[exc.start]!r} at character {exc.start}, which is not "
+                    "valid Unicode; fix the escape or re-export the data as UTF-8")
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = bad_text(k, where) or bad_text(v, str(k) if not where else f"{where}.{k}")
+            if found:
+                return found
+    elif isinstance(value, list):
+        for v in value:
+            found = bad_text(v, where)
+            if found:
+                return found
+    return None
 
 
 def _suite_hash(spec: Path, data: Path) -> str:
@@ -293,12 +372,19 @@ def load_examples(suite: Suite, limit: int | None = None) -> list[Example]:
 
     datasets.disable_progress_bars()
     src = suite.data_path
-    if src.is_dir():
-        ds = datasets.load_from_disk(str(src))
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds[suite.split or next(iter(ds))]
-    else:
-        ds = datasets.load_dataset(DATA_SUFFIXES[src.suffix], data_files=str(src), split="train")
+    try:
+        if src.is_dir():
+            ds = datasets.load_from_disk(str(src))
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds[suite.split or next(iter(ds))]
+        else:
+            ds = datasets.load_dataset(DATA_SUFFIXES[src.suffix], data_files=str(src), split="train")
+    except (datasets.exceptions.DatasetGenerationError, ValueError, KeyError, OSError) as exc:
+        cause = exc.__cause__ or exc
+        raise SuiteError(
+            f"{src}: cannot be read as suite data ({type(cause).__name__}: {str(cause).splitlines()[0][:200] if str(cause) else ''}); "
+            f"fix the file or point data.path in {suite.path} at another"
+        ) from None
     f = suite.fields
     missing = [k for k in ("input",) if f[k] not in ds.column_names]
     if missing:
@@ -307,28 +393,50 @@ def load_examples(suite: Suite, limit: int | None = None) -> list[Example]:
             f"{', '.join(ds.column_names)}; fix: map it under data.fields in {suite.path}"
         )
     examples, seen, errors = [], set(), []
+    cap = suite.max_chars
     for n, row in enumerate(ds):
         ex_id = str(row[f["id"]]) if f["id"] in row and row[f["id"]] is not None else str(n)
         if ex_id in seen:
             errors.append(f"{suite.data_path}: row {n + 1}: duplicate id {ex_id!r}")
         seen.add(ex_id)
+        bad = bad_text(row)
+        if bad:  # Parquet and saved datasets skip check_jsonl
+            errors.append(f"{suite.data_path}: row {n + 1} (id {ex_id}): {bad}")
+            continue
         text = row.get(f["input"])
         if text is None or not str(text).strip():
             errors.append(f"{suite.data_path}: row {n + 1} (id {ex_id}): empty {f['input']!r}")
             continue
         target = row.get(f["target"])
+        if isinstance(target, float) and not math.isfinite(target):
+            errors.append(f"{suite.data_path}: row {n + 1} (id {ex_id}): target is {target!r}; write the answer as text")
+            continue
         if target is not None and not isinstance(target, str):
             target = json.dumps(target, sort_keys=True)
-        refs = _as_tuple(row.get(f["references"])) or ((target,) if target else ())
+        truncated: list[str] = []
+        row = dict(row)
+        for col, value in list(row.items()):
+            if isinstance(value, str) and len(value) > cap:
+                # A 10 MB field would be tokenized, stored and shown whole; keep a bounded head and say so.
+                row[col] = value[:cap]
+                truncated.append(str(col))
+        text = str(row.get(f["input"]))
+        target = target[:cap] if target is not None and len(target) > cap else target
+        refs = tuple(r[:cap] for r in _as_tuple(row.get(f["references"]))) or ((target,) if target else ())
         examples.append(Example(
-            id=ex_id, input=str(text), target=target, aliases=_as_tuple(row.get(f["aliases"])), references=refs,
-            category=row.get(f["category"]), fields=dict(row),
+            id=ex_id, input=text, target=target, aliases=_as_tuple(row.get(f["aliases"])), references=refs,
+            category=row.get(f["category"]), fields=row, truncated=tuple(truncated),
         ))
     if errors:
         raise SuiteError(f"{len(errors)} problem(s) in data of suite {suite.name}:\n  " + "\n  ".join(errors[:50]))
     if not examples:
         raise SuiteError(f"suite {suite.name}: {suite.data_path} holds no examples; a suite with none can never pass")
-    return subsample(examples, limit)
+    picked = subsample(examples, limit)
+    # Every example is rendered now, so a template mistake or a sandbox violation surfaces before any
+    # model loads (and names the example), not in the middle of a run.
+    for ex in picked:
+        render_user_text(suite, ex)
+    return picked
 
 
 def subsample(examples: Sequence[Example], limit: int | None) -> list[Example]:
@@ -357,8 +465,17 @@ def render_user_text(suite: Suite, example: Example) -> str:
 
     variables = dict(example.fields)
     variables.update(input=example.input, target=example.target, category=example.category)
+    from jinja2.sandbox import SecurityError
+
     try:
         return _env().from_string(suite.prompt.template).render(**variables)
+    except SecurityError as exc:
+        raise SafetyError(
+            f"{suite.path}: prompt.template {suite.prompt.template!r} tried an unsafe operation ({exc}); refused: "
+            "suite templates may only fill in fields ({{ input }}, {{ category }}, data columns)"
+        ) from None
     except jinja2.UndefinedError as exc:
         raise SuiteError(f"{suite.path}: prompt.template: {exc.message} (example {example.id})") from None
+    except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError) as exc:
+        raise SuiteError(f"{suite.path}: prompt.template fails on example {example.id}: {exc}") from None
 

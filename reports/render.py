@@ -48,19 +48,44 @@ def render_html(comparison: Comparison) -> str:
     )
 
 
+def check_out_path(path: Path) -> None:
+    """Refuse a report path that cannot be written, before any work (exit 2)."""
+    from harness.errors import UsageError
+
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"--out {path} is a directory; pass a file name such as {path / 'report.html'}")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"--out {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {path}: cannot write in {parent} (permission denied); pick another path")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"--out {path}: the file exists and is read-only; pick another path")
+
+
 def write_report(comparison: Comparison, path: Path) -> Path:
     """Write the report to ``path`` atomically (temporary file in the same directory, then rename)."""
+    from harness.errors import StorageError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_out_path(path)
     html = render_html(comparison)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(html)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        # A full disk (or a path that went away) leaves the previous report as it was (FAULTS.md 32).
+        raise StorageError(f"cannot write report {path}: {exc.strerror or exc}; the previous file is untouched") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path

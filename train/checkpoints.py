@@ -109,7 +109,47 @@ def find_resumable(root: Path, identity: RunIdentity, log: Callable[[str], None]
         )
     path, data = marked
     _check_same_run(path, data, identity)
+    check_checkpoint_files(path)
     return path
+
+
+def check_checkpoint_files(path: Path) -> None:
+    """Check a checkpoint as hostile input before the Trainer reads it (FAULTS.md 13, 16).
+
+    Its adapter must be safetensors and pass the adapter pre-flight; its optimizer, scheduler and RNG
+    files are pickles, which the Trainer reads with ``weights_only=True``: they are opened here the
+    same way first, so a file replaced by a code-carrying pickle is refused with its name (exit 4)
+    instead of surfacing as a bare UnpicklingError that suggests ``weights_only=False``.
+    """
+    import pickle
+
+    import torch
+    from transformers.trainer_pt_utils import safe_globals
+
+    from harness.adapters import WEIGHTS, inspect_adapter
+    from harness.errors import SafetyError
+
+    if not (path / WEIGHTS).is_file():
+        pickles = sorted(p.name for p in path.glob("adapter_model.*") if p.suffix != ".safetensors")
+        raise SafetyError(
+            f"checkpoint {path} has no {WEIGHTS}" + (f", only {', '.join(pickles)} (a pickle)" if pickles else "")
+            + "; refused: the harness resumes only from safetensors checkpoints. Fix: move it aside and resume from "
+            "an earlier checkpoint, or start again without --resume"
+        )
+    inspect_adapter(path)
+    for f in sorted(path.iterdir()):
+        if f.suffix not in (".pt", ".pth", ".bin") or f.name == "training_args.bin":
+            continue  # training_args.bin is never loaded on resume
+        try:
+            # exactly the Trainer's loader: weights_only, with the numpy types its RNG state needs allowlisted
+            with safe_globals():
+                torch.load(f, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError) as exc:
+            raise SafetyError(
+                f"checkpoint file {f} is not a plain tensor file ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+                "refused (it may carry code). Fix: move the checkpoint aside and resume from an earlier one, or "
+                "start again without --resume"
+            ) from None
 
 
 def _check_same_run(path: Path, data: Mapping[str, Any], identity: RunIdentity) -> None:

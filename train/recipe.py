@@ -225,6 +225,9 @@ def train_adapter(
         _note_parent_config(spec, parent, log)
         peft_model = load_adapter(model, parent, trainable=True)
     else:
+        from harness.adapters import check_target_modules
+
+        check_target_modules(list(spec.target_modules), model, "training spec")
         peft_model = get_lora_model(model, spec, init)
     n_trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     if n_trainable == 0:
@@ -306,7 +309,9 @@ def train_adapter(
             _save_adapter(peft_model, adapter_dir, convert)
     finally:
         # Give the caller back its base model without the LoRA layers, in inference mode.
-        base.model = peft_model.unload()
+        from harness.adapters import detach_adapter
+
+        base.model = detach_adapter(peft_model)
         if saved_base:
             _restore_targets(base.model, saved_base)
         base.model.eval()

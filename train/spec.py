@@ -180,10 +180,9 @@ def load_spec(path: Path | None = None, overrides: Mapping[str, Any] | None = No
     """Read a YAML spec (optional), apply overrides, validate; all errors are reported together."""
     raw: dict[str, Any] = {}
     if path is not None:
-        try:
-            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise InputError(f"cannot read training spec {path}: {exc}") from None
+        from harness.yamlsafe import load_yaml_file
+
+        raw = load_yaml_file(Path(path), "training spec") or {}
         if not isinstance(raw, dict):
             raise InputError(f"{path}: a training spec must be a YAML mapping of field: value")
     raw.update(overrides or {})

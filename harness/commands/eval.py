@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -53,6 +54,16 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit <= 0:
         raise UsageError("--limit must be a positive number of examples")
     scales = args.scale or [1.0]
+    for sc in scales:
+        if not math.isfinite(sc) or sc < 0:
+            raise UsageError(f"--scale {sc!r}: a LoRA scale is a finite number >= 0 (0 = base model, 1 = as trained)")
+    from harness.models import check_device
+
+    check_device(args.device)
+    if args.report is not None:
+        from reports.render import check_out_path
+
+        check_out_path(args.report)
     # Everything cheap is checked before the model loads: suites, adapters, base model files.
     suites = [load_suite(s) for s in args.suite]
     from harness.suites import load_examples
@@ -62,17 +73,23 @@ def run(args: argparse.Namespace) -> int:
     if not adapters and args.no_base:
         raise UsageError("nothing to evaluate: --no-base given and no --adapter")
     ref = resolve_base(args.base, allow_pickle=args.allow_pickle)
-    from harness.adapters import check_base_identity
+    from harness.adapters import check_base_identity, check_base_name
 
+    warnings: list[str] = []
     for a in adapters:
         warning = check_base_identity(a, ref.model_id, ref.name, args.allow_base_mismatch)
-        if warning:
-            print(f"warning: {warning}", file=sys.stderr)
+        warnings.extend([warning] if warning else [])
+        warnings.extend(a.warnings)
+        name_warning = check_base_name(a, ref)
+        warnings.extend([name_warning] if name_warning else [])
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
     base = load_base(ref, device=args.device)
     store = Store(args.db or default_db_path())
     targets = expand_targets(adapters, scales, include_base=not args.no_base)
     info = RunInfo(kind="eval", command=shlex.join(["harness", *sys.argv[1:]]), seed=args.seed,
-                   config={"device": base.device, "base": args.base, "scales": scales, "suites": [s.name for s in suites]})
+                   config={"device": base.device, "base": args.base, "scales": scales, "suites": [s.name for s in suites],
+                           "warnings": warnings})
     with store.run(info) as run_writer:
         stats = run_eval(base, targets, suites, run_writer, store, batch_size=args.batch_size, limit=args.limit,
                          flush_every=args.flush_every, progress_bar=sys.stderr.isatty(), examples=examples,
@@ -84,4 +101,11 @@ def run(args: argparse.Namespace) -> int:
         from reports.render import write_report
 
         print(f"report: {write_report(comparison, args.report)}")
+    if stats.errors:
+        # A run with errors is not a result to ship on: CI must see it (the completeness rule; errors
+        # allowed: 0). The error rows are stored, and a rerun retries them.
+        print(f"error: {stats.errors} of {stats.generated + stats.cached} results of run {run_id} errored "
+              f"(first: {stats.first_error}); `harness results --run {run_id}` lists them; rerun to retry them",
+              file=sys.stderr)
+        return 1
     return 0

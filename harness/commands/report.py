@@ -28,8 +28,9 @@ def run(args: argparse.Namespace) -> int:
 
     from harness.commands._common import existing_store, pick_run
     from harness.comparison import build_comparison
-    from reports.render import write_report
+    from reports.render import check_out_path, write_report
 
+    check_out_path(args.out)  # before the store is read
     store = existing_store(args.db)
     run_id = pick_run(store, args.run)
     comparison = build_comparison(store, run_id)

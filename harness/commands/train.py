@@ -128,7 +128,22 @@ def run(args: argparse.Namespace) -> int:
     parent = inspect_adapter(args.from_adapter) if args.from_adapter else None
     name = args.name or args.spec.stem
     out = args.out or Path("adapters") / (name if not grid else "")
-    base = load_base(resolve_base(spec.base), device=args.device)
+    from harness.adapters import check_target_modules_names
+    from harness.models import check_device, module_names
+
+    check_device(args.device)
+    from train.data import load_rows, normalize_row
+
+    for path in sorted({str(ps.data) for _, ps in specs if ps.data}):
+        # the data is read and checked (format, bad values, shape of every row) before the model loads
+        for i, row in enumerate(load_rows(path)):
+            normalize_row(row, f"{path} row {i + 1}")
+    ref = resolve_base(spec.base)
+    names = module_names(ref)  # from the safetensors headers: target_modules are checked before the model loads
+    if parent is None:
+        for point, point_spec in specs:
+            check_target_modules_names(point_spec.target_modules, names, f"training spec {args.spec or '(flags)'}")
+    base = load_base(ref, device=args.device)
     store = Store(args.db or default_db_path())
     stopper = SaveAndStop()
     stopper.install()

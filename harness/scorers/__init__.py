@@ -34,6 +34,7 @@ class Example:
         references: reference texts for ROUGE/BLEU (defaults to ``(target,)``).
         category: optional group for per-category breakdowns.
         fields: every column of the data row, for templates and scorers that need more.
+        truncated: the fields that were longer than the suite's ``max_chars`` and were cut.
     """
 
     id: str
@@ -43,6 +44,8 @@ class Example:
     references: tuple[str, ...] = ()
     category: str | None = None
     fields: Mapping[str, Any] = field(default_factory=dict)
+    #: names of the fields cut to the suite's max_chars (stored with the example)
+    truncated: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
