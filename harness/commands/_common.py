@@ -16,11 +16,14 @@ def add_db_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def existing_store(db: Path | None) -> Store:
-    """The store at ``db`` (or the default path); an input error when there is no database there."""
+    """The store at ``db`` (or the default path), for reading: DuckDB is opened read-only.
+
+    An input error when there is no database there.
+    """
     path = Path(db or default_db_path())
     if not path.exists():
         raise InputError(f"no results database at {path}; run `harness eval` first or pass --db")
-    return Store(path)
+    return Store(path, read_only=True)
 
 
 def pick_run(store: Store, run_id: str | None) -> str:

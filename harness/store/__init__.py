@@ -1,310 +1,219 @@
 """The results store: one DuckDB file, written through per-run shard files under a file lock.
 
-DuckDB lets one process hold the file at a time (even a read-only open conflicts), so every
-connection here is short-lived and taken under ``<db>.lock``; a process that finds it busy waits, up
-to a timeout, and then names the holder. A run buffers rows, writes them to a shard directory (one
-JSONL file per table, temporary name, fsync, rename) and ingests the shard in one transaction; a
-shard is recorded in ``ingested_shards`` in that same transaction, so it is moved in exactly once.
-The shards are the durable record: a shard whose writer was killed before its ingest is picked up by
-the next process that opens the database, and ``harness db rebuild`` recreates the database from them.
+DuckDB lets one process hold the file at a time (a read-only open conflicts with a writer), so every
+connection here is short-lived and taken under ``<db>.lock`` (exclusive for writers, shared for
+readers, who open DuckDB read-only); a process that finds it busy waits, up to one deadline for both
+locks, and then names the holder. A run buffers rows, writes them to a shard directory (one JSONL file
+per table plus a manifest of counts and SHA-256s, temporary name, fsync, rename) and ingests the shard
+in one transaction; a shard is recorded in ``ingested_shards`` in that same transaction, so it is
+moved in exactly once.
+
+The shards are the durable record. The first open of a store compares the shards on disk with
+``ingested_shards`` (names and row counts) and moves in every shard the database does not hold (a
+writer killed before its ingest, a WAL cut short), after a full read of the file proves it is not
+damaged: nothing is ever written into a damaged file. ``harness db rebuild`` recreates the database
+from the shards (swapping it in only when it holds every row the old one did), ``harness db check``
+reads every row and compares with the shards, ``harness db quarantine-wal`` moves a damaged WAL aside.
 
 Schema: ``schema.sql`` is the current schema, for reading; the numbered files in ``migrations/``
 build it. A database written by a newer harness (higher migration number) is refused, never altered.
 
     import duckdb
-    duckdb.connect("harness.duckdb").sql(
+    duckdb.connect("harness.duckdb", read_only=True).sql(
         "SELECT adapter_name, scale, suite_name, metric, avg(value) FROM v_scores GROUP BY ALL")
 """
 
 from __future__ import annotations
 
 import json
-import socket
-import sys
-import math
+import logging
 import os
+import socket
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from harness.errors import IncompatibleError, StorageError
+from harness.errors import StorageError
+from harness.store.errors import damaged, disk_full, is_damage, is_disk_full, is_programming_error
+from harness.store.ingest import ingest, scan_or_raise
+from harness.store.locking import db_lock, deadline_after, open_duckdb
+from harness.store.migrate import (
+    SCHEMA, SCHEMA_VERSION, migrate, migrations, recorded_shards, refuse_newer, schema_version,
+)
+from harness.store.rows import (
+    _COLUMN_RENAMES, _TABLES, AdapterRow, BaseModelRow, CachedResult, ExampleRow, FindingRow, GateRow,
+    GenerationRow, RunInfo, ScoreRow, StepLogRow, SuiteRow, _now, cache_key,
+)
+from harness.store.shards import (
+    ShardError, ShardManifest, clean_stale_tmp, pending_shards, read_manifest, verify_shard, write_shard,
+)
 
-SCHEMA = Path(__file__).with_name("schema.sql")
-MIGRATIONS = Path(__file__).with_name("migrations")
+log = logging.getLogger("harness.store")
 
 
-def migrations() -> list[tuple[int, Path]]:
-    """(version, file) of every migration, in order."""
-    out = []
-    for f in sorted(MIGRATIONS.glob("[0-9][0-9][0-9][0-9]_*.sql")):
-        out.append((int(f.name[:4]), f))
-    return out
-
-
-SCHEMA_VERSION = migrations()[-1][0]
+def _writer_gone(shard: Path) -> bool:
+    try:
+        m = read_manifest(shard)
+    except ShardError:
+        return True
+    return m.writer_gone() or not m.writer
 
 
 def default_db_path() -> Path:
     return Path(os.environ.get("HARNESS_DB") or "harness.duckdb")
 
 
-def cache_key(**parts: Any) -> str:
-    """SHA-256 of the canonical JSON of ``parts`` (sorted keys): the identity of one result."""
-    import hashlib
-
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    kind: str
-    command: str
-    seed: int | None = None
-    config: Mapping[str, Any] = field(default_factory=dict)
-    run_id: str | None = None
-
-
-@dataclass(frozen=True)
-class BaseModelRow:
-    base_model_id: str
-    name: str
-    path: str
-
-
-@dataclass(frozen=True)
-class AdapterRow:
-    adapter_id: str
-    base_model_id: str
-    path: str
-    config_json: str
-    parent_adapter_id: str | None = None
-    harness_json: str | None = None
-    name: str | None = None
-
-
-@dataclass(frozen=True)
-class SuiteRow:
-    suite_id: str
-    name: str
-    version: str
-    path: str
-    n_examples: int
-
-
-@dataclass(frozen=True)
-class ExampleRow:
-    suite_id: str
-    example_id: str
-    input: str
-    target: str | None
-    category: str | None
-
-
-@dataclass(frozen=True)
-class GenerationRow:
-    cache_key: str
-    base_model_id: str
-    adapter_id: str | None
-    scale: float
-    suite_id: str
-    example_id: str
-    prompt: str
-    output: str | None
-    settings_json: str
-    n_prompt_tokens: int | None
-    n_new_tokens: int | None
-    error: str | None
-    seconds: float | None
-
-
-@dataclass(frozen=True)
-class ScoreRow:
-    cache_key: str
-    metric: str
-    value: float | None
-    reason: str | None
-    scorer: str
-    scorer_version: str
-
-    def __post_init__(self) -> None:
-        if self.value is not None and not math.isfinite(self.value):
-            object.__setattr__(self, "reason", self.reason or f"non-finite value {self.value!r}")
-            object.__setattr__(self, "value", None)
-
-
-@dataclass(frozen=True)
-class StepLogRow:
-    adapter_id: str | None
-    step: int
-    epoch: float | None
-    loss: float | None
-    grad_norm: float | None
-    learning_rate: float | None
-    eval_loss: float | None
-
-
-@dataclass(frozen=True)
-class FindingRow:
-    adapter_id: str | None
-    kind: str
-    severity: str
-    step: int | None
-    message: str
-
-
-@dataclass(frozen=True)
-class GateRow:
-    gate: str
-    metric: str
-    observed: float | None
-    threshold: float | None
-    baseline: float | None
-    passed: bool
-    message: str
-
-
-@dataclass(frozen=True)
-class CachedResult:
-    output: str | None
-    error: str | None
-    scores: tuple[ScoreRow, ...]
-
-
-# row type -> (table, owned by a run: the run_id column is added, sequenced: a per-run seq is added)
-_TABLES: dict[type, tuple[str, bool, bool]] = {
-    BaseModelRow: ("base_models", False, False),
-    AdapterRow: ("adapters", False, False),
-    SuiteRow: ("suites", False, False),
-    ExampleRow: ("examples", False, False),
-    GenerationRow: ("generations", True, False),
-    ScoreRow: ("scores", False, False),
-    StepLogRow: ("step_logs", True, True),
-    FindingRow: ("findings", True, True),
-    GateRow: ("gate_results", True, True),
-}
-_COLUMN_RENAMES = {"config_json": "config", "harness_json": "harness", "settings_json": "settings"}
-_SHARD_SUFFIX = ".shard"
-
-
-def _now() -> str:
-    # Naive UTC, a format DuckDB's JSON reader parses as TIMESTAMP.
-    return datetime.now(timezone.utc).replace(tzinfo=None).isoformat(sep=" ")
-
-
-def _sql_str(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 class Store:
-    """Access to one results database; connections are short-lived and taken under a file lock."""
+    """Access to one results database; connections are short-lived and taken under a file lock.
 
-    def __init__(self, path: str | Path, lock_timeout: float = 120.0, shard_dir: Path | None = None) -> None:
+    ``read_only`` stores (the commands that only read) open DuckDB read-only; they still move in
+    shards the database lacks at their first open, as any process does, but a failure to (a lock, a
+    full disk) is a warning for them: they show what the database holds.
+    """
+
+    def __init__(self, path: str | Path, lock_timeout: float = 120.0, shard_dir: Path | None = None,
+                 read_only: bool = False) -> None:
         self.path = Path(path)
         self.lock_timeout = lock_timeout
-        self.shard_dir = shard_dir or self.path.with_name(self.path.name + ".shards")
+        self.shard_dir = Path(shard_dir) if shard_dir else self.path.with_name(self.path.name + ".shards")
+        self.read_only = read_only
+        #: names of the shards this store moved in at its first open (the database did not hold them)
+        self.recovered: list[str] = []
         self._ready = False
+
+    # -- opening: check against the shards, repair what can be repaired ------------------------------
+
+    def _prepare(self, deadline: float) -> None:
+        if self._ready:
+            return
+        clean_stale_tmp(self.shard_dir)
+        with db_lock(self.path, True, deadline, self.lock_timeout):
+            self.repair(deadline)
+        self._ready = True
+
+    def repair(self, deadline: float) -> list[str]:
+        """Under the write lock: migrate and move in every shard the database lacks; names moved in.
+
+        Cheap unless there is work: a read-only look at the schema version and ``ingested_shards``,
+        compared with the shard names and manifest totals on disk. Before anything is written, every
+        table is read in full, so that a damaged file is refused instead of written to.
+        """
+        import duckdb
+
+        version, recorded, scanned = 0, {}, False
+        if self.path.exists():
+            con = open_duckdb(self.path, True, deadline, self.lock_timeout)
+            try:
+                version, recorded = schema_version(con), recorded_shards(con)
+                refuse_newer(version, self.path)
+                if not self.read_only:
+                    scan_or_raise(con, self.path)
+                    scanned = True
+            except duckdb.Error as exc:
+                raise damaged(self.path, exc) from None
+            finally:
+                con.close()
+        existed = self.path.exists()
+        on_disk = pending_shards(self.shard_dir)
+        for shard in on_disk:
+            if shard.name not in recorded:
+                continue
+            with suppress(ShardError):  # a damaged manifest of a shard already moved in: `db check` reports it
+                n = read_manifest(shard).n_rows
+                if recorded[shard.name] != n:
+                    raise StorageError(
+                        f"results DB {self.path} records {recorded[shard.name]} rows from shard {shard.name}, whose "
+                        f"manifest says {n}: the database and its shards disagree; run `harness db check --db "
+                        f"{self.path}`, then `harness db rebuild --db {self.path}`")
+        missing = [s for s in on_disk if s.name not in recorded]
+        if version == SCHEMA_VERSION and not missing:
+            return []
+        try:
+            if self.path.exists() and not scanned:
+                con = open_duckdb(self.path, True, deadline, self.lock_timeout)
+                try:
+                    scan_or_raise(con, self.path)
+                finally:
+                    con.close()
+            con = open_duckdb(self.path, False, deadline, self.lock_timeout)
+            try:
+                migrate(con, self.path)
+                moved = []
+                for shard in missing:
+                    ingest(con, shard, self.path)
+                    moved.append(shard.name)
+            finally:
+                con.close()
+        except StorageError as exc:
+            if not self.read_only or version != SCHEMA_VERSION or "cannot be read" in str(exc):
+                raise
+            log.warning("warning: %s (showing what the database holds)", exc)
+            return []
+        # A shard whose writer lives is one it is about to move in itself: only the others are news.
+        orphans = [n for n in moved if _writer_gone(self.shard_dir / n)]
+        if orphans and existed:
+            log.warning("warning: moved %d shard(s) into %s that it did not hold (a writer killed before its ingest, "
+                        "or a lost WAL): %s", len(orphans), self.path, ", ".join(orphans[:5]) + (" ..." if len(orphans) > 5 else ""))
+        self.recovered.extend(moved)
+        return moved
 
     # -- connections ---------------------------------------------------------------------------------
 
-    @property
-    def _owner_file(self) -> Path:
-        return self.path.with_name(self.path.name + ".lock.owner")
-
-    def _holder(self) -> str:
-        try:
-            o = json.loads(self._owner_file.read_text())
-            return f"PID {o['pid']} on {o['host']} ({o['command'][:80]}) since {o['since']}"
-        except (OSError, ValueError, KeyError):
-            return "another harness process"
-
     @contextmanager
-    def connect(self) -> Iterator[Any]:
-        """A connection under the store's lock: migrated to the current schema, leftover shards ingested."""
-        import time
+    def connect(self, write: bool | None = None) -> Iterator[Any]:
+        """A connection under the store's lock (writers exclusive, readers shared and DuckDB read-only).
 
+        The first connection of a store migrates and moves in leftover shards (see ``repair``).
+        Damage met while the connection is used is a StorageError naming the file and the fix.
+        """
         import duckdb
-        from filelock import FileLock, Timeout
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.path) + ".lock")
-        deadline = time.monotonic() + self.lock_timeout
-        try:
-            lock.acquire(timeout=self.lock_timeout)
-        except Timeout:
-            raise StorageError(
-                f"results DB {self.path} locked by {self._holder()} for over {self.lock_timeout:.0f}s; "
-                "wait for it to finish or pass --db another.duckdb"
-            ) from None
-        try:
+        write = (not self.read_only) if write is None else write
+        deadline = deadline_after(self.lock_timeout)
+        self._prepare(deadline)
+        with db_lock(self.path, write, deadline, self.lock_timeout):
+            con = open_duckdb(self.path, not write, deadline, self.lock_timeout)
             try:
-                self._owner_file.write_text(json.dumps({
-                    "pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv), "since": _now(),
-                }))
-            except OSError:
-                pass
-            while True:
-                try:
-                    con = duckdb.connect(str(self.path))
-                    break
-                except duckdb.IOException as exc:
-                    if "lock" not in str(exc).lower():
-                        raise self._damaged(exc) from None
-                    # Another program (a `duckdb` shell, a notebook) holds DuckDB's own lock: wait for it too.
-                    if time.monotonic() < deadline:
-                        time.sleep(0.2)
-                        continue
-                    raise StorageError(f"results DB {self.path} is held open by another program "
-                                       f"({str(exc).splitlines()[0]}); close it or pass --db another.duckdb") from None
-                except duckdb.Error as exc:
-                    raise self._damaged(exc) from None
-            try:
-                if not self._ready:
-                    try:
-                        _migrate(con, self.path)
-                    except duckdb.IOException as exc:
-                        raise self._damaged(exc) from None
-                    _recover_shards(con, self.shard_dir)
-                    self._ready = True
                 yield con
+            except duckdb.Error as exc:
+                if is_disk_full(exc):
+                    raise disk_full(self.path, exc, "writing") from None
+                if is_damage(exc):
+                    raise damaged(self.path, exc) from None
+                raise
             finally:
-                con.close()
-        finally:
-            lock.release()
-
-    def _damaged(self, exc: Exception) -> StorageError:
-        return StorageError(
-            f"results DB {self.path} cannot be read ({str(exc).splitlines()[0]}): the file is damaged or not a DuckDB "
-            f"database; nothing was changed. `harness db rebuild --db {self.path}` recreates it from its shards and "
-            "keeps this file beside it as .bak-<time>"
-        )
+                with suppress(duckdb.Error):
+                    con.close()
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        with self.connect() as con:
-            cur = con.execute(sql, list(params))
-            cols = [d[0] for d in cur.description]
-            return [dict(zip(cols, row)) for row in cur.fetchall()]
+        """Rows of one read-only query as dicts; any error reading the file is a StorageError (exit 5)."""
+        import duckdb
+
+        with self.connect(write=False) as con:
+            try:
+                cur = con.execute(sql, list(params))
+                cols = [d[0] for d in cur.description]
+                return [dict(zip(cols, row)) for row in cur.fetchall()]
+            except duckdb.Error as exc:
+                if is_programming_error(exc):
+                    raise
+                raise damaged(self.path, exc) from None
 
     def cached(self, keys: Iterable[str]) -> dict[str, CachedResult]:
         keys = list(keys)
         if not keys:
             return {}
-        with self.connect() as con:
-            con.execute("CREATE OR REPLACE TEMP TABLE _want (k VARCHAR)")
-            con.executemany("INSERT INTO _want VALUES (?)", [(k,) for k in keys])
-            gens = con.execute(
-                "SELECT cache_key, output, error FROM generations JOIN _want ON k = cache_key"
-            ).fetchall()
-            scores = con.execute(
-                "SELECT cache_key, metric, value, reason, scorer, scorer_version FROM scores JOIN _want ON k = cache_key"
-            ).fetchall()
+        gens = self.query("SELECT cache_key, output, error FROM generations WHERE cache_key IN (SELECT unnest(?))", [keys])
+        scores = self.query("SELECT cache_key, metric, value, reason, scorer, scorer_version FROM scores "
+                            "WHERE cache_key IN (SELECT unnest(?))", [keys])
         by_key: dict[str, list[ScoreRow]] = {}
         for row in scores:
-            by_key.setdefault(row[0], []).append(ScoreRow(*row))
-        return {k: CachedResult(out, err, tuple(by_key.get(k, ()))) for k, out, err in gens}
+            by_key.setdefault(row["cache_key"], []).append(ScoreRow(**row))
+        return {g["cache_key"]: CachedResult(g["output"], g["error"], tuple(by_key.get(g["cache_key"], ()))) for g in gens}
 
     @contextmanager
     def run(self, info: RunInfo) -> Iterator[RunWriter]:
@@ -313,58 +222,12 @@ class Store:
         try:
             yield writer
         except BaseException:
-            # Keep what was produced (every buffered row is whole) and mark the run failed.
-            writer.finish("failed")
+            # Keep what was produced (every buffered row is whole) and mark the run failed; a failure to
+            # (the disk is still full) must not hide the error that stopped the run.
+            with suppress(Exception):
+                writer.finish("failed")
             raise
         writer.finish(writer.final_status)
-
-
-def _migrate(con: Any, path: Path) -> None:
-    """Bring the database to SCHEMA_VERSION, one transaction per migration; refuse a newer one."""
-    import duckdb
-
-    has_table = con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'schema_migrations' AND schema_name = 'main'"
-    ).fetchone()[0]
-    current = con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0] if has_table else 0
-    if current > SCHEMA_VERSION:
-        raise IncompatibleError(
-            f"results DB {path} has schema v{current} > supported v{SCHEMA_VERSION}: it was written by a newer "
-            "adapter-harness; upgrade the harness (pip install -U adapter-harness) or pass --db another.duckdb"
-        )
-    for version, file in migrations():
-        if version <= current:
-            continue
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.execute(file.read_text(encoding="utf-8"))
-            con.execute("INSERT INTO schema_migrations (version) VALUES (?)", [version])
-            con.execute("COMMIT")
-        except duckdb.Error as exc:
-            with suppress(duckdb.Error):
-                con.execute("ROLLBACK")
-            if isinstance(exc, duckdb.IOException):
-                raise  # an unreadable file, not a failed migration: the caller names the damage
-            raise StorageError(f"migrating results DB {path} to schema v{version} failed, nothing changed: {exc}") from None
-
-
-def _pending_shards(shard_dir: Path) -> list[Path]:
-    if not shard_dir.is_dir():
-        return []
-    return sorted(p for p in shard_dir.iterdir() if p.name.endswith(_SHARD_SUFFIX) and p.is_dir())
-
-
-def _recover_shards(con: Any, shard_dir: Path) -> int:
-    """Ingest complete shards whose writer died before ingesting them (a killed run)."""
-    shards = _pending_shards(shard_dir)
-    if not shards:
-        return 0
-    done = {r[0] for r in con.execute("SELECT shard FROM ingested_shards").fetchall()}
-    n = 0
-    for shard in shards:
-        if shard.name not in done:
-            n += _ingest(con, shard)
-    return n
 
 
 class RunWriter:
@@ -385,6 +248,9 @@ class RunWriter:
     def start(self) -> None:
         from harness.provenance import provenance
 
+        # Check the database against its shards before this run's first shard exists (so that shard is not
+        # mistaken for one a killed writer left behind).
+        self.store._prepare(deadline_after(self.store.lock_timeout))
         prov = provenance()
         self._run_row = {
             "run_id": self.run_id, "kind": self.info.kind, "command": self.info.command, "seed": self.info.seed,
@@ -454,116 +320,15 @@ class RunWriter:
         self._n_shards += 1
         tables = {"runs": [dict(self._run_row, n_expected=self.n_expected or None)], **self._rows}
         shard = write_shard(self.store.shard_dir, f"{self.run_id}-{self._n_shards:05d}", self.run_id, tables)
-        with self.store.connect() as con:
-            _ingest(con, shard)
+        # The shard is durable now: if the ingest fails, the next open moves it in (the rows are not kept twice).
         self._rows = {}
+        with self.store.connect(write=True) as con:
+            ingest(con, shard, self.store.path)
         return shard
 
     def finish(self, status: str) -> None:
         self._run_row.update(status=status, finished_at=_now())
         self.flush(force=True)
-
-
-def write_shard(shard_dir: Path, name: str, run_id: str, tables: Mapping[str, list[dict[str, Any]]]) -> Path:
-    """Write one shard directory atomically: files under a temporary name, fsync'd, then one rename."""
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    final = shard_dir / (name + _SHARD_SUFFIX)
-    tmp = shard_dir / (name + _SHARD_SUFFIX + ".tmp")
-    tmp.mkdir(exist_ok=True)
-    manifest = {"run_id": run_id, "tables": {}}
-    for table, rows in tables.items():
-        if not rows:
-            continue
-        with open(tmp / f"{table}.jsonl", "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, default=str, allow_nan=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        manifest["tables"][table] = len(rows)
-    with open(tmp / "MANIFEST.json", "w", encoding="utf-8") as f:
-        json.dump(manifest, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    dir_fd = os.open(shard_dir, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return final
-
-
-_COLUMN_CACHE: dict[str, list[tuple[str, str]]] = {}
-
-
-def _columns(con: Any, table: str) -> list[tuple[str, str]]:
-    if table not in _COLUMN_CACHE:
-        rows = con.execute(
-            "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = ? AND schema_name = 'main' "
-            "ORDER BY column_index", [table]
-        ).fetchall()
-        if not rows:
-            raise StorageError(f"unknown table {table!r} in a shard; is the harness older than the shard's writer?")
-        _COLUMN_CACHE[table] = [(c, "VARCHAR" if t == "JSON" else t) for c, t in rows]
-    return _COLUMN_CACHE[table]
-
-
-def _ingest(con: Any, shard: Path) -> int:
-    """Move one shard's rows into the database in a single transaction (once: shards are recorded)."""
-    import duckdb
-
-    if con.execute("SELECT 1 FROM ingested_shards WHERE shard = ?", [shard.name]).fetchone():
-        return 0
-    try:
-        manifest = json.loads((shard / "MANIFEST.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise StorageError(f"shard {shard} is unreadable ({exc}); move it aside and rerun") from None
-    n_rows = 0
-    con.execute("BEGIN TRANSACTION")
-    try:
-        for table, n in manifest["tables"].items():
-            cols = _columns(con, table)
-            names = ", ".join(c for c, _ in cols)
-            spec = "{" + ", ".join(f"{_sql_str(c)}: {_sql_str(t)}" for c, t in cols) + "}"
-            # Run rows carry the latest status; everything else is keyed and never duplicated.
-            verb = "INSERT OR REPLACE" if table == "runs" else "INSERT OR IGNORE"
-            con.execute(
-                f"{verb} INTO {table} ({names}) SELECT {names} FROM read_json({_sql_str(str(shard / (table + '.jsonl')))}, "
-                f"format = 'newline_delimited', columns = {spec})"
-            )
-            n_rows += n
-        con.execute("INSERT INTO ingested_shards VALUES (?, ?, ?, ?)", [shard.name, manifest["run_id"], n_rows, _now()])
-        con.execute("COMMIT")
-    except duckdb.Error as exc:
-        con.execute("ROLLBACK")
-        raise StorageError(f"ingest of shard {shard} failed, nothing from it was stored: {str(exc).splitlines()[0]}") from None
-    return n_rows
-
-
-
-
-def rebuild(db_path: Path, shard_dir: Path | None = None) -> tuple[int, Path | None]:
-    """Recreate the database from its shards. The old file is moved aside, never deleted.
-
-    Returns (number of shards ingested, where the old database went).
-    """
-    store = Store(db_path, shard_dir=shard_dir)
-    shards = _pending_shards(store.shard_dir)
-    if not shards:
-        raise StorageError(f"no shards in {store.shard_dir}: nothing to rebuild {db_path} from")
-    from filelock import FileLock
-
-    with FileLock(str(db_path) + ".lock", timeout=store.lock_timeout):
-        moved = None
-        if db_path.exists():
-            moved = db_path.with_name(db_path.name + ".bak-" + datetime.now().strftime("%Y%m%d-%H%M%S"))
-            os.replace(db_path, moved)
-            wal = db_path.with_name(db_path.name + ".wal")
-            if wal.exists():
-                os.replace(wal, moved.with_name(moved.name + ".wal"))
-    with store.connect() as con:  # migrates the fresh file and ingests every shard
-        n = con.execute("SELECT count(*) FROM ingested_shards").fetchone()[0]
-    return n, moved
 
 
 def run_status(row: Mapping[str, Any]) -> str:
@@ -579,8 +344,11 @@ def run_status(row: Mapping[str, Any]) -> str:
     return status
 
 
+from harness.store.rebuild import RebuildReport, check, quarantine_wal, rebuild  # noqa: E402  (uses Store)
+
 __all__ = [
     "AdapterRow", "BaseModelRow", "CachedResult", "ExampleRow", "FindingRow", "GateRow", "GenerationRow",
-    "RunInfo", "RunWriter", "SCHEMA_VERSION", "ScoreRow", "StepLogRow", "Store", "SuiteRow", "cache_key",
-    "default_db_path", "migrations", "rebuild", "run_status", "write_shard",
+    "RebuildReport", "RunInfo", "RunWriter", "SCHEMA", "SCHEMA_VERSION", "ScoreRow", "ShardError", "ShardManifest",
+    "StepLogRow", "Store", "SuiteRow", "cache_key", "check", "default_db_path", "migrations", "quarantine_wal",
+    "read_manifest", "rebuild", "run_status", "verify_shard", "write_shard",
 ]
