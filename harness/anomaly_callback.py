@@ -5,7 +5,8 @@
     if cb.stop_reason: ...
 
 The rules are those of :func:`harness.anomalies.detect`, applied to ``state.log_history`` (the Trainer
-appends each log there before it calls ``on_log``). An error finding (NaN loss, collapse to 0, no
+appends each log there before it calls ``on_log``), with the run's ``args.max_grad_norm`` as the expected
+scale of the grad norm. An error finding (NaN loss, collapse to 0, no
 learning, divergence, sustained gradient explosion, ...) sets ``control.should_training_stop`` unless
 ``stop_on_error=False``; the Trainer then saves and ends the run as after its last step.
 """
@@ -47,6 +48,12 @@ def _urgent(logs: dict | None) -> bool:
     return False
 
 
+def _clip_of(args: object) -> float | None:
+    """The run's gradient clipping threshold (TrainingArguments.max_grad_norm; 0 = off), None if unknown."""
+    v = getattr(args, "max_grad_norm", None)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
 class AnomalyCallback(TrainerCallback):
     """Live anomaly detection. ``findings`` holds the latest findings; ``stop_reason`` the error that stopped the run."""
 
@@ -77,15 +84,15 @@ class AnomalyCallback(TrainerCallback):
         if self._since_check < interval and not _urgent(logs):
             return control
         self._since_check = 0
-        return self._check(history, control)
+        return self._check(history, control, _clip_of(args))
 
     def on_train_end(self, args, state, control, **kwargs):
         if state.log_history:
-            self.findings = detect(from_history(state.log_history, source="training log"))
+            self.findings = detect(from_history(state.log_history, source="training log", max_grad_norm=_clip_of(args)))
         return control
 
-    def _check(self, history: list, control):
-        self.findings = detect(from_history(history, source="live training log"))
+    def _check(self, history: list, control, max_grad_norm: float | None = None):
+        self.findings = detect(from_history(history, source="live training log", max_grad_norm=max_grad_norm))
         for f in self.findings:
             key = (f.kind, f.severity, f.step)
             if key not in self._reported and f.severity in ("error", "warning"):

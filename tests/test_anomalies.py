@@ -20,6 +20,12 @@ CORPUS = Path(__file__).resolve().parent / "data" / "anomaly_logs"
 LABELS: dict[str, list[str]] = json.loads((CORPUS / "labels.json").read_text())
 HEALTHY = sorted(f for f, kinds in LABELS.items() if not kinds)
 ANOMALOUS = sorted(f for f, kinds in LABELS.items() if kinds)
+#: Held-out logs of real HF Trainer runs (tiny random-weight Llama, CPU), made once by make_real_runs.py.
+REAL = Path(__file__).resolve().parent / "data" / "anomaly_logs_real"
+REAL_LABELS: dict[str, list[str]] = json.loads((REAL / "labels.json").read_text())
+#: The severity each kind must have on the real runs.
+REAL_SEVERITY = {"nan_inf": "error", "no_learning": "error", "divergence": "error", "grad_explosion": "error",
+                 "overfitting": "warning", "memorization": "warning"}
 
 
 def kinds_of(findings: list[Finding], severities=("error", "warning")) -> set[str]:
@@ -300,20 +306,20 @@ def test_cli_table() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _replay(name: str, **kw):
+def _replay(name: str, args=None, corpus: Path = CORPUS, **kw):
     from transformers import TrainerControl, TrainerState
 
     from harness.anomaly_callback import AnomalyCallback
 
     cb = AnomalyCallback(**kw)
     state, control = TrainerState(), TrainerControl()
-    rows = json.loads((CORPUS / name).read_text())["log_history"]
+    rows = json.loads((corpus / name).read_text())["log_history"]
     stopped_at = None
     for row in rows:
         state.log_history.append(row)
         state.global_step = int(row.get("step", state.global_step))
         logs = {k: v for k, v in row.items() if k != "step"}
-        cb.on_log(None, state, control, logs=logs)
+        cb.on_log(args, state, control, logs=logs)
         if control.should_training_stop and stopped_at is None:
             stopped_at = state.global_step
     return cb, stopped_at
@@ -387,7 +393,7 @@ def test_callback_check_interval_on_long_logs() -> None:
     cb, state, control = AnomalyCallback(), TrainerState(), TrainerControl()
     calls = []
     real = cb._check
-    cb._check = lambda h, c: (calls.append(len(h)), real(h, c))[1]
+    cb._check = lambda h, c, *a: (calls.append(len(h)), real(h, c, *a))[1]
     for i in range(1, 1001):
         row = {"loss": 2.0 * math.exp(-i / 300) + 0.5, "grad_norm": 0.5, "step": i}
         state.log_history.append(row)
@@ -410,3 +416,139 @@ def test_an_sft_log_from_trl_is_not_mistaken_for_rl_and_an_adapter_dir_is_read(t
     log = read_log(tmp_path)
     assert not log.is_rl
     assert "nan_inf" in {f.kind for f in detect(log) if f.severity == "error"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The held-out real runs (HF Trainer) and the bugs they showed
+# ---------------------------------------------------------------------------------------------
+
+
+def test_real_set_is_committed_small_and_covers_the_planted_causes() -> None:
+    assert all((REAL / f).is_file() for f in REAL_LABELS)
+    assert sum((REAL / f).stat().st_size for f in REAL_LABELS) < 400_000
+    assert len([f for f, k in REAL_LABELS.items() if not k]) >= 3
+    planted = {k for kinds in REAL_LABELS.values() for k in kinds}
+    assert {"divergence", "grad_explosion", "no_learning", "nan_inf", "overfitting", "memorization"} <= planted
+    for stem in ("divergence__lr1_linear", "divergence__lr1_constant", "no_learning__masked_labels",
+                 "nan_inf__nan_param", "nan_inf__nan_batch", "overfitting__tiny_data_eval"):
+        assert f"{stem}.json" in REAL_LABELS
+    log = read_log(REAL / "divergence__lr1_constant.json")
+    assert log.max_grad_norm == 1.0 and len(log.train_rows) == 150
+
+
+@pytest.mark.parametrize("name", sorted(REAL_LABELS))
+def test_real_run_caught_with_its_kind_and_severity(name: str) -> None:
+    findings = detect(read_log(REAL / name))
+    expected = set(REAL_LABELS[name])
+    assert kinds_of(findings) == expected, findings
+    for f in findings:
+        assert f.severity == REAL_SEVERITY[f.kind], f
+        assert f.message and "\n" not in f.message
+    if not expected:
+        assert findings == []
+
+
+@pytest.mark.parametrize("name", sorted(f for f, k in REAL_LABELS.items() if k))
+def test_real_broken_runs_caught_without_knowing_max_grad_norm(name: str) -> None:
+    log = read_log(REAL / name)
+    log.max_grad_norm = None  # a plain trainer_state.json does not carry the training args
+    findings = detect(log)
+    assert kinds_of(findings) == set(REAL_LABELS[name]), findings
+    assert all(f.severity == REAL_SEVERITY[f.kind] for f in findings)
+
+
+def test_real_lr_too_high_messages() -> None:
+    findings = detect(read_log(REAL / "divergence__lr1_linear.json"))
+    div = next(f for f in findings if f.kind == "divergence")
+    assert div.step == 2 and "above its start" in div.message and "came back below" in div.message
+    assert "lower the LR" in div.message
+    grad = next(f for f in findings if f.kind == "grad_explosion")
+    assert "max_grad_norm of 1" in grad.message and grad.severity == "error"
+
+
+def _rise_from_start(recover: bool) -> list[dict]:
+    """The issue's run: 5.43 at step 1, 27 by step 14, above the start until ~step 100 (then below, or 1.5x at the end)."""
+    rows = []
+    for s in range(1, 151):
+        if s <= 14:
+            loss = 5.43 + (27.1 - 5.43) * (s - 1) / 13
+        elif recover:
+            loss = 27.1 - (27.1 - 3.0) * min(1.0, (s - 14) / 100)
+        else:
+            loss = 15 + 9 * math.sin(s / 3)  # 6-24, around 15-33 in the issue: no trend down
+        if not recover and s > 140:
+            loss = 1.5 * 5.43
+        rows.append({"step": s, "epoch": s / 64, "loss": round(loss * (1 + 0.03 * math.sin(7 * s)), 4),
+                     "grad_norm": 1.3 if s == 1 else 23.7 + 20 * math.sin(s), "learning_rate": 1.0})
+    return rows
+
+
+@pytest.mark.parametrize("recover", [True, False])
+def test_divergence_judged_against_the_run_start(recover: bool) -> None:
+    log = from_history(_rise_from_start(recover))
+    div = [f for f in detect(log) if f.kind == "divergence"]
+    assert [f.severity for f in div] == ["error"] and div[0].step <= 14, div
+    assert "5.537" in div[0].message and "above its start" in div[0].message
+
+
+def test_divergence_minimum_includes_the_start() -> None:
+    """Loss up at once from its first log and never back: the minimum is the start, not the damaged part."""
+    rows = [{"step": s, "loss": 2.0 if s == 1 else 3.2 + 0.05 * math.sin(s), "grad_norm": 0.8} for s in range(1, 80)]
+    (f,) = [f for f in detect(from_history(rows)) if f.kind == "divergence"]
+    assert f.severity == "error" and "never went lower" in f.message and "its start" in f.message
+
+
+def test_grad_norm_far_above_max_grad_norm_is_an_error() -> None:
+    rows = [{"step": s, "epoch": s / 100, "loss": 2.0 * math.exp(-s / 80) + 0.8, "learning_rate": 1e-3,
+             "grad_norm": 45 + 25 * math.sin(s)} for s in range(1, 120)]  # 20-70 from the very first step
+    assert kinds_of(detect(from_history(rows))) == set()  # unknown clip: 20-70 is the run's own scale
+    for log, kw in ((from_history(rows, max_grad_norm=1.0), {}), (from_history(rows), {"max_grad_norm": 1.0})):
+        (f,) = detect(log, **kw)
+        assert (f.kind, f.severity, f.step) == ("grad_explosion", "error", 1)
+        assert "max_grad_norm of 1" in f.message and "lower the LR" in f.message
+    assert detect(from_history(rows), max_grad_norm=100.0) == []  # clip 100: 20-70 is in scale
+    assert detect(from_history(rows, max_grad_norm=1.0), max_grad_norm=0.0) == []  # clipping off: no clip scale
+
+
+def test_grad_explosion_does_not_set_its_own_median() -> None:
+    rows = [{"step": s, "loss": 2.0 - 0.005 * s, "grad_norm": 1.0 if s <= 5 else 30 + 10 * math.sin(s)} for s in range(1, 100)]
+    (f,) = detect(from_history(rows))
+    assert (f.kind, f.severity) == ("grad_explosion", "error") and "early level of 1" in f.message
+
+
+def test_max_grad_norm_read_from_the_log_and_the_adapter_record(tmp_path: Path) -> None:
+    rows = [{"step": s, "loss": 2.0 - 0.01 * s, "grad_norm": 25.0} for s in range(1, 30)]
+    for i, state in enumerate(({"max_grad_norm": 0.5, "log_history": rows},
+                               {"training_args": {"max_grad_norm": 0.5}, "log_history": rows})):
+        (tmp_path / f"s{i}.json").write_text(json.dumps(state))
+        assert read_log(tmp_path / f"s{i}.json").max_grad_norm == 0.5
+    (tmp_path / "plain.json").write_text(json.dumps({"log_history": rows}))
+    assert read_log(tmp_path / "plain.json").max_grad_norm is None
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "step_logs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (adapter / "harness.json").write_text(json.dumps({"format_version": 1, "spec": {"max_grad_norm": 0.3}}))
+    log = read_log(adapter)
+    assert log.max_grad_norm == 0.3 and kinds_of(detect(log)) == {"grad_explosion"}
+
+
+def test_masked_run_is_no_learning_not_memorised() -> None:
+    rows = [{"step": s, "epoch": s / 16, "loss": 0.0, "grad_norm": 0.0, "learning_rate": 3e-3} for s in range(1, 61)]
+    findings = detect(from_history(rows))
+    assert [(f.kind, f.severity) for f in findings] == [("no_learning", "error")], findings
+    assert "-100" in findings[0].message
+    real = detect(read_log(REAL / "no_learning__masked_labels.json"))
+    assert [(f.kind, f.severity) for f in real] == [("no_learning", "error")]
+    # A loss that fell to ~0 over epochs is still memorisation.
+    learnt = [{**r, "loss": round(2.0 * math.exp(-r["step"] / 8), 4), "grad_norm": 0.3} for r in rows]
+    assert kinds_of(detect(from_history(learnt))) == {"memorization"}
+
+
+def test_callback_judges_grad_norm_against_the_runs_max_grad_norm() -> None:
+    from types import SimpleNamespace
+
+    cb, stopped_at = _replay("divergence__lr1_linear.json", corpus=REAL, args=SimpleNamespace(max_grad_norm=1.0))
+    assert stopped_at is not None and stopped_at <= 10 and cb.stop_reason.split(" at ")[0] in {"grad_explosion", "divergence"}
+    for name in sorted(f for f, k in REAL_LABELS.items() if not k):
+        cb, stopped_at = _replay(name, corpus=REAL, args=SimpleNamespace(max_grad_norm=1.0))
+        assert stopped_at is None, (name, cb.findings)

@@ -1,8 +1,16 @@
 """Anomaly findings from a training loss log (ours, or any Hugging Face ``trainer_state.json``).
 
-``read_log(path)`` turns a log into a :class:`StepLog`; ``detect(log)`` returns a list of
-:class:`Finding` ``{kind, severity, step, message}`` (DESIGN.md, "Anomaly finding"). Each message
+``read_log(path)`` turns a log into a :class:`StepLog`; ``detect(log, max_grad_norm=None)`` returns a list
+of :class:`Finding` ``{kind, severity, step, message}`` (DESIGN.md, "Anomaly finding"). Each message
 says what was seen (numbers, steps) and the usual causes and fixes, in the words of DOMAIN.md.
+
+Rules judge against the run's start and the expected scale of each quantity, never only against
+statistics the anomaly itself can move: a loss that climbs far above where it started is a divergence
+even if it later comes back; a grad norm is compared with its early level and, when the run's
+``max_grad_norm`` is known (passed to ``detect``, or carried by the log: ``max_grad_norm`` /
+``training_args.max_grad_norm`` in the JSON, ``spec.max_grad_norm`` in an adapter's harness.json), with
+the clip: pre-clip norms 10x above it are a finding. A zero loss with no gradient is "nothing
+supervised" (no_learning), never memorisation.
 
 Kinds (severity): ``nan_inf`` (error), ``zero_collapse`` (error), ``negative_loss`` (error),
 ``no_learning`` (error), ``divergence`` (error), ``grad_explosion`` (error when sustained, warning

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -56,6 +57,8 @@ class StepLog:
     is_rl: bool = False
     note: str | None = None  # e.g. which checkpoint was read and why
     segments: list[Segment] = field(default_factory=list)
+    #: The run's gradient clipping threshold when the log says (None: unknown; 0: clipping off).
+    max_grad_norm: float | None = None
 
     @property
     def train_rows(self) -> list[dict[str, float]]:
@@ -130,8 +133,11 @@ def _is_train_row(row: Mapping[str, float], is_rl: bool) -> bool:
     return is_rl and any(_is_rl_key(k) for k in row)
 
 
-def from_history(history: Iterable[Mapping[str, object]], source: str = "<log>", note: str | None = None) -> StepLog:
-    """Build a StepLog from a ``log_history``-like list of dicts (as the Trainer keeps it)."""
+def from_history(history: Iterable[Mapping[str, object]], source: str = "<log>", note: str | None = None,
+                 max_grad_norm: float | None = None) -> StepLog:
+    """Build a StepLog from a ``log_history``-like list of dicts (as the Trainer keeps it).
+
+    ``max_grad_norm``: the run's clipping threshold (``TrainingArguments.max_grad_norm``) when known."""
     rows = [_clean_row(r) for r in history if isinstance(r, Mapping)]
     summary = None
     body: list[dict[str, float]] = []
@@ -141,7 +147,8 @@ def from_history(history: Iterable[Mapping[str, object]], source: str = "<log>",
         else:
             body.append(r)
     is_rl = any(_is_rl_key(k) for r in body for k in r)
-    log = StepLog(source=source, rows=body, summary=summary, is_rl=is_rl, note=note)
+    log = StepLog(source=source, rows=body, summary=summary, is_rl=is_rl, note=note,
+                  max_grad_norm=_clip_value(max_grad_norm))
     log.segments = _split_segments(body, is_rl)
     return log
 
@@ -173,6 +180,31 @@ def _split_segments(rows: Sequence[dict[str, float]], is_rl: bool) -> list[Segme
         if is_eval:
             segments[-1].eval.append(r)
     return [s for s in segments if s.train or s.eval]
+
+
+def _clip_value(value: object) -> float | None:
+    x = _num(value)
+    if x is None or not math.isfinite(x):
+        return None
+    return max(0.0, x)
+
+
+def max_grad_norm_of(state: object) -> float | None:
+    """The clipping threshold a trainer_state-like JSON object carries, if any.
+
+    The Trainer's own trainer_state.json does not store its arguments (they are in training_args.bin, a
+    pickle, which is never read); logs written by other tools, or saved with their arguments, may have
+    ``max_grad_norm`` at the top level or under ``training_args`` / ``args`` / ``spec`` (our harness.json).
+    """
+    if not isinstance(state, Mapping):
+        return None
+    if "max_grad_norm" in state:
+        return _clip_value(state["max_grad_norm"])
+    for key in ("training_args", "args", "spec"):
+        sub = state.get(key)
+        if isinstance(sub, Mapping) and "max_grad_norm" in sub:
+            return _clip_value(sub["max_grad_norm"])
+    return None
 
 
 def _read_json_file(path: Path) -> object:
@@ -207,8 +239,9 @@ def _check_nonempty(path: Path, log: StepLog) -> StepLog:
 
 
 def _read_state_file(path: Path, note: str | None = None) -> StepLog:
-    history = _history_from_json(path, _read_json_file(path))
-    return _check_nonempty(path, from_history(history, source=str(path), note=note))
+    data = _read_json_file(path)
+    history = _history_from_json(path, data)
+    return _check_nonempty(path, from_history(history, source=str(path), note=note, max_grad_norm=max_grad_norm_of(data)))
 
 
 def _read_jsonl(path: Path) -> StepLog:
@@ -258,6 +291,12 @@ def _read_dir(path: Path) -> StepLog:
     if ours.is_file():
         log = _read_jsonl(ours)
         log.note = f"the training log of the adapter in {path}"
+        record = path / "harness.json"  # its spec names the clipping threshold
+        if record.is_file():
+            try:
+                log.max_grad_norm = max_grad_norm_of(json.loads(record.read_text(encoding="utf-8")))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                pass  # the record is checked elsewhere; the log is still usable without it
         return log
     checkpoints = sorted((p for p in path.glob("checkpoint-*") if p.is_dir() and _checkpoint_number(p) >= 0),
                          key=_checkpoint_number, reverse=True)

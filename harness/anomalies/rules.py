@@ -50,15 +50,37 @@ SPIKE_MAX_REPORTED = 3
 
 #: Divergence: the smoothed loss ends at least DIVERGE_RATIO x (and DIVERGE_MIN_ABS above) its
 #: minimum, with the last DIVERGE_TAIL_ROWS raw logs all above DIVERGE_TAIL_RATIO x that minimum.
+#: The minimum includes the run's start (START_ROWS), so a loss that rises from its first step and
+#: never comes back is judged against where it started, not against the damaged part.
 DIVERGE_RATIO = 1.5
 DIVERGE_MIN_ABS = 0.15
 DIVERGE_TAIL_ROWS = 5
 DIVERGE_TAIL_RATIO = 1.3
+#: ...or, recovered or not, the smoothed loss stays at least DIVERGE_START_RATIO x (and DIVERGE_MIN_ABS
+#: above) the run's start for DIVERGE_TAIL_ROWS consecutive logs: training makes the loss fall from where
+#: it started; a sustained climb to double the start is the optimiser blowing up, whatever happens later.
+#: (Higher than DIVERGE_RATIO: an excursion that came back must stand clear of a noisy start.) The start
+#: is estimated from START_ROWS logs, each as noisy as the run's batch-to-batch noise (the typical relative
+#: deviation from the running median, as the fluctuation rule measures it), so the bar is raised by
+#: exp(DIVERGE_START_NOISE_Z x noise): ~1.1x for a healthy 5% noise, ~2.5x for a 45% one.
+#: The start is the lower of the first logged value and the median of the first START_ROWS logs (a
+#: blow-up can only raise the early values; it cannot lower the first one).
+START_ROWS = 3
+DIVERGE_START_RATIO = 2.0
+DIVERGE_START_NOISE_Z = 2.0
 
-#: Gradient explosion: grad_norm above GRAD_EXPLOSION_FACTOR x the segment's median grad norm and
-#: above GRAD_EXPLOSION_MIN_ABS. Sustained (GRAD_EXPLOSION_RUN consecutive logs, or the run ends
-#: there, or one value above GRAD_EXPLOSION_HUGE_FACTOR x the median) is an error; isolated a warning.
+#: Gradient explosion: grad_norm above GRAD_EXPLOSION_FACTOR x the segment's reference grad norm and
+#: above GRAD_EXPLOSION_MIN_ABS. The reference is the lower of the segment's median and its start
+#: (as for the loss: the first value, or the median of the first START_ROWS), so an explosion that
+#: lasts most of the run cannot set its own baseline. Sustained (GRAD_EXPLOSION_RUN consecutive logs,
+#: or the run ends there, or one value above GRAD_EXPLOSION_HUGE_FACTOR x the reference) is an error;
+#: isolated a warning.
+#: When the run's max_grad_norm is known (> 0), the expected scale is the clipping threshold: pre-clip
+#: grad norms above GRAD_CLIP_FACTOR x max_grad_norm mean clipping shrinks every update by that much
+#: (the LR is far too high); sustained there means GRAD_EXPLOSION_RUN logs in a row, or a median above
+#: the limit, or a huge value (one high last log is not enough: in a live check every log is the last).
 GRAD_EXPLOSION_FACTOR = 10.0
+GRAD_CLIP_FACTOR = 10.0
 GRAD_EXPLOSION_MIN_ABS = 10.0
 GRAD_EXPLOSION_RUN = 3
 GRAD_EXPLOSION_HUGE_FACTOR = 1000.0
@@ -74,9 +96,12 @@ OVERFIT_EVAL_RISE = 0.03
 OVERFIT_TRAIN_FALL = 0.05
 OVERFIT_GAP_WIDEN = 0.05
 
-#: Memorisation: the train loss ends below MEMO_LOSS after at least MEMO_MIN_EPOCHS epochs.
+#: Memorisation: the train loss ends below MEMO_LOSS after at least MEMO_MIN_EPOCHS epochs, having
+#: fallen there from a start above MEMO_MIN_START (a loss that is ~0 from the first log, or with a grad
+#: norm of exactly 0, means nothing was supervised: no_learning, not memorisation).
 MEMO_LOSS = 0.02
 MEMO_MIN_EPOCHS = 2.0
+MEMO_MIN_START = 0.1
 
 #: Plateau (underfitting): over a run of at least PLATEAU_MIN_ROWS train logs, the median of the
 #: last PLATEAU_EDGE_FRAC of the logs is less than PLATEAU_MIN_REL_DROP below the first's (and
@@ -149,6 +174,11 @@ def _rolling_median(x: np.ndarray, window: int, centered: bool = False) -> np.nd
     for i in edges:
         out[i] = np.median(x[lo_of(i):hi_of(i)])
     return out
+
+
+def _start_level(x: np.ndarray) -> float:
+    """The run's starting level of a quantity: the lower of its first value and the median of its first START_ROWS."""
+    return float(min(x[0], np.median(x[:START_ROWS])))
 
 
 def _where(seg: Segment, n_segments: int) -> str:
@@ -326,22 +356,49 @@ def _rule_spikes_divergence(seg: Segment, tag: str) -> list[Finding]:
         return out
     # Divergence first: a sustained rise is not a spike.
     sm = _smooth(loss)
+    start = _start_level(loss)
     skip = min(SMOOTH_WINDOW_MIN, n // 4)  # the smoother's first values see too few points
     m = skip + int(np.argmin(sm[skip:]))
     lo = float(sm[m])
+    if start < lo:  # the loss never went below where it started: the start is the minimum
+        m, lo = 0, start
     end = float(sm[-1])
     tail = loss[-DIVERGE_TAIL_ROWS:]
-    diverged = (end >= lo * DIVERGE_RATIO and end - lo >= DIVERGE_MIN_ABS and m < n - DIVERGE_TAIL_ROWS
+    diverged = (lo > 0 and end >= lo * DIVERGE_RATIO and end - lo >= DIVERGE_MIN_ABS and m < n - DIVERGE_TAIL_ROWS
                 and bool(np.all(tail >= lo * DIVERGE_TAIL_RATIO)))
+    fixes = ("Usual causes: LR too high for the setup, no gradient clipping, fp16 overflow. Fixes: lower the LR (2-10x), "
+             "max_grad_norm 0.3-1.0, bf16, warmup of 5-10% of steps; resume from the checkpoint before the rise.")
     if diverged:
         # Where the rise starts: the last time the smoothed loss was near its minimum.
         near = np.flatnonzero(sm[: n] <= lo * 1.1)
-        start = int(near[near >= m][-1]) if len(near[near >= m]) else m
-        out.append(Finding("divergence", "error", steps[start],
-            f"loss diverges{tag}: it reached {_fmt(lo)} around {_step_label(steps[m])}, then rose to {_fmt(end)} by "
-            f"{_step_label(steps[-1])} ({end / lo:.1f}x its minimum; first logged loss {_fmt(float(loss[0]))}). Usual causes: "
-            "LR too high for the setup, no gradient clipping, fp16 overflow. Fixes: lower the LR (2-10x), max_grad_norm "
-            "0.3-1.0, bf16, warmup of 5-10% of steps; resume from the checkpoint before the rise."))
+        start_i = int(near[near >= m][-1]) if len(near[near >= m]) else m
+        where_min = (f"started at {_fmt(lo)} ({_step_label(steps[0])}) and never went lower" if m == 0 else
+                     f"reached {_fmt(lo)} around {_step_label(steps[m])}")
+        out.append(Finding("divergence", "error", steps[start_i],
+            f"loss diverges{tag}: it {where_min}, then rose to {_fmt(end)} by {_step_label(steps[-1])} ({end / lo:.1f}x "
+            f"{'its start' if m == 0 else 'its minimum'}; first logged loss {_fmt(float(loss[0]))}). " + fixes))
+    elif start > 0:
+        bar = DIVERGE_START_RATIO * math.exp(DIVERGE_START_NOISE_Z * _rel_noise(loss))
+        above = (sm >= start * bar) & (sm - start >= DIVERGE_MIN_ABS)
+        run_start, run_len, best_start, best_len = 0, 0, 0, 0
+        for i, a in enumerate(above):
+            run_len = run_len + 1 if a else 0
+            if run_len == 1:
+                run_start = i
+            if run_len > best_len:
+                best_start, best_len = run_start, run_len
+        if best_len >= DIVERGE_TAIL_ROWS:
+            b_end = best_start + best_len - 1
+            peak = best_start + int(np.argmax(loss[best_start:b_end + 1]))
+            back = np.flatnonzero(sm[b_end + 1:] < start)
+            after = (f"it came back below its start only at {_step_label(steps[b_end + 1 + int(back[0])])} and ends at "
+                     f"{_fmt(end)}, but the weights went through the blow-up" if len(back) else
+                     f"it ends at {_fmt(end)} ({end / start:.1f}x its start)")
+            out.append(Finding("divergence", "error", steps[best_start],
+                f"loss rose far above its start{tag}: from {_fmt(start)} at the start to {_fmt(float(loss[peak]))} at "
+                f"{_step_label(steps[peak])} ({float(loss[peak]) / start:.1f}x), above {bar:.1f}x the start for "
+                f"{best_len} logs from {_step_label(steps[best_start])} to {_step_label(steps[b_end])}; {after}. Training "
+                "should make the loss fall from where it starts; this is the optimiser overshooting. " + fixes))
     spikes: list[tuple[int, float, float, int | None]] = []
     # Median and MAD of the SPIKE_WINDOW logs before each log i >= SPIKE_WINDOW (vectorised).
     windows = np.lib.stride_tricks.sliding_window_view(loss[:-1], SPIKE_WINDOW)
@@ -375,17 +432,25 @@ def _rule_spikes_divergence(seg: Segment, tag: str) -> list[Finding]:
     return out
 
 
-def _rule_grad_explosion(seg: Segment, tag: str) -> list[Finding]:
+def _rule_grad_explosion(seg: Segment, tag: str, max_grad_norm: float | None = None) -> list[Finding]:
     rows = seg.train
     gn, has = _col(rows, "grad_norm")
     steps = _steps(rows)
     ok = has & np.isfinite(gn)
     if ok.sum() < 5:
         return []
-    med = float(np.median(gn[ok]))
-    if med <= 0:
+    vals = gn[ok]
+    med = float(np.median(vals))
+    ref = min(med, _start_level(vals))
+    if ref <= 0:
+        ref = med  # a grad norm of 0 at the start (LoRA B = 0 gives small, not 0; masked labels: no_learning)
+    if ref <= 0:
         return []
-    limit = max(GRAD_EXPLOSION_FACTOR * med, GRAD_EXPLOSION_MIN_ABS)
+    limit = max(GRAD_EXPLOSION_FACTOR * ref, GRAD_EXPLOSION_MIN_ABS)
+    clip = max_grad_norm if max_grad_norm is not None and max_grad_norm > 0 else None
+    by_clip = clip is not None and GRAD_CLIP_FACTOR * clip < limit
+    if by_clip:
+        limit = GRAD_CLIP_FACTOR * clip
     big = ok & (gn > limit)
     if not big.any():
         return []
@@ -399,16 +464,27 @@ def _rule_grad_explosion(seg: Segment, tag: str) -> list[Finding]:
     peak = int(idx[np.argmax(gn[idx])])
     last_ok = int(np.flatnonzero(ok)[-1])
     at_end = bool(big[last_ok])
-    sustained = longest >= GRAD_EXPLOSION_RUN or at_end or gn[peak] > GRAD_EXPLOSION_HUGE_FACTOR * med
+    if by_clip:  # a scale judgement: the excess must last (or be the run's typical value), not be one last log
+        sustained = longest >= GRAD_EXPLOSION_RUN or med > limit or gn[peak] > GRAD_EXPLOSION_HUGE_FACTOR * ref
+    else:
+        sustained = longest >= GRAD_EXPLOSION_RUN or at_end or gn[peak] > GRAD_EXPLOSION_HUGE_FACTOR * ref
     first = start_longest if longest >= GRAD_EXPLOSION_RUN else int(idx[0])
-    what = (f"grad_norm reached {_fmt(float(gn[peak]))} at {_step_label(steps[peak])}{tag}, {gn[peak] / med:.0f}x the run's "
-            f"median of {_fmt(med)}; {int(big.sum())} logs above {_fmt(limit)}"
+    scale = (f"{gn[peak] / clip:.0f}x your max_grad_norm of {_fmt(clip)} (the run's median {_fmt(med)} is "
+             f"{med / clip:.1f}x it)" if by_clip else
+             f"{gn[peak] / ref:.0f}x the run's {'early level' if ref < med else 'median'} of {_fmt(ref)}")
+    what = (f"grad_norm reached {_fmt(float(gn[peak]))} at {_step_label(steps[peak])}{tag}, {scale}; {int(big.sum())} "
+            f"logs above {_fmt(limit)}"
             f"{f', {longest} in a row from {_step_label(steps[first])}' if longest > 1 else ''}"
             f"{', still at the last log' if at_end else ''}. ")
+    if by_clip:
+        what += ("Clipping keeps each update at max_grad_norm, so the steps taken are a small fraction of the gradient "
+                 "and their direction is dominated by the blow-up. ")
+    elif max_grad_norm == 0:
+        what += "Gradient clipping is off (max_grad_norm 0). "
     if sustained:
         return [Finding("grad_explosion", "error", steps[first], what +
-            "Usual causes: no gradient clipping, LR too high, fp16 overflow, long sequences with a large rank. Fixes: "
-            "max_grad_norm 0.3-1.0, lower the LR, bf16, warmup 5-10% of steps.")]
+            "Usual causes: LR too high, no gradient clipping, fp16 overflow, long sequences with a large rank. Fixes: "
+            "lower the LR (2-10x), max_grad_norm 0.3-1.0, bf16, warmup 5-10% of steps.")]
     return [Finding("grad_explosion", "warning", steps[first], what +
         "Isolated: a bad batch or the LR peak; clipping (max_grad_norm 0.3-1.0) keeps one such step from doing harm.")]
 
@@ -466,6 +542,11 @@ def _rule_memorization(seg: Segment, tag: str) -> list[Finding]:
     end = float(np.median(tail))
     if end >= MEMO_LOSS or end < NEGATIVE_LOSS_TOL:  # a negative loss is reported as negative_loss
         return []
+    if _start_level(loss) <= MEMO_MIN_START:
+        return []  # ~0 from the start: nothing was supervised (no_learning), nothing was memorised
+    gn, has_gn = _col(seg.train, "grad_norm")
+    if has_gn.any() and np.all(gn[has_gn] == 0.0):
+        return []  # no gradient ever: the zero loss is masked labels, not a learnt training set
     below = np.flatnonzero(_smooth(loss) < MEMO_LOSS)
     i = int(below[0]) if len(below) else len(loss) - 1
     return [Finding("memorization", "warning", steps[i],
@@ -497,16 +578,27 @@ def _rule_plateau(train_segments: Sequence[Segment]) -> list[Finding]:
         "Fixes: a higher LR for short runs (5e-5 to 2e-4), more epochs, larger r and alpha, data closer to the domain.")]
 
 
+def _rel_deviation(loss: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(running median level, mask where the level is above ~0, relative deviation from the level there)."""
+    level = _rolling_median(loss, FLUCT_WINDOW, centered=True)
+    pos = level > ZERO_LOSS_EPS * 10
+    return level, pos, np.abs(loss[pos] - level[pos]) / level[pos]
+
+
+def _rel_noise(loss: np.ndarray) -> float:
+    """The loss's typical batch-to-batch relative noise (robust: 1.4826 x the median relative deviation)."""
+    _, pos, rel = _rel_deviation(loss)
+    return float(np.median(rel)) * 1.4826 if pos.sum() >= 3 else 0.0
+
+
 def _rule_fluctuation(seg: Segment, tag: str) -> list[Finding]:
     loss, steps, _ = _finite_loss(seg)
     n = len(loss)
     if n < FLUCT_MIN_ROWS:
         return []
-    level = _rolling_median(loss, FLUCT_WINDOW, centered=True)
-    pos = level > ZERO_LOSS_EPS * 10
+    level, pos, rel = _rel_deviation(loss)
     if pos.sum() < FLUCT_MIN_ROWS:
         return []
-    rel = np.abs(loss[pos] - level[pos]) / level[pos]
     noise = float(np.median(rel)) * 1.4826
     if noise < FLUCT_REL_NOISE:
         return []
@@ -518,8 +610,13 @@ def _rule_fluctuation(seg: Segment, tag: str) -> list[Finding]:
         "cosine decay, a larger effective batch (gradient accumulation, 8-32), a lower LR, group_by_length.")]
 
 
-def detect(log: StepLog) -> list[Finding]:
-    """All anomaly findings for a parsed log, errors first, then by step."""
+def detect(log: StepLog, max_grad_norm: float | None = None) -> list[Finding]:
+    """All anomaly findings for a parsed log, errors first, then by step.
+
+    ``max_grad_norm``: the run's clipping threshold (``TrainingArguments.max_grad_norm``; 0 = off) when
+    known; defaults to what the log carries (``log.max_grad_norm``). With it, grad norms are also judged
+    against the clip, their expected scale."""
+    clip = max_grad_norm if max_grad_norm is not None else log.max_grad_norm
     findings: list[Finding] = []
     nseg = len(log.segments)
     train_segments = [s for s in log.segments if s.train]
@@ -527,7 +624,7 @@ def detect(log: StepLog) -> list[Finding]:
         tag = _where(seg, nseg)
         findings += _rule_nonfinite(seg, tag, log.is_rl)
         findings += _rule_no_learning(seg, tag, log.is_rl, first_segment=seg is (train_segments[0] if train_segments else None))
-        findings += _rule_grad_explosion(seg, tag)
+        findings += _rule_grad_explosion(seg, tag, clip)
         if log.is_rl:
             continue  # RL losses sit near 0 or below by design: no loss-shape rules
         findings += _rule_zero_and_negative(seg, tag)
@@ -535,6 +632,9 @@ def detect(log: StepLog) -> list[Finding]:
         shape = _rule_spikes_divergence(seg, tag)
         if fluct:  # in a loss this noisy, single high values are the noise itself, not spikes
             shape = [f for f in shape if f.kind != "spike"]
+        if any(f.kind == "divergence" for f in shape):  # the blow-up's own jumps are not separate findings
+            shape = [f for f in shape if f.kind != "spike"]
+            fluct = []
         findings += shape + fluct
         findings += _rule_overfitting(seg, tag)
         findings += _rule_memorization(seg, tag)
