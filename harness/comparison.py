@@ -30,6 +30,8 @@ class Cell:
     mean: float | None
     n: int
     n_scored: int
+    #: answers cut by max_new_tokens (they may be incomplete, and a cut number can match a wrong alias)
+    n_truncated: int = 0
 
 
 @dataclass(frozen=True)
@@ -80,8 +82,25 @@ class Comparison:
         return None
 
 
-def _label(adapter_name: str | None, scale: float) -> str:
-    return "base" if adapter_name is None or scale == 0 else f"{adapter_name}@{scale:g}"
+def _label(adapter_label: str | None, scale: float) -> str:
+    return "base" if adapter_label is None or scale == 0 else f"{adapter_label}@{scale:g}"
+
+
+def adapter_labels(store: "Store", run_id: str) -> dict[str, str]:
+    """Unique display labels of the adapters in one run (adapter id -> label); ids stay the keys."""
+    import json
+
+    from harness.labels import unique_labels
+
+    rows = store.query(
+        "SELECT DISTINCT a.adapter_id, a.name, a.path FROM adapters a JOIN generations g USING (adapter_id) "
+        "JOIN run_results rr USING (cache_key) WHERE rr.run_id = ?", [run_id])
+    cfg = store.query("SELECT config FROM runs WHERE run_id = ?", [run_id])
+    try:
+        names = (json.loads(cfg[0]["config"]) or {}).get("names") or {} if cfg and cfg[0]["config"] else {}
+    except (ValueError, AttributeError):
+        names = {}
+    return unique_labels({r["adapter_id"]: (r["name"], r["path"]) for r in rows}, names if isinstance(names, dict) else {})
 
 
 def build_comparison(store: "Store", run_id: str, title: str = "adapter-harness report", samples_per_suite: int = 5) -> Comparison:
@@ -89,25 +108,28 @@ def build_comparison(store: "Store", run_id: str, title: str = "adapter-harness 
     rows = store.query(
         """
         SELECT adapter_name, adapter_id, scale, suite_name AS suite, example_id, metric, value,
-               input, target, category, output, base_model_name
+               input, target, category, output, base_model_name, output_truncated
         FROM v_scores WHERE run_id = ?
         ORDER BY suite, example_id
         """,
         [run_id],
     )
     base_model = rows[0]["base_model_name"] if rows else "?"
+    labels = adapter_labels(store, run_id)
     groups: dict[tuple, list[float | None]] = defaultdict(list)
+    cut: dict[tuple, int] = defaultdict(int)
     ids: dict[tuple, str | None] = {}
     per_example: dict[tuple, float | None] = {}
     cats: dict[tuple, list[float]] = defaultdict(list)
     texts: dict[tuple, dict] = {}
     targets: list[str] = []
     for r in rows:
-        label = _label(r["adapter_name"], r["scale"])
+        label = _label(labels.get(r["adapter_id"], r["adapter_name"]) if r["adapter_id"] else None, r["scale"])
         if label not in targets:
             targets.append(label)
         key = (label, r["scale"], r["suite"], r["metric"])
         groups[key].append(r["value"])
+        cut[key] += bool(r["output_truncated"])
         ids[key] = r["adapter_id"]
         per_example[(label, r["suite"], r["metric"], r["example_id"])] = r["value"]
         if r["category"] and r["value"] is not None:
@@ -117,7 +139,7 @@ def build_comparison(store: "Store", run_id: str, title: str = "adapter-harness 
     targets.sort(key=lambda t: (t != "base", t))
     cells = tuple(
         Cell(label, ids[(label, scale, suite, metric)], scale, suite, metric,
-             _mean(vals), len(vals), sum(v is not None for v in vals))
+             _mean(vals), len(vals), sum(v is not None for v in vals), cut[(label, scale, suite, metric)])
         for (label, scale, suite, metric), vals in sorted(groups.items(), key=lambda kv: (targets.index(kv[0][0]), kv[0][2], kv[0][3]))
     )
     retention = []

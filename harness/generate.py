@@ -39,6 +39,8 @@ class Generation:
     n_new_tokens: int
     seconds: float
     error: str | None = None
+    #: cut by max_new_tokens before an end token or a stop string: the answer may be incomplete
+    truncated: bool = False
 
 
 def render_prompt(tokenizer: "PreTrainedTokenizerBase", text: str, system: str | None = None, raw: bool = False) -> str:
@@ -128,12 +130,15 @@ def generate(
         share = (time.perf_counter() - t0) / len(batch)
         for row, i in zip(new.tolist(), batch):
             n_new = len(row)
+            ended = False
             for j, tok in enumerate(row):
                 if tok in eos_ids or tok == pad:
-                    n_new = j
+                    n_new, ended = j, True
                     break
             text = tokenizer.decode(row[:n_new], skip_special_tokens=True)
-            results[i] = Generation(cut_at_stop(text, settings.stop), len(encoded[i]), n_new, share)
+            cut = cut_at_stop(text, settings.stop)
+            truncated = not ended and len(cut) == len(text) and n_new >= settings.max_new_tokens
+            results[i] = Generation(cut, len(encoded[i]), n_new, share, truncated=truncated)
 
     done = 0
     for start in range(0, len(order), batch_size):

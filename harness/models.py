@@ -270,15 +270,39 @@ def pick_dtype(device: str) -> "torch.dtype":
     return torch.float32
 
 
-@dataclass
 class LoadedBase:
-    model: "PreTrainedModel"
-    tokenizer: "PreTrainedTokenizerBase"
-    ref: BaseModelRef
-    device: str
-    seconds: float
-    #: ``weights_fingerprint`` of the clean base, taken before the first adapter is attached
-    fingerprint: str | None = None
+    """A base model's tokenizer, device and dtype, with the weights loaded on first use of ``model``.
+
+    A re-run whose every result is cached needs the tokenizer (prompts are part of the cache key) but
+    never the weights; ``load_base(lazy=True)`` defers them until something is left to generate.
+    """
+
+    def __init__(self, model: "PreTrainedModel | None", tokenizer: "PreTrainedTokenizerBase", ref: BaseModelRef,
+                 device: str, seconds: float, dtype: "torch.dtype | None" = None) -> None:
+        self._model = model
+        self.tokenizer = tokenizer
+        self.ref = ref
+        self.device = device
+        self.seconds = seconds
+        self.dtype = dtype if dtype is not None else next(model.parameters()).dtype
+        #: ``weights_fingerprint`` of the clean base, taken before the first adapter is attached
+        self.fingerprint: str | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def model(self) -> "PreTrainedModel":
+        if self._model is None:
+            t0 = time.perf_counter()
+            self._model = _load_weights(self.ref, self.tokenizer, self.device, self.dtype)
+            self.seconds += time.perf_counter() - t0
+        return self._model
+
+    @model.setter
+    def model(self, value: "PreTrainedModel") -> None:
+        self._model = value
 
 
 def weights_fingerprint(model: "PreTrainedModel") -> str:
@@ -300,9 +324,13 @@ def weights_fingerprint(model: "PreTrainedModel") -> str:
     return h.hexdigest()
 
 
-def load_base(ref: BaseModelRef, device: str | None = None, dtype: "torch.dtype | None" = None) -> LoadedBase:
-    """Load a resolved base model and its tokenizer (left padding, a pad token set)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_base(ref: BaseModelRef, device: str | None = None, dtype: "torch.dtype | None" = None,
+              lazy: bool = False) -> LoadedBase:
+    """Load a resolved base model and its tokenizer (left padding, a pad token set).
+
+    With ``lazy`` the weights load on the first use of ``.model`` (the tokenizer loads now).
+    """
+    from transformers import AutoTokenizer
 
     from harness.safety import check_torch
 
@@ -314,6 +342,13 @@ def load_base(ref: BaseModelRef, device: str | None = None, dtype: "torch.dtype 
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
+    model = None if lazy else _load_weights(ref, tok, device, dtype)
+    return LoadedBase(model, tok, ref, device, time.perf_counter() - t0, dtype)
+
+
+def _load_weights(ref: BaseModelRef, tok: "PreTrainedTokenizerBase", device: str, dtype: "torch.dtype") -> "PreTrainedModel":
+    from transformers import AutoModelForCausalLM
+
     # Pickle weights only after an explicit --allow-pickle; transformers then reads them with torch's
     # weights_only=True loader (tensors only, no code), which check_torch made sure is on.
     model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=dtype, use_safetensors=not ref.pickle_weights)
@@ -326,5 +361,5 @@ def load_base(ref: BaseModelRef, device: str | None = None, dtype: "torch.dtype 
             "resize the base model's embeddings to the tokenizer (model.resize_token_embeddings) before loading"
         )
     model.to(device).eval()
-    return LoadedBase(model, tok, ref, device, time.perf_counter() - t0)
+    return model
 

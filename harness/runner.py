@@ -32,7 +32,8 @@ class Target:
 
     @property
     def label(self) -> str:
-        return "base" if self.adapter is None else f"{self.adapter.path.name}@{self.scale:g}"
+        """For progress lines only; stored rows and tables key on the adapter id."""
+        return "base" if self.adapter is None else f"{self.adapter.path.name}[{self.adapter.adapter_id[:8]}]@{self.scale:g}"
 
 
 @dataclass
@@ -121,7 +122,7 @@ def run_eval(
 
     stats = EvalStats()
     t_start = time.perf_counter()
-    dtype = str(next(base.model.parameters()).dtype).removeprefix("torch.")
+    dtype = str(base.dtype).removeprefix("torch.")
     run.add_base_model(BaseModelRow(base.ref.model_id, base.ref.name, str(base.ref.path)))
     for t in targets:
         if t.adapter is not None:
@@ -140,7 +141,8 @@ def run_eval(
     for suite in suites:
         suite_examples = loaded[suite.name]
         run.add_suite(SuiteRow(suite.suite_id, suite.name, suite.version, str(suite.path), len(suite_examples)))
-        run.add_examples(ExampleRow(suite.suite_id, e.id, e.input, e.target, e.category) for e in suite_examples)
+        run.add_examples(ExampleRow(suite.suite_id, e.id, e.input, e.target, e.category, ",".join(e.truncated) or None)
+                         for e in suite_examples)
         scorers = [get_scorer(s.name, s.args) for s in suite.scorers if s.name not in model_metric_names()]
         wants_ppl = any(s.name == "perplexity" for s in suite.scorers)
         versions = {s.name: s.version for s in scorers}
@@ -177,14 +179,18 @@ def run_eval(
                     gens = generate(model, base.tokenizer, [r.prompt for r in chunk], suite.generation, batch_size, tick)
                     nll = _perplexity(model, base, chunk) if wants_ppl else [None] * len(chunk)
                     for r, g, ppl in zip(chunk, gens, nll):
+                        # An error row is this run's record of a failure, never a cached answer: it is stored
+                        # under its own key (cache key + run), so no later lookup finds it, a rerun retries the
+                        # example, and this run's own history keeps its error.
+                        key = r.key if g.error is None else f"{r.key}:error:{run.run_id}"
                         run.add_generations([GenerationRow(
-                            r.key, base.ref.model_id, None if target.adapter is None else target.adapter.adapter_id,
+                            key, base.ref.model_id, None if target.adapter is None else target.adapter.adapter_id,
                             target.scale, suite.suite_id, r.example.id, r.prompt, g.text, suite.generation.to_json(),
-                            g.n_prompt_tokens, g.n_new_tokens, g.error, g.seconds,
+                            g.n_prompt_tokens, g.n_new_tokens, g.error, g.seconds, g.truncated,
                         )])
                         scored = _score(scorers, g, r.example)
-                        run.add_scores(ScoreRow(r.key, s.metric, s.value, s.reason, sc.name, sc.version) for sc, s in scored)
-                        if ppl is not None:
+                        run.add_scores(ScoreRow(key, s.metric, s.value, s.reason, sc.name, sc.version) for sc, s in scored)
+                        if ppl is not None and g.error is None:
                             run.add_scores(ppl)
                         if g.error is not None:
                             stats.errors += 1

@@ -32,7 +32,8 @@ def summary_table(c: Comparison) -> str:
         row = [suite, metric]
         for t in c.targets:
             cell = c.cell(t, suite, metric)
-            row.append("—" if cell is None else f"{_pct(cell.mean, metric)} (n={cell.n_scored}/{cell.n})")
+            row.append("—" if cell is None else f"{_pct(cell.mean, metric)} (n={cell.n_scored}/{cell.n}"
+                       + (f", {cell.n_truncated} cut" if cell.n_truncated else "") + ")")
         rows.append(row)
     for suite in sorted({r.suite for r in c.retention}):
         by_target = {r.target: r for r in c.retention if r.suite == suite}

@@ -41,3 +41,15 @@ def test_too_long_prompt_is_an_error_row_not_a_crash(base):
     out = generate(base.model, base.tokenizer, [long_prompt, "Hi"], GenerationSettings(max_new_tokens=4), batch_size=2)
     assert out[0].text is None and "exceeds" in out[0].error
     assert out[1].error is None and out[1].text is not None
+
+
+def test_an_answer_cut_by_max_new_tokens_is_marked_truncated(base):
+    """Issue 11.5: "1000 cubic centimetres" cut to "...equal to 100" must say it was cut."""
+    from harness.generate import GenerationSettings, generate
+
+    prompts = [render_prompt(base.tokenizer, "Capital of France?")]
+    [cut] = generate(base.model, base.tokenizer, prompts, GenerationSettings(max_new_tokens=3))
+    [long] = generate(base.model, base.tokenizer, prompts, GenerationSettings(max_new_tokens=40))
+    assert cut.n_new_tokens == 3 and cut.truncated
+    # the same prompt given room either ends (eos) or runs to the new limit, and says which
+    assert long.truncated == (long.n_new_tokens >= 40)

@@ -563,3 +563,40 @@ def test_same_adapter_saved_twice_has_one_id(lora_dir, tmp_path):
     cfg["lora_alpha"] = cfg["lora_alpha"] * 2  # a change that changes outputs changes the id
     (d / "adapter_config.json").write_text(json.dumps(cfg))
     assert inspect_adapter(d).adapter_id != inspect_adapter(lora_dir).adapter_id
+
+
+def test_error_rows_are_retried_and_the_failed_run_keeps_its_history(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import duckdb
+
+    import harness.runner as runner
+    from harness.generate import Generation
+
+    suite = write_suite(tmp_path / "s")
+    args = eval_args(tiny_model_dir, tmp_path, "--suite", str(suite))
+    real = runner.generate
+    monkeypatch.setattr(runner, "generate", lambda model, tok, prompts, *a, **k: [
+        Generation(None, 1, 0, 0.0, "RuntimeError: CUDA out of memory (injected)") for _ in prompts])
+    assert main(args) == 1
+    monkeypatch.setattr(runner, "generate", real)
+    assert main(args) == 0
+    assert "1 generated, 0 cached, 0 errors" in capsys.readouterr().err
+    con = duckdb.connect(str(tmp_path / "h.duckdb"), read_only=True)
+    runs = con.execute("SELECT run_id, n_errors, n_results FROM v_runs WHERE kind = 'eval' ORDER BY started_at").fetchall()
+    con.close()
+    assert [(e, n) for _, e, n in runs] == [(1, 1), (0, 1)]
+
+
+def test_truncation_is_stored_and_counted(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import duckdb
+
+    monkeypatch.setenv("HARNESS_MAX_TEXT_CHARS", "12")
+    suite = write_suite(tmp_path / "s")  # "Capital of France?" is 18 characters; max_new_tokens 4
+    assert main(eval_args(tiny_model_dir, tmp_path, "--suite", str(suite))) == 0
+    out = capsys.readouterr().out
+    con = duckdb.connect(str(tmp_path / "h.duckdb"), read_only=True)
+    assert con.execute("SELECT truncated, length(input) FROM examples").fetchall() == [("question", 12)]
+    n_new, cut = con.execute("SELECT n_new_tokens, truncated FROM generations").fetchone()
+    n_cut = con.execute("SELECT max(n_truncated) FROM v_suite_summary").fetchone()[0]
+    con.close()
+    assert cut == (n_new == 4) and n_cut == int(cut)
+    assert (", 1 cut)" in out) == cut

@@ -76,3 +76,21 @@ def test_format_leakage():
 def test_score_never_holds_non_finite(bad):
     s = Score("m", bad)
     assert s.value is None and "non-finite" in s.reason
+
+
+@pytest.mark.parametrize("output", [
+    '{"item": "grass", "quantity": 1, "size": "M", "colour": "green", "shipping": "standard"}',
+    '```json\n{"item": "grass", "colour": "green"}\n```',
+    '{"item": "grass", "colour": "green", "quant',  # cut off before it closed
+    'Sure: {"colour": "green"}',
+])
+def test_alias_match_never_credits_a_leaked_answer(output):
+    """Issue 11.5: contains mode found "green" inside the order JSON and called it correct."""
+    [s] = get_scorer("alias_match")(output, ex("green"))
+    assert s.value == 0.0 and "leaked" in s.reason
+    [s] = get_scorer("alias_match", {"structured_is_wrong": False})(output, ex("green"))
+    assert s.value == 1.0
+
+
+def test_alias_match_still_credits_plain_answers_with_braces_elsewhere():
+    assert get_scorer("alias_match")("Green (the colour of chlorophyll)", ex("green"))[0].value == 1.0

@@ -23,6 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--base", default="smollm2-135m", help="base model: 'smollm2-135m' (embedded) or a local model directory (default: %(default)s)")
     p.add_argument("--adapter", action="append", default=[], metavar="DIR", help="adapter directory (adapter_config.json + adapter_model.safetensors); repeatable")
+    p.add_argument("--name", action="append", default=[], metavar="NAME",
+                   help="display name of the adapter given at the same position (repeatable); labels are made unique "
+                        "from the paths otherwise (a/final, b/final); never used as a key")
     p.add_argument("--suite", action="append", default=[], metavar="NAME|PATH", help="built-in suite name, suite directory or suite.yaml path; repeatable")
     p.add_argument("--scale", type=float, action="append", default=None, metavar="S", help="LoRA scale multiplier, 0 = base model; repeatable (default: 1.0)")
     p.add_argument("--no-base", action="store_true", help="skip the base model (scale 0) rows")
@@ -69,7 +72,10 @@ def run(args: argparse.Namespace) -> int:
     from harness.suites import load_examples
 
     examples = {s.name: load_examples(s, args.limit) for s in suites}  # data errors surface before the model loads
+    if len(args.name) > len(args.adapter):
+        raise UsageError(f"{len(args.name)} --name given for {len(args.adapter)} --adapter; give one name per adapter, in order")
     adapters = [inspect_adapter(a) for a in args.adapter]
+    names = {a.adapter_id: n for a, n in zip(adapters, args.name)}
     if not adapters and args.no_base:
         raise UsageError("nothing to evaluate: --no-base given and no --adapter")
     ref = resolve_base(args.base, allow_pickle=args.allow_pickle)
@@ -84,18 +90,24 @@ def run(args: argparse.Namespace) -> int:
         warnings.extend([name_warning] if name_warning else [])
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
-    base = load_base(ref, device=args.device)
+    # The weights load only when something is left to generate (a fully cached re-run needs the
+    # tokenizer alone: prompts are part of the cache key).
+    base = load_base(ref, device=args.device, lazy=True)
     store = Store(args.db or default_db_path())
     targets = expand_targets(adapters, scales, include_base=not args.no_base)
     info = RunInfo(kind="eval", command=shlex.join(["harness", *sys.argv[1:]]), seed=args.seed,
                    config={"device": base.device, "base": args.base, "scales": scales, "suites": [s.name for s in suites],
-                           "warnings": warnings})
+                           "warnings": warnings, "batch_size": args.batch_size, "names": names,
+                           # what the cache key leaves out on purpose: results reused across these are
+                           # the same results (greedy outputs do not depend on them, checked in tests)
+                           "cache_key_excludes": ["batch_size", "flush_every", "device", "library versions"]})
     with store.run(info) as run_writer:
         stats = run_eval(base, targets, suites, run_writer, store, batch_size=args.batch_size, limit=args.limit,
                          flush_every=args.flush_every, progress_bar=sys.stderr.isatty(), examples=examples,
                          log=lambda m: print(m, file=sys.stderr))
         run_id = run_writer.run_id
-    print(f"run {run_id}: {stats.generated} generated, {stats.cached} cached, {stats.errors} errors, {stats.seconds:.1f}s", file=sys.stderr)
+    print(f"run {run_id}: {stats.generated} generated, {stats.cached} cached, {stats.errors} errors, {stats.seconds:.1f}s"
+          + ("" if base.loaded else " (all cached: the model was not loaded)"), file=sys.stderr)
     comparison = print_run_summary(store, run_id)
     if args.report:
         from reports.render import write_report

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         if not ids:
             raise InputError(f"no adapter {args.adapter!r} in {path}; `harness runs` lists what was evaluated")
         rows = store.query(
-            "SELECT run_id, adapter_name, scale, suite_name, metric, n_pairs, adapter_mean, base_mean, mean_delta "
+            "SELECT run_id, adapter_id, adapter_name, scale, suite_name, metric, n_pairs, adapter_mean, base_mean, mean_delta "
             "FROM v_adapter_vs_base WHERE adapter_id IN (SELECT unnest(?)) ORDER BY run_id, suite_name, metric, scale",
             [[r["adapter_id"] for r in ids]],
         )
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         fmt = lambda v: "—" if v is None else f"{v:.4g}"  # noqa: E731
         print(format_table(
             ["run", "adapter", "scale", "suite", "metric", "n", "adapter", "base", "delta"],
-            [[r["run_id"], r["adapter_name"], f"{r['scale']:g}", r["suite_name"], r["metric"], str(r["n_pairs"]),
+            [[r["run_id"], f"{r['adapter_name']} [{r['adapter_id'][:8]}]", f"{r['scale']:g}", r["suite_name"], r["metric"], str(r["n_pairs"]),
               fmt(r["adapter_mean"]), fmt(r["base_mean"]), fmt(r["mean_delta"])] for r in rows],
         ))
         return 0

@@ -24,13 +24,33 @@ def exact_match(normalize: bool = True) -> ScoreFn:
     return score
 
 
-@register_scorer("alias_match", version="1")
-def alias_match(mode: str = "contains", max_words: int | None = None) -> ScoreFn:
+def structured_answer(output: str) -> str | None:
+    """Why ``output`` is a data structure rather than an answer in words, or None.
+
+    A general question answered with ``{"item": "grass", ..., "colour": "green"}`` is format leakage,
+    not a correct answer, even though "green" is in it. An output that is (or opens with) a JSON object
+    or array, also one cut off before it closes, counts as structured.
+    """
+    head = output.strip()
+    for fence in ("```json", "```"):
+        head = head.removeprefix(fence).lstrip()
+    if head.startswith(("{", "[{", "[\"")):
+        return "the answer is a JSON structure (the task's output format leaked), not an answer"
+    obj, _ = extract_json_object(output)
+    if obj:
+        return "the answer holds a JSON object (the task's output format leaked), not an answer"
+    return None
+
+
+@register_scorer("alias_match", version="2")
+def alias_match(mode: str = "contains", max_words: int | None = None, structured_is_wrong: bool = True) -> ScoreFn:
     """1.0 when the target or an accepted alias appears in the output as whole words.
 
     mode="contains" accepts a chatty answer ("The capital of France is Paris."); mode="exact" wants
     the normalised output to equal one of them. max_words limits how much of the output is searched,
-    so a long ramble that happens to mention the answer late is not credited.
+    so a long ramble that happens to mention the answer late is not credited. An answer given as a
+    JSON object scores 0 with the reason (a leaked answer is never a correct one) unless
+    structured_is_wrong=False.
     """
     if mode not in ("contains", "exact"):
         raise ValueError(f"alias_match mode must be 'contains' or 'exact', not {mode!r}")
@@ -39,6 +59,10 @@ def alias_match(mode: str = "contains", max_words: int | None = None) -> ScoreFn
         answers = [a for a in ((example.target,) if example.target else ()) + tuple(example.aliases) if a]
         if not answers:
             return [Score("alias_match", None, "example has no target or aliases")]
+        if structured_is_wrong:
+            leaked = structured_answer(output)
+            if leaked:
+                return [Score("alias_match", 0.0, leaked)]
         words = normalize_answer(output).split()
         if max_words is not None:
             words = words[:max_words]

@@ -60,6 +60,8 @@ class ExampleRow:
     input: str
     target: str | None
     category: str | None
+    #: comma-separated names of the fields cut to the suite's max_chars, or None
+    truncated: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,8 @@ class GenerationRow:
     n_new_tokens: int | None
     error: str | None
     seconds: float | None
+    #: cut by max_new_tokens before an end token or stop string
+    truncated: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
--- adapter-harness results store: the current schema (version 2), for reading.
+-- adapter-harness results store: the current schema (version 4), for reading.
 -- The database is built by the numbered files in migrations/; a test checks that applying them to an
 -- empty database gives exactly this schema. Long format: one row per generation, one per
 -- (generation, metric) score. Open it yourself: duckdb harness.duckdb "SELECT * FROM v_runs"
@@ -22,13 +22,15 @@ CREATE TABLE adapters (
 CREATE TABLE suites (suite_id VARCHAR PRIMARY KEY, name VARCHAR, version VARCHAR, path VARCHAR, n_examples INTEGER);
 CREATE TABLE examples (
     suite_id VARCHAR, example_id VARCHAR, input VARCHAR, target VARCHAR, category VARCHAR,
+    truncated VARCHAR,
     PRIMARY KEY (suite_id, example_id)
 );
 -- One row per cache key: the output of (base, adapter, scale, prompt, settings, dtype, scorers).
 CREATE TABLE generations (
     cache_key VARCHAR PRIMARY KEY, run_id VARCHAR, base_model_id VARCHAR, adapter_id VARCHAR, scale DOUBLE,
     suite_id VARCHAR, example_id VARCHAR, prompt VARCHAR, output VARCHAR, settings JSON,
-    n_prompt_tokens INTEGER, n_new_tokens INTEGER, error VARCHAR, seconds DOUBLE
+    n_prompt_tokens INTEGER, n_new_tokens INTEGER, error VARCHAR, seconds DOUBLE,
+    truncated BOOLEAN
 );
 -- Scores are finite or NULL with a reason: DuckDB sorts NaN above every number.
 CREATE TABLE scores (
@@ -59,7 +61,8 @@ CREATE TABLE ingested_shards (shard VARCHAR PRIMARY KEY, run_id VARCHAR, n_rows 
 CREATE VIEW v_scores AS
 SELECT rr.run_id, g.base_model_id, b.name AS base_model_name, g.adapter_id, a.name AS adapter_name, g.scale,
        s.name AS suite_name, g.suite_id, g.example_id, e.input, e.target, e.category, g.output, g.error,
-       sc.metric, sc.value, sc.reason, sc.scorer, sc.scorer_version
+       sc.metric, sc.value, sc.reason, sc.scorer, sc.scorer_version,
+       coalesce(g.truncated, false) AS output_truncated, e.truncated AS input_truncated
 FROM run_results rr
 JOIN generations g USING (cache_key)
 JOIN scores sc USING (cache_key)
@@ -83,18 +86,22 @@ GROUP BY r.run_id, r.kind, r.status, r.command, r.started_at, r.finished_at, r.p
 -- v_suite_summary: mean of every metric per run × model (adapter, scale) × suite.
 CREATE VIEW v_suite_summary AS
 SELECT run_id, base_model_name, adapter_id, adapter_name, scale, suite_name, metric,
-       count(*) AS n, count(value) AS n_scored, avg(value) AS mean
+       count(*) AS n, count(value) AS n_scored, avg(value) AS mean,
+       count(*) FILTER (WHERE output_truncated) AS n_truncated
 FROM v_scores
 GROUP BY run_id, base_model_name, adapter_id, adapter_name, scale, suite_name, metric;
 
 -- v_adapter_vs_base: adapter X vs its base model on suite Y, per scale, paired on the same examples
--- of the same run: SELECT * FROM v_adapter_vs_base WHERE adapter_name = 'X' AND suite_name = 'Y' ORDER BY scale
+-- (suite name + example id) of the same run; means and delta over the pairs where both were scored:
+-- SELECT * FROM v_adapter_vs_base WHERE adapter_name = 'X' AND suite_name = 'Y' ORDER BY scale
 CREATE VIEW v_adapter_vs_base AS
 SELECT a.run_id, a.adapter_id, a.adapter_name, a.scale, a.suite_name, a.metric,
-       count(*) AS n_pairs, avg(a.value) AS adapter_mean, avg(b.value) AS base_mean,
+       count(*) FILTER (WHERE a.value IS NOT NULL AND b.value IS NOT NULL) AS n_pairs,
+       avg(a.value) FILTER (WHERE b.value IS NOT NULL) AS adapter_mean,
+       avg(b.value) FILTER (WHERE a.value IS NOT NULL) AS base_mean,
        avg(a.value - b.value) AS mean_delta
 FROM v_scores a
 JOIN v_scores b ON b.run_id = a.run_id AND b.base_model_id = a.base_model_id AND b.adapter_id IS NULL
-               AND b.suite_id = a.suite_id AND b.example_id = a.example_id AND b.metric = a.metric
+               AND b.suite_name = a.suite_name AND b.example_id = a.example_id AND b.metric = a.metric
 WHERE a.adapter_id IS NOT NULL
 GROUP BY a.run_id, a.adapter_id, a.adapter_name, a.scale, a.suite_name, a.metric;
