@@ -552,3 +552,15 @@ def test_callback_judges_grad_norm_against_the_runs_max_grad_norm() -> None:
     for name in sorted(f for f, k in REAL_LABELS.items() if not k):
         cb, stopped_at = _replay(name, corpus=REAL, args=SimpleNamespace(max_grad_norm=1.0))
         assert stopped_at is None, (name, cb.findings)
+
+
+def test_cli_max_grad_norm_flag_judges_grad_norms_against_the_clip(capsys):
+    from harness.cli import main
+
+    real = Path(__file__).parent / "data" / "anomaly_logs_real"
+    assert main(["anomalies", str(real / "healthy__linear_eval.json"), "--max-grad-norm", "1.0"]) == 0
+    capsys.readouterr()
+    assert main(["anomalies", str(real / "divergence__lr1_constant.json"), "--max-grad-norm", "1.0", "--json"]) == 1
+    kinds = {f["kind"] for f in json.loads(capsys.readouterr().out)}
+    assert {"divergence", "grad_explosion"} <= kinds
+    assert main(["anomalies", str(real / "healthy__linear_eval.json"), "--max-grad-norm", "nan"]) == 2

@@ -23,6 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("path", type=Path, metavar="PATH", help="trainer_state.json, checkpoint or output directory, CSV or JSONL")
     p.add_argument("--json", action="store_true", help="print the findings as a JSON list of {kind, severity, step, message}")
+    p.add_argument("--max-grad-norm", type=float, default=None, metavar="X",
+                   help="the run's gradient clipping (max_grad_norm), when the log does not record it: grad norms far "
+                        "above it are a finding")
 
 
 def _table(findings: list) -> str:
@@ -43,8 +46,14 @@ def _table(findings: list) -> str:
 def run(args: argparse.Namespace) -> int:
     from harness.anomalies import detect, has_errors, read_log
 
+    import math
+
+    from harness.errors import UsageError
+
+    if args.max_grad_norm is not None and not (math.isfinite(args.max_grad_norm) and args.max_grad_norm > 0):
+        raise UsageError(f"--max-grad-norm {args.max_grad_norm!r} must be a positive number (the Trainer's default is 1.0)")
     log = read_log(args.path)
-    findings = detect(log)
+    findings = detect(log, max_grad_norm=args.max_grad_norm)
     if args.json:
         print(json.dumps([f.to_dict() for f in findings], indent=2))
     else:
