@@ -91,6 +91,7 @@ def describe_pid(pid: int) -> str:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
     except OSError:
         return f"PID {pid}"
+    cmd = " ".join(cmd.split())  # one line: a `python -c` script has newlines
     if not cmd:
         return f"PID {pid}"
     words = cmd.split()

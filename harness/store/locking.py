@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import StorageError
-from harness.store.errors import damaged, describe_pid, first_line, is_lock_conflict, lock_holder_pid, pid_alive
+from harness.store.errors import damaged, describe_pid, is_lock_conflict, lock_holder_pid, pid_alive
 from harness.store.rows import _now
 
 _POLL = 0.05
@@ -131,7 +131,7 @@ def open_duckdb(db: Path, read_only: bool, deadline: float, timeout: float) -> A
     waited_for = None
     while True:
         try:
-            return duckdb.connect(str(db), read_only=read_only)
+            con = duckdb.connect(str(db), read_only=read_only)
         except duckdb.Error as exc:
             if not is_lock_conflict(exc):
                 raise damaged(db, exc) from None
@@ -145,6 +145,30 @@ def open_duckdb(db: Path, read_only: bool, deadline: float, timeout: float) -> A
                 time.sleep(_POLL * 2)
                 continue
             raise StorageError(
-                f"results DB {db} is held open by {who} for over {timeout:.0f}s ({first_line(exc)[:120]}); "
+                f"results DB {db} is held open by {who} for over {timeout:.0f}s (DuckDB: conflicting lock); "
                 "close that program or pass --db another.duckdb"
             ) from None
+        try:
+            _check_size(con, db)
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+
+def _check_size(con: Any, db: Path) -> None:
+    """A file shorter than the blocks its header counts was cut (DuckDB may open it and fail only later,
+    on the first read of a missing block): refuse it at open, cheaply."""
+    import duckdb
+
+    try:
+        row = con.execute("PRAGMA database_size").fetchone()
+        # used blocks each sit at their own place in the file (total_blocks also counts free ones, which
+        # DuckDB may have cut off the end), so a healthy file holds at least that many
+        block_size, used_blocks = int(row[2]), int(row[4])
+        size = db.stat().st_size
+    except (duckdb.Error, OSError, TypeError, ValueError, IndexError) as exc:
+        raise damaged(db, exc) from None
+    if size < block_size * used_blocks:
+        raise damaged(db, OSError(f"the file is {size} bytes but holds {used_blocks} blocks of {block_size} bytes "
+                                  "in use: it was cut short"))

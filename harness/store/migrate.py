@@ -54,7 +54,7 @@ def migrate(con: Any, path: Path) -> None:
     current = schema_version(con)
     refuse_newer(current, path)
     for version, file in migrations():
-        if version <= current:
+        if version <= current or version > SCHEMA_VERSION:  # the set this process started with, and no more
             continue
         con.execute("BEGIN TRANSACTION")
         try:
