@@ -8,11 +8,13 @@ scores, so a hit is always safe to reuse and a miss never borrows another model'
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from harness.adapters import ADAPTER_NAME, AdapterInfo, detach_adapter, load_adapter, set_scale
+from harness import taskformat
 from harness.errors import SafetyError
 from harness.generate import Generation, generate, render_prompt
 from harness.models import LoadedBase, weights_fingerprint
@@ -20,7 +22,7 @@ from harness.scorers import BoundScorer, Example, Score, get_scorer
 from harness.store import (
     AdapterRow, BaseModelRow, ExampleRow, GenerationRow, ScoreRow, Store, SuiteRow, cache_key,
 )
-from harness.suites import Suite, load_examples, render_user_text
+from harness.suites import Suite, load_examples, render_user_text, suite_directions
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ def run_eval(
     log: Callable[[str], None] = print,
     progress_bar: bool = False,
     examples: dict[str, list[Example]] | None = None,
+    task_format: str | None = None,
 ) -> EvalStats:
     """Evaluate every target on every suite, writing rows through ``run`` as they are produced.
 
@@ -126,21 +129,25 @@ def run_eval(
     run.add_base_model(BaseModelRow(base.ref.model_id, base.ref.name, str(base.ref.path)))
     for t in targets:
         if t.adapter is not None:
-            import json
-
-            parent = (t.adapter.harness or {}).get("parent_adapter_id")
+            # harness.json writes the parent as {"parent_adapter": {"adapter_id": ...}} (train/recipe.py)
+            parent = ((t.adapter.harness or {}).get("parent_adapter") or {}).get("adapter_id")
             run.add_adapter(AdapterRow(
                 t.adapter.adapter_id, base.ref.model_id, str(t.adapter.path), json.dumps(t.adapter.config, sort_keys=True),
                 parent, json.dumps(t.adapter.harness) if t.adapter.harness else None, t.adapter.path.name,
             ))
     loaded = {s.name: (examples or {}).get(s.name) or load_examples(s, limit) for s in suites}
+    # general and leakage suites are scored for leakage of this run's task format (idempotent when the
+    # caller already did it, as `harness eval` does before loading the model)
+    keys, _ = taskformat.resolve(suites, loaded, [t.adapter for t in targets if t.adapter is not None], task_format)
+    suites = taskformat.with_leakage(suites, keys)
     # The whole expected count is declared, and made durable, before anything is generated: a run killed
     # after its first model must read as incomplete, not as a finished smaller run.
     run.expect(sum(len(ex) for ex in loaded.values()) * len(targets))
     run.flush(force=True)
     for suite in suites:
         suite_examples = loaded[suite.name]
-        run.add_suite(SuiteRow(suite.suite_id, suite.name, suite.version, str(suite.path), len(suite_examples)))
+        run.add_suite(SuiteRow(suite.suite_id, suite.name, suite.version, str(suite.path), len(suite_examples),
+                               suite.role, suite.headline, json.dumps(suite_directions(suite), sort_keys=True)))
         run.add_examples(ExampleRow(suite.suite_id, e.id, e.input, e.target, e.category, ",".join(e.truncated) or None)
                          for e in suite_examples)
         scorers = [get_scorer(s.name, s.args) for s in suite.scorers if s.name not in model_metric_names()]

@@ -26,7 +26,26 @@ from harness.yamlsafe import compose_bounded, read_spec_text
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 DATA_SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 FIELDS = ("id", "input", "target", "aliases", "references", "category")
-_TOP_KEYS = {"name", "version", "description", "data", "prompt", "generation", "scorers", "gates"}
+_TOP_KEYS = {"name", "version", "description", "role", "headline", "metrics", "data", "prompt", "generation",
+             "scorers", "gates"}
+#: task: what the adapter was trained for; general: what the base could do (retention is computed, and
+#: leakage of the task's format); leakage: prompts where the task format must not appear; reference:
+#: texts scored against references (ROUGE/BLEU), reported beside the rest
+ROLES = ("task", "general", "leakage", "reference")
+# The metric a scorer's suite is judged by, unless the suite names its own headline.
+_DEFAULT_HEADLINE = {"exact_match": "exact_match", "alias_match": "alias_match", "json_field": "json_exact",
+                     "format_leakage": "format_leakage", "regex": "regex", "rouge": "rougeL", "bleu": "bleu",
+                     "chrf": "chrf", "perplexity": "perplexity"}
+# Metrics where a lower value is better; every other metric is higher-is-better unless a suite says so.
+LOWER_IS_BETTER = frozenset({"format_leakage", "nll", "perplexity"})
+
+
+def higher_is_better(metric: str, overrides: Mapping[str, bool] | None = None) -> bool:
+    """Which way ``metric`` points: a suite's ``metrics: {m: {higher_is_better: ...}}`` first, then the
+    built-in table (format leakage, NLL and perplexity are lower-is-better)."""
+    if overrides and metric in overrides:
+        return bool(overrides[metric])
+    return metric not in LOWER_IS_BETTER
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
 
@@ -66,6 +85,10 @@ class Suite:
     scorers: tuple[ScorerSpec, ...]
     gates: tuple[GateSpec, ...]
     suite_id: str
+    role: str = "task"
+    headline: str | None = None
+    #: metric -> higher_is_better, as the suite declares it (others follow ``higher_is_better``)
+    directions: Mapping[str, bool] = field(default_factory=dict)
     #: text fields longer than this many characters are cut and flagged (data.max_chars)
     max_chars: int = 16_384
 
@@ -145,6 +168,19 @@ def load_suite(name_or_path: str | Path) -> Suite:
         err(f"name must be lower-case letters, digits and dashes, not {name!r}", "name")
     if spec.get("version") is None:
         err("version is required (bump it when data or prompts change)", "version")
+    role = spec.get("role", "task")
+    if role not in ROLES:
+        err(f"role must be one of {', '.join(ROLES)}, not {role!r}", "role")
+    directions: dict[str, bool] = {}
+    metrics_spec = spec.get("metrics") or {}
+    if not isinstance(metrics_spec, dict):
+        err("metrics must map metric names to {higher_is_better: true|false}", "metrics")
+    else:
+        for m, d in metrics_spec.items():
+            if not isinstance(d, dict) or set(d) - {"higher_is_better"} or not isinstance(d.get("higher_is_better"), bool):
+                err(f"metrics.{m} must be {{higher_is_better: true}} or {{higher_is_better: false}}", "metrics", m)
+            else:
+                directions[str(m)] = d["higher_is_better"]
 
     data = spec.get("data")
     data_path = path.parent
@@ -216,9 +252,11 @@ def load_suite(name_or_path: str | Path) -> Suite:
     scorers: list[ScorerSpec] = []
     known = set(scorer_names()) | set(model_metric_names())
     raw_scorers = spec.get("scorers")
-    if not isinstance(raw_scorers, list) or not raw_scorers:
+    if role == "leakage" and raw_scorers in (None, []):
+        raw_scorers = []  # scored for the task's format, added at run time (harness.taskformat)
+    elif not isinstance(raw_scorers, list) or not raw_scorers:
         err("scorers must be a non-empty list of {name, args}", "scorers")
-    else:
+    if isinstance(raw_scorers, list):
         for i, s in enumerate(raw_scorers):
             s = {"name": s} if isinstance(s, str) else s
             if not isinstance(s, dict) or "name" not in s:
@@ -243,6 +281,15 @@ def load_suite(name_or_path: str | Path) -> Suite:
                         err(f"scorer {s['name']!r}: {exc}", "scorers", i, "args")
             scorers.append(ScorerSpec(s["name"], dict(args)))
 
+    headline = spec.get("headline")
+    if headline is not None and not isinstance(headline, str):
+        err(f"headline must be a metric name, not {headline!r}", "headline")
+        headline = None
+    if headline is None and scorers:
+        first = "format_leakage" if role == "leakage" and any(x.name == "format_leakage" for x in scorers) else scorers[0].name
+        headline = _DEFAULT_HEADLINE.get(first, first)
+        if role == "leakage":
+            headline = "format_leakage"
     gates: list[GateSpec] = []
     for i, gd in enumerate(spec.get("gates") or []):
         if not isinstance(gd, dict) or "metric" not in gd or not ({"min", "max"} & set(gd)):
@@ -261,7 +308,18 @@ def load_suite(name_or_path: str | Path) -> Suite:
         name=name, version=str(spec["version"]), description=str(spec.get("description", "")), path=path,
         data_path=data_path, split=split, fields=fields, prompt=prompt, generation=generation,
         scorers=tuple(scorers), gates=tuple(gates), suite_id=_suite_hash(path, data_path), max_chars=max_chars,
+        role=role, headline=headline, directions=directions,
     )
+
+
+def suite_directions(suite: Suite) -> dict[str, bool]:
+    """metric -> higher_is_better for every metric the suite's scorers can emit that has a known
+    direction, plus the suite's own declarations (stored with the suite, read by reports and gates)."""
+    out = {m: False for m in LOWER_IS_BETTER if any(_DEFAULT_HEADLINE.get(sc.name) == m or sc.name == m for sc in suite.scorers)}
+    if suite.headline:
+        out.setdefault(suite.headline, higher_is_better(suite.headline))
+    out.update(suite.directions)
+    return out
 
 
 def default_max_chars() -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from harness.comparison import HEADLINE, Comparison, build_comparison
+from harness.comparison import ROLE_ORDER, Comparison, build_comparison
 from harness.store import Store
 
 
@@ -26,10 +26,17 @@ def _pct(v: float | None, metric: str = "") -> str:
 
 def summary_table(c: Comparison) -> str:
     """Rows are (suite, metric), columns are the models (base, adapter@scale); retention follows."""
-    pairs = sorted({(x.suite, x.metric) for x in c.cells}, key=lambda sm: (sm[0], HEADLINE.get(sm[0]) != sm[1], sm[1]))
+    def order(sm: tuple[str, str]) -> tuple:
+        info = c.suite(sm[0])
+        role = ROLE_ORDER.index(info.role) if info else len(ROLE_ORDER)
+        return (role, sm[0], c.headline(sm[0]) != sm[1], sm[1])
+
+    pairs = sorted({(x.suite, x.metric) for x in c.cells}, key=order)
     rows = []
     for suite, metric in pairs:
-        row = [suite, metric]
+        first = next((x for x in c.cells if (x.suite, x.metric) == (suite, metric)), None)
+        arrow = "" if first is None else (" ↑" if first.higher_is_better else " ↓")  # which way is better
+        row = [suite, metric + arrow]
         for t in c.targets:
             cell = c.cell(t, suite, metric)
             row.append("—" if cell is None else f"{_pct(cell.mean, metric)} (n={cell.n_scored}/{cell.n}"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import jinja2
 
-from harness.comparison import HEADLINE, Comparison
+from harness.comparison import Comparison
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
@@ -35,16 +35,16 @@ def _env() -> jinja2.Environment:
 
 def render_html(comparison: Comparison) -> str:
     """The report as a string (for tests); ``write_report`` writes it atomically."""
-    headline = [c for c in comparison.cells if HEADLINE.get(c.suite) == c.metric]
-    suites = sorted({c.suite for c in headline})
-    table = [
-        (t, [comparison.cell(t, s, HEADLINE[s]) for s in suites])
-        for t in comparison.targets
-    ]
-    others = [c for c in comparison.cells if HEADLINE.get(c.suite) != c.metric]
+    headline = [c for c in comparison.cells if comparison.headline(c.suite) == c.metric]
+    suites = [i.name for i in comparison.suites if any(c.suite == i.name for c in headline)]
+    metrics = {s: comparison.headline(s) for s in suites}
+    table = [(t, [comparison.cell(t, s, metrics[s]) for s in suites]) for t in comparison.targets]
+    others = [c for c in comparison.cells if comparison.headline(c.suite) != c.metric]
+    # colours follow each metric's direction: format leakage of 1.0 is bad, not good
+    high_good = {i.name: i.higher_is_better(i.headline) for i in comparison.suites if i.headline}
     return _env().get_template("report.html.j2").render(
-        c=comparison, csp=CSP, suites=suites, headline_metrics=[HEADLINE[s] for s in suites],
-        table=table, others=others,
+        c=comparison, csp=CSP, suites=suites, headline_metrics=[metrics[s] for s in suites],
+        table=table, others=others, high_good=high_good,
     )
 
 

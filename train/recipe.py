@@ -290,11 +290,20 @@ def train_adapter(
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our StepPrinter prints a shorter line per step
+    kernels = None
     what = f"continuing adapter {parent.adapter_id[:12]}" if parent else f"training {n_trainable:,} LoRA parameters"
     log(f"  {what} on {len(train_ds)} examples ({precision}, {base.device}, init {spec.init_lora_weights if parent is None else 'parent'})")
     interrupted, checkpoint = False, None
     adapter_dir = out_dir
     try:
+        if spec.kernels:
+            from train.kernels import KernelPathError, apply_kernels
+
+            # after the trainer is built: TRL attaches its own fused LM head then, and ours replaces it
+            try:
+                kernels = apply_kernels(peft_model, log=lambda m: log("  " + m))
+            except KernelPathError as exc:
+                raise UsageError(f"kernels: {exc}") from None
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         steps = [dict(s) for s in trainer.state.log_history if "loss" in s or "eval_loss" in s]
         final = next((s["loss"] for s in reversed(steps) if "loss" in s), None)
@@ -308,6 +317,8 @@ def train_adapter(
             convert = {"path_initial_model_for_weight_conversion": str(pissa_init_dir)} if init == "pissa" and parent is None else {}
             _save_adapter(peft_model, adapter_dir, convert)
     finally:
+        if kernels is not None:
+            kernels.undo()
         # Give the caller back its base model without the LoRA layers, in inference mode.
         from harness.adapters import detach_adapter
 
@@ -345,12 +356,15 @@ def train_adapter(
                  "n_truncated": check.n_truncated, "n_supervised_tokens": check.n_supervised_tokens,
                  "source": str(Path(spec.data).resolve()) if spec.data else "in-memory"},
         "parent_adapter": {"adapter_id": parent.adapter_id, "path": str(parent.path)} if parent else None,
+        # the answers' format (the JSON keys of the task completions), for leakage checks of this task
+        "task_format": _task_format(rows),
         "init_lora_weights": "parent" if parent else init,
         "resumed_from": str(resume_from) if resume_from else None,
         "anomalies": [{"kind": f.kind, "severity": f.severity, "step": f.step, "message": f.message} for f in anomaly.findings],
         "stopped_by_anomaly": anomaly.stop_reason,
         "precision": precision,
         "gradient_checkpointing": checkpointing,
+        "kernels": kernels.path._asdict() if kernels is not None else None,
         "device": base.device,
         "packages": package_versions(),
         "metrics": {"final_loss": final, "steps": trainer.state.global_step, "train_seconds": time.perf_counter() - t0,
@@ -360,6 +374,12 @@ def train_adapter(
     _write_atomic(adapter_dir / HARNESS_FILE, json.dumps(record, indent=2, default=_json_default) + "\n")
     result.adapter_id = inspect_adapter(adapter_dir).adapter_id
     return result
+
+
+def _task_format(rows: list[dict]) -> dict | None:
+    from harness.taskformat import record
+
+    return record([str(r["completion"][-1]["content"]) for r in rows])
 
 
 def _disk_full(path: Path, exc: OSError) -> StorageError:

@@ -29,6 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--suite", action="append", default=[], metavar="NAME|PATH", help="built-in suite name, suite directory or suite.yaml path; repeatable")
     p.add_argument("--scale", type=float, action="append", default=None, metavar="S", help="LoRA scale multiplier, 0 = base model; repeatable (default: 1.0)")
     p.add_argument("--no-base", action="store_true", help="skip the base model (scale 0) rows")
+    p.add_argument("--task-format", default=None, metavar="KEY,KEY",
+                   help="the JSON keys of the task's answers, for format leakage on general and leakage suites "
+                        "(default: from the run's task suite targets, else from the adapters' harness.json)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples of each suite")
     p.add_argument("--batch-size", type=int, default=16, help="generation batch size (default: %(default)s)")
     p.add_argument("--flush-every", type=int, default=64, metavar="N",
@@ -78,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
     names = {a.adapter_id: n for a, n in zip(adapters, args.name)}
     if not adapters and args.no_base:
         raise UsageError("nothing to evaluate: --no-base given and no --adapter")
+    from harness import taskformat
+
+    keys, key_source = taskformat.resolve(suites, examples, adapters, args.task_format)
+    suites = taskformat.with_leakage(suites, keys)  # a leakage suite with no known format is exit 2 here
     ref = resolve_base(args.base, allow_pickle=args.allow_pickle)
     from harness.adapters import check_base_identity, check_base_name
 
@@ -92,17 +99,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {w}", file=sys.stderr)
     # The weights load only when something is left to generate (a fully cached re-run needs the
     # tokenizer alone: prompts are part of the cache key).
-    base = load_base(ref, device=args.device, lazy=True)
     store = Store(args.db or default_db_path())
+    store.query("SELECT 1")  # a damaged or locked database is exit 5 now, before the tokenizer or model loads
+    base = load_base(ref, device=args.device, lazy=True)
     targets = expand_targets(adapters, scales, include_base=not args.no_base)
     info = RunInfo(kind="eval", command=shlex.join(["harness", *sys.argv[1:]]), seed=args.seed,
                    config={"device": base.device, "base": args.base, "scales": scales, "suites": [s.name for s in suites],
                            "warnings": warnings, "batch_size": args.batch_size, "names": names,
+                           "task_format": {"keys": list(keys), "source": key_source},
+                           "scorers": {s.name: [_scorer_record(sc) for sc in s.scorers] for s in suites},
                            # what the cache key leaves out on purpose: results reused across these are
                            # the same results (greedy outputs do not depend on them, checked in tests)
                            "cache_key_excludes": ["batch_size", "flush_every", "device", "library versions"]})
     with store.run(info) as run_writer:
         stats = run_eval(base, targets, suites, run_writer, store, batch_size=args.batch_size, limit=args.limit,
+                         task_format=",".join(keys) or None,
                          flush_every=args.flush_every, progress_bar=sys.stderr.isatty(), examples=examples,
                          log=lambda m: print(m, file=sys.stderr))
         run_id = run_writer.run_id
@@ -121,3 +132,12 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def _scorer_record(spec) -> dict:
+    """name, version and arguments of one scorer, as stored with the run."""
+    from harness.metrics import model_metric_names
+    from harness.scorers import scorer_info
+
+    version = "1" if spec.name in model_metric_names() else scorer_info(spec.name).version
+    return {"name": spec.name, "version": version, "args": dict(spec.args)}

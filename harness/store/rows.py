@@ -51,6 +51,10 @@ class SuiteRow:
     version: str
     path: str
     n_examples: int
+    role: str | None = None
+    headline: str | None = None
+    #: JSON object metric -> higher_is_better
+    directions_json: str | None = None
 
 
 @dataclass(frozen=True)
@@ -148,7 +152,8 @@ _TABLES: dict[type, tuple[str, bool, bool]] = {
     FindingRow: ("findings", True, True),
     GateRow: ("gate_results", True, True),
 }
-_COLUMN_RENAMES = {"config_json": "config", "harness_json": "harness", "settings_json": "settings"}
+_COLUMN_RENAMES = {"config_json": "config", "harness_json": "harness", "settings_json": "settings",
+                   "directions_json": "directions"}
 
 
 def _now() -> str:

@@ -1,4 +1,4 @@
--- adapter-harness results store: the current schema (version 4), for reading.
+-- adapter-harness results store: the current schema (version 5), for reading.
 -- The database is built by the numbered files in migrations/; a test checks that applying them to an
 -- empty database gives exactly this schema. Long format: one row per generation, one per
 -- (generation, metric) score. Open it yourself: duckdb harness.duckdb "SELECT * FROM v_runs"
@@ -19,7 +19,11 @@ CREATE TABLE adapters (
     adapter_id VARCHAR PRIMARY KEY, base_model_id VARCHAR, path VARCHAR, config JSON,
     parent_adapter_id VARCHAR, harness JSON, name VARCHAR
 );
-CREATE TABLE suites (suite_id VARCHAR PRIMARY KEY, name VARCHAR, version VARCHAR, path VARCHAR, n_examples INTEGER);
+-- role: task | general | leakage | reference; directions: metric -> higher_is_better.
+CREATE TABLE suites (
+    suite_id VARCHAR PRIMARY KEY, name VARCHAR, version VARCHAR, path VARCHAR, n_examples INTEGER,
+    role VARCHAR, headline VARCHAR, directions JSON
+);
 CREATE TABLE examples (
     suite_id VARCHAR, example_id VARCHAR, input VARCHAR, target VARCHAR, category VARCHAR,
     truncated VARCHAR,
