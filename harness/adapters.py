@@ -26,7 +26,7 @@ CONFIG = "adapter_config.json"
 ADAPTER_NAME = "default"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class AdapterInfo:
     """A checked adapter directory.
 
@@ -48,6 +48,13 @@ class AdapterInfo:
     @property
     def base_model_name(self) -> str | None:
         return self.config.get("base_model_name_or_path")
+
+    # Identity is the id (plus where it was read from): the parsed config dicts are not hashable.
+    def __hash__(self) -> int:
+        return hash((self.adapter_id, str(self.path)))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AdapterInfo) and (self.adapter_id, self.path) == (other.adapter_id, other.path)
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -316,36 +323,25 @@ def check_against_base(info: AdapterInfo, model: "PreTrainedModel") -> None:
                 )
 
 
-def load_adapter(model: "PreTrainedModel", info: AdapterInfo, trainable: bool = False) -> "PeftModel":
+def load_adapter(model: "PreTrainedModel", info: AdapterInfo, trainable: bool = False,
+                 adapter_name: str = ADAPTER_NAME) -> "PeftModel":
     """Attach a checked adapter to ``model``, reading the safetensors file ourselves.
 
     ``PeftModel.from_pretrained`` would resolve the path on its own (falling back to a pickle or the
     Hub); here the weights come only from the file the pre-flight checked, and a partial load (keys
     missing or unexpected) is refused instead of silently leaving layers at their no-op init.
     """
-    from peft import LoraConfig, PeftModel, set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    from peft import NoMatchingPeftModuleError
+    from peft import LoraConfig, NoMatchingPeftModuleError, PeftModel
 
     check_against_base(info, model)
     check_target_modules(info.config.get("target_modules"), model, str(info.path / CONFIG))
     config = LoraConfig.from_pretrained(str(info.path))
     config.inference_mode = not trainable
     try:
-        peft_model = PeftModel(model, config, adapter_name=ADAPTER_NAME)
+        peft_model = PeftModel(model, config, adapter_name=adapter_name)
     except (NoMatchingPeftModuleError, ValueError) as exc:
         raise IncompatibleError(f"{info.path}: the adapter's config does not fit this base: {str(exc).splitlines()[0]}") from None
-    state = load_file(str(info.path / WEIGHTS), device=str(next(model.parameters()).device))
-    result = set_peft_model_state_dict(peft_model, state, adapter_name=ADAPTER_NAME)
-    missing = [k for k in result.missing_keys if ".lora_" in k and f".{ADAPTER_NAME}." in k]
-    unexpected = list(result.unexpected_keys)
-    if missing or unexpected:
-        raise IncompatibleError(
-            f"{info.path}: partial load ({len(missing)} missing, {len(unexpected)} unexpected keys, e.g. "
-            f"{(missing + unexpected)[0]}); the adapter was trained for a different base "
-            f"({info.base_model_name!r}) or with other target_modules"
-        )
+    _load_state(peft_model, info, adapter_name)
     if trainable:
         n = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
         if n == 0:
@@ -353,6 +349,40 @@ def load_adapter(model: "PreTrainedModel", info: AdapterInfo, trainable: bool = 
     else:
         peft_model.eval()
     return peft_model
+
+
+def _load_state(peft_model: "PeftModel", info: AdapterInfo, adapter_name: str) -> None:
+    """Load the checked safetensors file into ``adapter_name``; refuse a partial load."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = load_file(str(info.path / WEIGHTS), device=str(next(peft_model.parameters()).device))
+    result = set_peft_model_state_dict(peft_model, state, adapter_name=adapter_name)
+    missing = [k for k in result.missing_keys if ".lora_" in k and f".{adapter_name}." in k]
+    unexpected = list(result.unexpected_keys)
+    if missing or unexpected:
+        raise IncompatibleError(
+            f"{info.path}: partial load ({len(missing)} missing, {len(unexpected)} unexpected keys, e.g. "
+            f"{(missing + unexpected)[0]}); the adapter was trained for a different base "
+            f"({info.base_model_name!r}) or with other target_modules"
+        )
+
+
+def add_adapter(peft_model: "PeftModel", info: AdapterInfo, adapter_name: str) -> None:
+    """Load one more checked adapter into ``peft_model`` under ``adapter_name`` (for mixed batches)."""
+    from peft import LoraConfig
+
+    base = peft_model.base_model.model
+    check_against_base(info, base)
+    check_target_modules(info.config.get("target_modules"), base, str(info.path / CONFIG))
+    config = LoraConfig.from_pretrained(str(info.path))
+    config.inference_mode = True
+    try:
+        peft_model.add_adapter(adapter_name, config)
+    except ValueError as exc:
+        raise IncompatibleError(f"{info.path}: the adapter's config does not fit this base: {str(exc).splitlines()[0]}") from None
+    _load_state(peft_model, info, adapter_name)
+    peft_model.eval()
 
 
 def linear_module_names(model: "PreTrainedModel") -> list[str]:

@@ -72,6 +72,7 @@ def generate(
     settings: GenerationSettings,
     batch_size: int = 16,
     progress: Callable[[int], None] | None = None,
+    adapter_names: Sequence[str] | None = None,
 ) -> list[Generation]:
     """Generate for rendered ``prompts``; results come back in input order.
 
@@ -81,6 +82,8 @@ def generate(
 
     Args:
         progress: called with the number of prompts finished after each batch.
+        adapter_names: per prompt, the PEFT adapter that answers it (``__base__`` for the base model);
+            rows of different adapters and scales share a batch (PEFT's mixed-adapter batches).
     """
     import torch
 
@@ -124,8 +127,9 @@ def generate(
         pad = tokenizer.pad_token_id
         ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in batch], device=device)
         mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch], device=device)
+        route = {"adapter_names": [adapter_names[i] for i in batch]} if adapter_names is not None else {}
         with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+            out = model.generate(input_ids=ids, attention_mask=mask, **kwargs, **route)
         new = out[:, width:]
         share = (time.perf_counter() - t0) / len(batch)
         for row, i in zip(new.tolist(), batch):

@@ -7,17 +7,16 @@ scores, so a hit is always safe to reuse and a miss never borrows another model'
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from harness.adapters import ADAPTER_NAME, AdapterInfo, detach_adapter, load_adapter, set_scale
+from harness.adapters import AdapterInfo
+from harness.engine import attached, plan_groups
 from harness import taskformat
-from harness.errors import SafetyError
 from harness.generate import Generation, generate, render_prompt
-from harness.models import LoadedBase, weights_fingerprint
+from harness.models import LoadedBase
 from harness.scorers import BoundScorer, Example, Score, get_scorer
 from harness.store import (
     AdapterRow, BaseModelRow, ExampleRow, GenerationRow, ScoreRow, Store, SuiteRow, cache_key,
@@ -64,30 +63,6 @@ def expand_targets(adapters: Sequence[AdapterInfo], scales: Sequence[float], inc
     return targets
 
 
-@contextlib.contextmanager
-def _attached(base: LoadedBase, target: Target) -> Iterator[object]:
-    """Yield a model with ``target``'s adapter attached at its scale; detach afterwards."""
-    if target.adapter is None:
-        yield base.model
-        return
-    if base.fingerprint is None:
-        base.fingerprint = weights_fingerprint(base.model)
-    peft_model = load_adapter(base.model, target.adapter)
-    try:
-        set_scale(peft_model, target.scale, ADAPTER_NAME)
-        yield peft_model
-    finally:
-        base.model = detach_adapter(peft_model)
-        # The base generates again after this (its own rows, or the next adapter's): verify that the
-        # adapter left no trace in its weights before it does.
-        if weights_fingerprint(base.model) != base.fingerprint:
-            raise SafetyError(
-                f"{target.adapter.path}: the base model's weights changed while this adapter was attached; stopped "
-                "before the base generated again (no row from the changed model is stored). Reload and "
-                "report the adapter file"
-            )
-
-
 def _score(scorers: Sequence[BoundScorer], gen: Generation, example: Example) -> list[tuple[BoundScorer, Score]]:
     out: list[tuple[BoundScorer, Score]] = []
     for sc in scorers:
@@ -115,6 +90,7 @@ def run_eval(
     progress_bar: bool = False,
     examples: dict[str, list[Example]] | None = None,
     task_format: str | None = None,
+    self_check: bool = True,
 ) -> EvalStats:
     """Evaluate every target on every suite, writing rows through ``run`` as they are produced.
 
@@ -144,6 +120,8 @@ def run_eval(
     # after its first model must read as incomplete, not as a finished smaller run.
     run.expect(sum(len(ex) for ex in loaded.values()) * len(targets))
     run.flush(force=True)
+    # self-check rows (scale 0 == base, scale 1 == plain PEFT load), taken when adapters first attach
+    checks: list = [] if self_check else None  # type: ignore[assignment]
     for suite in suites:
         suite_examples = loaded[suite.name]
         run.add_suite(SuiteRow(suite.suite_id, suite.name, suite.version, str(suite.path), len(suite_examples),
@@ -154,6 +132,7 @@ def run_eval(
         wants_ppl = any(s.name == "perplexity" for s in suite.scorers)
         versions = {s.name: s.version for s in scorers}
         prompts = [render_prompt(base.tokenizer, render_user_text(suite, e), suite.prompt.system, suite.prompt.raw) for e in suite_examples]
+        todo: list[tuple[Target, _Request]] = []
         for target in targets:
             reqs = [
                 _Request(suite, e, p, cache_key(
@@ -172,20 +151,32 @@ def run_eval(
             # An error row is a record of a failure, never an answer: it is not served from the cache, so
             # a rerun retries it.
             hits = {k: v for k, v in store.cached([r.key for r in reqs]).items() if v.error is None}
-            todo = [r for r in reqs if r.key not in hits]
+            missing = [r for r in reqs if r.key not in hits]
             run.use_cached([r.key for r in reqs if r.key in hits])
-            stats.cached += len(reqs) - len(todo)
-            log(f"  {suite.name} × {target.label}: {len(reqs)} examples, {len(reqs) - len(todo)} cached, {len(todo)} to generate")
-            if not todo:
-                continue
-            bar = _bar(len(todo), f"{suite.name} × {target.label}") if progress_bar else None
-            with _attached(base, target) as model:
-                for start in range(0, len(todo), flush_every):
-                    chunk = todo[start : start + flush_every]
+            stats.cached += len(reqs) - len(missing)
+            log(f"  {suite.name} × {target.label}: {len(reqs)} examples, {len(reqs) - len(missing)} cached, {len(missing)} to generate")
+            todo.extend((target, r) for r in missing)
+        if not todo:
+            continue
+        pending = list(dict.fromkeys(t for t, _ in todo))
+        # Every (adapter, scale) of this suite that has work, with the base, shares batches where PEFT
+        # allows it (harness.engine); the rows of one group are length-sorted together by generate().
+        for group_targets in plan_groups(pending):
+            items = [(t, r) for t, r in todo if t in group_targets]
+            who = group_targets[0].label if len(group_targets) == 1 else f"{len(group_targets)} models in shared batches"
+            bar = _bar(len(items), f"{suite.name} × {who}") if progress_bar else None
+            with attached(base, group_targets, checks) as group:
+                if checks:
+                    run.add_gate_results(checks)
+                    checks.clear()
+                for start in range(0, len(items), flush_every):
+                    chunk = items[start : start + flush_every]
                     tick = (lambda done, at=start: bar.update(at + done - bar.n)) if bar is not None else None
-                    gens = generate(model, base.tokenizer, [r.prompt for r in chunk], suite.generation, batch_size, tick)
-                    nll = _perplexity(model, base, chunk) if wants_ppl else [None] * len(chunk)
-                    for r, g, ppl in zip(chunk, gens, nll):
+                    routes = group.route([t for t, _ in chunk])
+                    gens = generate(group.model, base.tokenizer, [r.prompt for _, r in chunk], suite.generation,
+                                    batch_size, tick, adapter_names=routes)
+                    nll = _perplexity(group.model, base, [r for _, r in chunk], routes) if wants_ppl else [None] * len(chunk)
+                    for (target, r), g, ppl in zip(chunk, gens, nll):
                         # An error row is this run's record of a failure, never a cached answer: it is stored
                         # under its own key (cache key + run), so no later lookup finds it, a rerun retries the
                         # example, and this run's own history keeps its error.
@@ -205,7 +196,7 @@ def run_eval(
                     stats.generated += len(chunk)
                     run.flush()
                     if bar is None:
-                        log(f"    {min(start + flush_every, len(todo))}/{len(todo)} generated")
+                        log(f"    {min(start + flush_every, len(items))}/{len(items)} generated")
             if bar is not None:
                 bar.close()
     stats.seconds = time.perf_counter() - t_start
@@ -221,11 +212,11 @@ def _bar(total: int, desc: str):
     return tqdm(total=total, desc=f"  {desc}", unit="ex", file=sys.stderr, leave=True, dynamic_ncols=True)
 
 
-def _perplexity(model, base: LoadedBase, chunk: Sequence[_Request]) -> list[list[ScoreRow] | None]:
+def _perplexity(model, base: LoadedBase, chunk: Sequence[_Request], routes: Sequence[str] | None) -> list[list[ScoreRow] | None]:
     from harness.metrics.perplexity import reference_nll
 
     refs = [r.example.target or "" for r in chunk]
-    results = reference_nll(model, base.tokenizer, [r.prompt for r in chunk], refs)
+    results = reference_nll(model, base.tokenizer, [r.prompt for r in chunk], refs, adapter_names=routes)
     out: list[list[ScoreRow] | None] = []
     for r, res in zip(chunk, results):
         reason = None if res.mean_nll is not None else "reference has no tokens"

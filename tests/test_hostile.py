@@ -180,7 +180,8 @@ def test_modules_to_save_stays_inside_the_adapter(tiny_model_dir, tmp_path):
 
     from harness.adapters import inspect_adapter
     from harness.models import load_base, resolve_base, weights_fingerprint
-    from harness.runner import Target, _attached
+    from harness.engine import attached
+    from harness.runner import Target
 
     torch.manual_seed(2)
     pm = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
@@ -194,8 +195,8 @@ def test_modules_to_save_stays_inside_the_adapter(tiny_model_dir, tmp_path):
     ids = base.tokenizer("Capital of France?", return_tensors="pt").input_ids
     with torch.no_grad():
         ref_logits = base.model(ids).logits
-        with _attached(base, Target(info, 1.0)) as model:
-            assert not torch.equal(model(ids).logits, ref_logits)  # the adapter's lm_head is in use
+        with attached(base, [Target(info, 1.0)]) as group:
+            assert not torch.equal(group.model(ids).logits, ref_logits)  # the adapter's lm_head is in use
         assert torch.equal(base.model(ids).logits, ref_logits)
     assert weights_fingerprint(base.model) == clean
 
@@ -205,6 +206,7 @@ def test_a_detach_that_leaves_a_trace_stops_the_run_before_the_base_generates(ti
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    import harness.engine as engine
     import harness.runner as runner
     from harness.adapters import inspect_adapter
     from harness.models import load_base, resolve_base
@@ -216,7 +218,7 @@ def test_a_detach_that_leaves_a_trace_stops_the_run_before_the_base_generates(ti
     with torch.no_grad():
         pm.base_model.model.lm_head.modules_to_save["default"].weight.mul_(3.0)
     pm.save_pretrained(tmp_path / "mts")
-    monkeypatch.setattr(runner, "detach_adapter", lambda m: m.unload())  # PEFT's own unload: keeps the copy
+    monkeypatch.setattr(engine, "detach_adapter", lambda m: m.unload())  # PEFT's own unload: keeps the copy
     base = load_base(resolve_base(str(tiny_model_dir)), device="cpu")
     suites = [load_suite(write_suite(tmp_path / "s1")), load_suite(write_suite(tmp_path / "s2", extra="description: two\n"))]
     store = Store(tmp_path / "h.duckdb")
@@ -224,8 +226,9 @@ def test_a_detach_that_leaves_a_trace_stops_the_run_before_the_base_generates(ti
     with pytest.raises(SafetyError, match="weights changed"):
         with store.run(RunInfo(kind="eval", command="test")) as run:
             runner.run_eval(base, targets, suites, run, store, log=lambda m: None)
-    base_rows = store.query("SELECT count(*) AS n FROM generations WHERE adapter_id IS NULL")[0]["n"]
-    assert base_rows == 1  # suite 1's base row only: suite 2's base never ran on the changed model
+    # the self-check's plain load and detach comes first, so the trace is found before anything is
+    # generated: no row at all, and certainly no base row from the changed model
+    assert store.query("SELECT count(*) AS n FROM generations")[0]["n"] == 0
 
 
 def test_auto_map_in_tokenizer_config_is_refused(tiny_model_dir, tmp_path, capsys):

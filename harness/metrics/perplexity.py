@@ -41,6 +41,7 @@ def reference_nll(
     prompts: Sequence[str],
     references: Sequence[str],
     batch_size: int = 8,
+    adapter_names: Sequence[str] | None = None,
 ) -> list[NLLResult]:
     """NLL of each reference continuing its prompt (texts already rendered; no special tokens added)."""
     import torch
@@ -66,7 +67,8 @@ def reference_nll(
             input_ids[i, : len(ids)] = torch.tensor(ids)
             mask[i, : len(ids)] = 1
         with torch.no_grad():
-            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float()
+            route = {"adapter_names": list(adapter_names[start : start + batch_size])} if adapter_names else {}
+            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), **route).logits.float()
         logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
         targets = input_ids[:, 1:].to(device)
         token_lp = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
