@@ -52,6 +52,9 @@ class TrainSpec:
     gradient_checkpointing: str | bool = "auto"
     max_seq_length: int = 512
     seed: int = 3407
+    # fused kernels (train/kernels): Triton on a GPU (or in Triton's CPU interpreter), else the PyTorch
+    # reference path; which one runs is logged. Same losses as without, within float rounding.
+    kernels: bool = False
     # data mixed in to limit forgetting, as shares of the mixed set: {"general": 0.2} (the base model's
     # own answers to built-in general prompts, or general_data when given), {"parent": 0.3} (the
     # parent adapter's training data, with --from-adapter)
@@ -130,6 +133,9 @@ def validate(spec: TrainSpec) -> tuple[list[str], list[str]]:
             errors.append(f"mix.{name}={share}: a share of the mixed set must be between 0 and 1 (usual 0.1-0.3)")
     if sum(v for v in spec.mix.values() if isinstance(v, (int, float))) >= 1:
         errors.append(f"mix shares add up to {sum(spec.mix.values()):g}: they must leave room for the task data (< 1)")
+    if spec.kernels and (spec.lora_dropout > 0 or spec.use_dora or spec.bias != "none"):
+        warnings.append("kernels: the fused LoRA path needs lora_dropout 0, no DoRA and bias none; "
+                        "the LoRA layers keep PEFT's forward (the other kernels still apply)")
     if spec.general_data and "general" not in spec.mix:
         warnings.append("general_data is set but mix.general is not: the general data is not used")
     return errors, warnings

@@ -49,6 +49,7 @@ FIELD_HELP = {
     "eval_steps": "eval every N steps (default: logging_steps)",
     "early_stopping_patience": "stop after N evals without a lower eval_loss (needs eval_split)",
     "save_steps": "resumable checkpoint every N steps under OUT/checkpoints (default: only on SIGTERM)",
+    "kernels": "fused Triton kernels (RMSNorm, RoPE, SwiGLU, LoRA linear, chunked LM-head cross-entropy); same as --kernels",
 }
 
 
@@ -99,6 +100,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", action="extend", nargs="+", default=[], metavar="FIELD=V1,V2",
                    help="train one adapter per combination, e.g. --grid r=8,16 lora_alpha=16,32 -> OUT/NAME-r8-alpha16 ...")
     p.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
+    p.add_argument("--kernels", action="store_true",
+                   help="train with the fused kernels (train/kernels); HARNESS_KERNELS=triton|reference forces a path")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -115,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = _parse_sets(args.overrides)
     if args.data is not None:
         overrides["data"] = args.data
+    if args.kernels:
+        overrides["kernels"] = True
     spec = load_spec(args.spec, overrides)
     grid = parse_grid(args.grid)
     if {"base", "data"} & set(grid):
