@@ -64,9 +64,15 @@ class ScorerSpec:
 
 @dataclass(frozen=True)
 class GateSpec:
+    """One entry of a suite's ``gates:`` (see ``harness.gates``): ``min``/``max`` bound the metric's mean
+    (``metric: retention`` on a general suite: its retention); ``min_gain`` the gain over the base model;
+    ``max_drop`` the paired drop against a baseline adapter."""
+
     metric: str
     min: float | None = None
     max: float | None = None
+    min_gain: float | None = None
+    max_drop: float | None = None
 
 
 @dataclass(frozen=True)
@@ -291,14 +297,24 @@ def load_suite(name_or_path: str | Path) -> Suite:
         if role == "leakage":
             headline = "format_leakage"
     gates: list[GateSpec] = []
+    gate_keys = ("min", "max", "min_gain", "max_drop")
     for i, gd in enumerate(spec.get("gates") or []):
-        if not isinstance(gd, dict) or "metric" not in gd or not ({"min", "max"} & set(gd)):
-            err("each gate needs a metric and a min or max", "gates", i)
+        if not isinstance(gd, dict) or "metric" not in gd or not (set(gate_keys) & set(gd)):
+            err(f"each gate needs a metric and one of {', '.join(gate_keys)}", "gates", i)
             continue
+        for k in sorted(set(gd) - {"metric", *gate_keys}, key=str):
+            err(f"unknown gate key {k!r}; allowed: metric, {', '.join(gate_keys)}", "gates", i, k)
+        if gd["metric"] == "retention" and role != "general":
+            err("a retention gate belongs on a general suite (retention of the base's correct answers)", "gates", i)
         try:
-            gates.append(GateSpec(str(gd["metric"]), _opt_float(gd.get("min")), _opt_float(gd.get("max"))))
+            values = {k: _opt_float(gd.get(k)) for k in gate_keys}
         except (TypeError, ValueError):
             err(f"gate thresholds must be numbers, got {gd!r}", "gates", i)
+            continue
+        if any(v is not None and not math.isfinite(v) for v in values.values()):
+            err(f"gate thresholds must be finite numbers, got {gd!r}", "gates", i)
+            continue
+        gates.append(GateSpec(str(gd["metric"]), **values))
 
     if not errors and data_path.is_file():
         errors.extend(check_jsonl(data_path))

@@ -1,0 +1,57 @@
+"""Helpers for the gate tests (no tests here): suites on disk and runs written straight into a store, no model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harness.store import (
+    AdapterRow, BaseModelRow, ExampleRow, GenerationRow, RunInfo, ScoreRow, Store, SuiteRow,
+)
+from harness.suites import Suite, load_suite, suite_directions
+
+A = "a" * 64  # the candidate adapter's id
+B = "b" * 64  # the baseline adapter's id
+
+
+def write_suite(root: Path, name: str, role: str, scorer: str, headline: str, n: int, gates: str = "") -> Suite:
+    d = root / name
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "data.jsonl").write_text("".join(json.dumps({"id": f"e{i}", "input": f"q{i}", "target": "t"}) + "\n" for i in range(n)))
+    scorers = "scorers: []\n" if scorer == "" else f"scorers: [{{name: {scorer}}}]\n"
+    (d / "suite.yaml").write_text(f"name: {name}\nversion: 1\nrole: {role}\nheadline: {headline}\n"
+                                  f"data: {{path: data.jsonl}}\n{scorers}{gates}")
+    return load_suite(d / "suite.yaml")
+
+
+def fake_run(store: Store, suites: list[Suite], scores: dict, errors: dict | None = None, harness: dict | None = None,
+             n_expected: int | None = None) -> str:
+    """scores: {(adapter_id or None, scale, suite name): {metric: [value per example]}}; errors:
+    {(adapter_id, scale, suite): [example index]} (error rows instead of outputs)."""
+    errors = errors or {}
+    by_name = {s.name: s for s in suites}
+    with store.run(RunInfo(kind="eval", command="test")) as run:
+        run.add_base_model(BaseModelRow("base", "tiny", "/base"))
+        for aid in {k[0] for k in scores} - {None}:
+            run.add_adapter(AdapterRow(aid, "base", f"/adapters/{aid[:4]}", "{}", None,
+                                       json.dumps(harness) if harness and aid == A else None, f"ad-{aid[:1]}"))
+        for s in suites:
+            n = max(len(v) for k, m in scores.items() if k[2] == s.name for v in m.values())
+            run.add_suite(SuiteRow(s.suite_id, s.name, s.version, str(s.path), n, s.role, s.headline,
+                                   json.dumps(suite_directions(s))))
+            run.add_examples(ExampleRow(s.suite_id, f"e{i}", f"q{i}", "t", None) for i in range(n))
+        total = 0
+        for (aid, scale, suite), metrics in scores.items():
+            s = by_name[suite]
+            n = max(len(v) for v in metrics.values())
+            for i in range(n):
+                key = f"{aid}-{scale}-{suite}-{i}"
+                err = "boom" if i in errors.get((aid, scale, suite), ()) else None
+                run.add_generations([GenerationRow(key, "base", aid, scale, s.suite_id, f"e{i}", f"q{i}",
+                                                   None if err else f"out{i}", "{}", 1, 1, err, 0.0)])
+                if not err:
+                    run.add_scores(ScoreRow(key, m, v[i], None if v[i] is not None else "no score", "x", "1")
+                                   for m, v in metrics.items() if i < len(v))
+                total += 1
+        run.expect(n_expected if n_expected is not None else total)
+        return run.run_id
