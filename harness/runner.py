@@ -122,6 +122,7 @@ def run_eval(
     run.flush(force=True)
     # self-check rows (scale 0 == base, scale 1 == plain PEFT load), taken when adapters first attach
     checks: list = [] if self_check else None  # type: ignore[assignment]
+    checked: set[str] = set()  # adapters already self-checked in this call (once each, not once per suite)
     for suite in suites:
         suite_examples = loaded[suite.name]
         run.add_suite(SuiteRow(suite.suite_id, suite.name, suite.version, str(suite.path), len(suite_examples),
@@ -165,7 +166,9 @@ def run_eval(
             items = [(t, r) for t, r in todo if t in group_targets]
             who = group_targets[0].label if len(group_targets) == 1 else f"{len(group_targets)} models in shared batches"
             bar = _bar(len(items), f"{suite.name} × {who}") if progress_bar else None
-            with attached(base, group_targets, checks) as group:
+            unchecked = {t.adapter.adapter_id for t in group_targets if t.adapter is not None} - checked
+            with attached(base, group_targets, checks if (checks is not None and unchecked) else None) as group:
+                checked.update(unchecked)
                 if checks:
                     run.add_gate_results(checks)
                     checks.clear()

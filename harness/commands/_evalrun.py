@@ -1,0 +1,148 @@
+"""The set-up every command that evaluates shares (`eval`, `sweep`): options, pre-flight, run record.
+
+Everything cheap is checked before any model loads: flags, suites (every template rendered, every
+scorer built), data, adapters (pre-flight), the base model's files, the task format, the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.commands._common import add_db_argument
+from harness.errors import UsageError
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared by `harness eval` and `harness sweep` (not --scale: each has its own form)."""
+    p.add_argument("--base", default="smollm2-135m", help="base model: 'smollm2-135m' (embedded) or a local model directory (default: %(default)s)")
+    p.add_argument("--adapter", action="append", default=[], metavar="DIR", help="adapter directory (adapter_config.json + adapter_model.safetensors); repeatable")
+    p.add_argument("--name", action="append", default=[], metavar="NAME",
+                   help="display name of the adapter given at the same position (repeatable); labels are made unique "
+                        "from the paths otherwise (a/final, b/final); never used as a key")
+    p.add_argument("--suite", action="append", default=[], metavar="NAME|PATH", help="built-in suite name, suite directory or suite.yaml path; repeatable")
+    p.add_argument("--task-format", default=None, metavar="KEY,KEY",
+                   help="the JSON keys of the task's answers, for format leakage on general and leakage suites "
+                        "(default: from the run's task suite targets, else from the adapters' harness.json)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="evaluate N examples of each suite: the first N taken round-robin across categories (the same subset every run)")
+    p.add_argument("--batch-size", type=int, default=16, help="generation batch size (default: %(default)s)")
+    p.add_argument("--flush-every", type=int, default=64, metavar="N",
+                   help="make results durable every N examples (a killed run loses at most N; default: %(default)s)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
+    add_db_argument(p)
+    p.add_argument("--report", type=Path, default=None, metavar="HTML", help="also write an HTML report of this run")
+    p.add_argument("--allow-pickle", action="store_true", help="allow loading a base model stored as pickle (.bin) weights; only for files you trust")
+    p.add_argument("--allow-base-mismatch", action="store_true",
+                   help="evaluate an adapter on a base other than the one its harness.json records (a warning, not an error)")
+    p.add_argument("--seed", type=int, default=0, help="seed recorded with the run (generation is greedy unless a suite samples)")
+
+
+def check_scales(scales: list[float]) -> list[float]:
+    for sc in scales:
+        if not math.isfinite(sc) or sc < 0:
+            raise UsageError(f"scale {sc!r}: a LoRA scale is a finite number >= 0 (0 = base model, 1 = as trained)")
+    return scales
+
+
+@dataclass
+class Prepared:
+    suites: list[Any]
+    examples: dict[str, list[Any]]
+    adapters: list[Any]
+    names: dict[str, str]
+    keys: tuple[str, ...]
+    key_source: str
+    ref: Any
+    warnings: list[str]
+    store: Any
+    base: Any
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def run_info(self, kind: str, args: argparse.Namespace) -> Any:
+        from harness.store import RunInfo
+
+        return RunInfo(kind=kind, command=shlex.join(["harness", *sys.argv[1:]]), seed=args.seed, config=self.config)
+
+
+def prepare(args: argparse.Namespace, scales: list[float], *, need_adapter: bool = False) -> Prepared:
+    """Validate everything, then open the store and the base lazily (weights load only if needed)."""
+    from harness import taskformat
+    from harness.adapters import check_base_identity, check_base_name, inspect_adapter
+    from harness.models import check_device, load_base, resolve_base
+    from harness.store import Store, default_db_path
+    from harness.suites import load_examples, load_suite
+
+    if not args.suite:
+        raise UsageError("pass at least one --suite (a built-in name such as general-knowledge, or a suite.yaml path)")
+    if args.flush_every <= 0 or args.batch_size <= 0:
+        raise UsageError("--flush-every and --batch-size must be positive")
+    if args.limit is not None and args.limit <= 0:
+        raise UsageError("--limit must be a positive number of examples")
+    if need_adapter and not args.adapter:
+        raise UsageError("pass at least one --adapter DIR to sweep")
+    check_scales(scales)
+    check_device(args.device)
+    if getattr(args, "report", None) is not None:
+        from reports.render import check_out_path
+
+        check_out_path(args.report)
+    suites = [load_suite(s) for s in args.suite]
+    examples = {s.name: load_examples(s, args.limit) for s in suites}
+    if len(args.name) > len(args.adapter):
+        raise UsageError(f"{len(args.name)} --name given for {len(args.adapter)} --adapter; give one name per adapter, in order")
+    adapters = [inspect_adapter(a) for a in args.adapter]
+    names = {a.adapter_id: n for a, n in zip(adapters, args.name)}
+    keys, key_source = taskformat.resolve(suites, examples, adapters, args.task_format)
+    suites = taskformat.with_leakage(suites, keys)  # a leakage suite with no known format is exit 2 here
+    ref = resolve_base(args.base, allow_pickle=args.allow_pickle)
+    warnings: list[str] = []
+    for a in adapters:
+        warning = check_base_identity(a, ref.model_id, ref.name, args.allow_base_mismatch)
+        warnings.extend([warning] if warning else [])
+        warnings.extend(a.warnings)
+        name_warning = check_base_name(a, ref)
+        warnings.extend([name_warning] if name_warning else [])
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    store = Store(args.db or default_db_path())
+    store.query("SELECT 1")  # a damaged or locked database is exit 5 now, before the tokenizer or model loads
+    # The weights load only when something is left to generate (a fully cached re-run needs the
+    # tokenizer alone: prompts are part of the cache key).
+    base = load_base(ref, device=args.device, lazy=True)
+    config = {"device": base.device, "base": args.base, "scales": scales, "suites": [s.name for s in suites],
+              "warnings": warnings, "batch_size": args.batch_size, "names": names,
+              "task_format": {"keys": list(keys), "source": key_source},
+              "scorers": {s.name: [scorer_record(sc) for sc in s.scorers] for s in suites},
+              # what the cache key leaves out on purpose: results reused across these are the same results
+              # (greedy outputs do not depend on them, checked in tests)
+              "cache_key_excludes": ["batch_size", "flush_every", "device", "library versions"]}
+    return Prepared(suites, examples, adapters, names, keys, key_source, ref, warnings, store, base, config)
+
+
+def scorer_record(spec: Any) -> dict:
+    """name, version and arguments of one scorer, as stored with the run."""
+    from harness.metrics import model_metric_names
+    from harness.scorers import scorer_info
+
+    version = "1" if spec.name in model_metric_names() else scorer_info(spec.name).version
+    return {"name": spec.name, "version": version, "args": dict(spec.args)}
+
+
+def print_stats(run_id: str, stats: Any, base: Any) -> None:
+    print(f"run {run_id}: {stats.generated} generated, {stats.cached} cached, {stats.errors} errors, {stats.seconds:.1f}s"
+          + ("" if base.loaded else " (all cached: the model was not loaded)"), file=sys.stderr)
+
+
+def errors_exit(run_id: str, stats: Any) -> int:
+    """1 when any result errored (the completeness rule: errors allowed 0), with one line saying so."""
+    if not stats.errors:
+        return 0
+    print(f"error: {stats.errors} of {stats.generated + stats.cached} results of run {run_id} errored "
+          f"(first: {stats.first_error}); `harness results --run {run_id}` lists them; rerun to retry them", file=sys.stderr)
+    return 1

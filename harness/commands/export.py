@@ -1,0 +1,135 @@
+"""`harness export`: an adapter at a chosen scale, as a plain PEFT adapter (or a merged model).
+
+The update of a LoRA layer is ``scaling * B(A(x))`` (plus B's bias with ``lora_bias``), so multiplying
+every ``lora_B`` tensor by the scale gives, exactly, the model the sweep evaluated at that scale: for
+plain LoRA, rsLoRA (the scaling is computed the same way on load) and DoRA (the scale multiplies
+``B @ A`` inside the weight norm as well). PEFT's ``add_weighted_adapter`` is not used: in peft 0.21.2
+it is wrong for rsLoRA and DoRA (peft#3761). ``modules_to_save`` copies are not scaled at run time
+and are copied unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from harness.errors import StorageError, UsageError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write an adapter scaled by S (plain PEFT loads it) or a merged model",
+        description=(
+            "Write the adapter at --scale S as a new adapter directory that plain PEFT loads and that equals the "
+            "run-time scaled model (every lora_B multiplied by S), with a harness.json naming its parent and the "
+            "scale; or, with --merge, a full model (safetensors) with the scaled update merged into the base."
+        ),
+    )
+    p.add_argument("--adapter", required=True, type=Path, metavar="DIR", help="the adapter to export")
+    p.add_argument("--scale", required=True, type=float, metavar="S", help="the scale, e.g. the sweep's recommendation")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory to write (must not exist unless --force)")
+    p.add_argument("--merge", action="store_true", help="write a merged full model instead of an adapter")
+    p.add_argument("--base", default="smollm2-135m", help="base model for --merge (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out directory")
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness.adapters import inspect_adapter
+
+    if not math.isfinite(args.scale) or args.scale < 0:
+        raise UsageError(f"--scale {args.scale!r}: a LoRA scale is a finite number >= 0")
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise UsageError(f"--out {out} exists; pick a new directory or pass --force to replace it")
+    info = inspect_adapter(args.adapter)
+    if args.merge:
+        path = export_merged(info, args.scale, args.base, out)
+    else:
+        path = export_scaled(info, args.scale, out)
+    print(path)
+    return 0
+
+
+def _staging(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Move the finished directory into place; an old one is removed only after the new one is complete."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _record(info, scale: float, kind: str) -> dict:
+    parent_record = info.harness or {}
+    return {
+        "parent_adapter": {"adapter_id": info.adapter_id, "path": str(info.path)},
+        "export": {"kind": kind, "scale": scale},
+        # what the parent knew about its base and its task carries over (identity and leakage checks)
+        "base_model": parent_record.get("base_model"),
+        "task_format": parent_record.get("task_format"),
+    }
+
+
+def export_scaled(info, scale: float, out: Path) -> Path:
+    """Write ``info`` with every lora_B (and B bias) multiplied by ``scale`` to ``out``."""
+    from safetensors.torch import load_file, save_file
+
+    from harness.adapters import CONFIG, WEIGHTS
+
+    tensors = load_file(str(info.path / WEIGHTS))
+    scaled = {k: (v * scale if (".lora_B." in k or k.endswith(".lora_embedding_B")) else v).contiguous()
+              for k, v in tensors.items()}
+    tmp = _staging(out)
+    try:
+        save_file(scaled, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        shutil.copyfile(info.path / CONFIG, tmp / CONFIG)
+        (tmp / "harness.json").write_text(json.dumps(_record(info, scale, "scaled adapter"), indent=2) + "\n")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        _swap_in(tmp, out)
+    except OSError as exc:
+        raise StorageError(f"cannot write {out}: {exc.strerror or exc}; nothing was replaced") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def export_merged(info, scale: float, base_name: str, out: Path) -> Path:
+    """Write the base with the adapter's update at ``scale`` merged in, as a safetensors model directory."""
+    from harness.adapters import check_base_identity, load_adapter, set_scale
+    from harness.models import load_base, resolve_base
+
+    ref = resolve_base(base_name)
+    check_base_identity(info, ref.model_id, ref.name)
+    base = load_base(ref, device="cpu")
+    model = base.model.float()
+    peft_model = load_adapter(model, info)
+    set_scale(peft_model, scale)
+    merged = peft_model.merge_and_unload()
+    tmp = _staging(out)
+    try:
+        merged.save_pretrained(str(tmp), safe_serialization=True)
+        base.tokenizer.save_pretrained(str(tmp))
+        (tmp / "harness.json").write_text(json.dumps(_record(info, scale, "merged model"), indent=2) + "\n")
+        _swap_in(tmp, out)
+    except OSError as exc:
+        raise StorageError(f"cannot write {out}: {exc.strerror or exc}; nothing was replaced") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
