@@ -220,6 +220,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
 
     p = spec.get("prompt") or {}
     prompt = PromptSpec()
+    template_ast = None
     if not isinstance(p, dict):
         err("prompt must be a mapping with template/system/raw", "prompt")
     else:
@@ -227,8 +228,9 @@ def load_suite(name_or_path: str | Path) -> Suite:
         import jinja2
 
         try:
-            _env().parse(prompt.template)
+            template_ast = _env().parse(prompt.template)
         except jinja2.TemplateSyntaxError as exc:
+            template_ast = None
             err(f"prompt.template is not valid Jinja2: {exc}", "prompt", "template")
 
     g = spec.get("generation") or {}
@@ -316,8 +318,19 @@ def load_suite(name_or_path: str | Path) -> Suite:
             continue
         gates.append(GateSpec(str(gd["metric"]), **values))
 
-    if not errors and data_path.is_file():
-        errors.extend(check_jsonl(data_path))
+    if data_path.is_file() and data_path.suffix in DATA_SUFFIXES:
+        data_errors = check_jsonl(data_path)
+        errors.extend(data_errors)
+        if template_ast is not None and not data_errors:
+            # a typo such as {{ inptu }} is found now, with the other mistakes, not after a model loads
+            from jinja2 import meta
+
+            columns = _first_row_columns(data_path)
+            if columns is not None:
+                unknown = sorted(meta.find_undeclared_variables(template_ast) - set(columns) - {"input", "target", "category"})
+                for name_ in unknown:
+                    err(f"prompt.template uses {{{{ {name_} }}}}, which is neither a suite field (input, target, category) "
+                        f"nor a data column ({', '.join(sorted(columns))})", "prompt", "template")
     if errors:
         raise SuiteError(f"{len(errors)} problem(s) in suite {path}:\n  " + "\n  ".join(errors))
     return Suite(
@@ -393,6 +406,18 @@ def check_jsonl(path: Path) -> list[str]:
     if not n_rows and not errors:
         errors.append(f"{path}: empty: no JSON lines in it; add one object per line")
     return errors
+
+
+def _first_row_columns(path: Path) -> list[str] | None:
+    """The columns of a JSONL file's first row (None for other formats: datasets reads those)."""
+    if path.suffix != ".jsonl":
+        return None
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                return [str(k) for k in row] if isinstance(row, dict) else None
+    return None
 
 
 def _refuse_constant(name: str) -> Any:
@@ -553,3 +578,37 @@ def render_user_text(suite: Suite, example: Example) -> str:
     except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError) as exc:
         raise SuiteError(f"{suite.path}: prompt.template fails on example {example.id}: {exc}") from None
 
+
+
+def check_suites(names_or_paths: Sequence[str | Path], limit: int | None = None) -> tuple[list[Suite], dict[str, list[Example]]]:
+    """Load and fully check every suite (spec, data, every template rendered against every example,
+    every scorer built, gates), and raise one SuiteError listing the problems of all of them.
+
+    No model is involved: this is what `harness suites check` and every evaluating command run first.
+    """
+    from harness.errors import HarnessError
+
+    suites: list[Suite] = []
+    examples: dict[str, list[Example]] = {}
+    problems: list[str] = []
+    worst: HarnessError | None = None
+    for item in names_or_paths:
+        try:
+            suite = load_suite(item)
+            examples[suite.name] = load_examples(suite, limit)
+        except (SuiteError, SafetyError) as exc:
+            problems.append(str(exc))
+            # a sandbox violation keeps its exit code (4) even when other suites have plain mistakes
+            worst = exc if isinstance(exc, SafetyError) or worst is None else worst
+            continue
+        if suite.name in {s.name for s in suites}:
+            problems.append(f"{suite.path}: a second suite named {suite.name!r} in one run; rename one (name:)")
+            continue
+        suites.append(suite)
+    if problems:
+        if len(problems) == 1 and worst is not None:
+            raise worst
+        err = (SafetyError if isinstance(worst, SafetyError) else SuiteError)(
+            f"{len(problems)} suite(s) with problems:\n  " + "\n  ".join(p.replace("\n", "\n  ") for p in problems))
+        raise err
+    return suites, examples

@@ -76,7 +76,7 @@ def prepare(args: argparse.Namespace, scales: list[float], *, need_adapter: bool
     from harness.adapters import check_base_identity, check_base_name, inspect_adapter
     from harness.models import check_device, load_base, resolve_base
     from harness.store import Store, default_db_path
-    from harness.suites import load_examples, load_suite
+    from harness.suites import check_suites
 
     if not args.suite:
         raise UsageError("pass at least one --suite (a built-in name such as general-knowledge, or a suite.yaml path)")
@@ -92,8 +92,7 @@ def prepare(args: argparse.Namespace, scales: list[float], *, need_adapter: bool
         from reports.render import check_out_path
 
         check_out_path(args.report)
-    suites = [load_suite(s) for s in args.suite]
-    examples = {s.name: load_examples(s, args.limit) for s in suites}
+    suites, examples = check_suites(args.suite, args.limit)  # every problem of every suite, at once
     if len(args.name) > len(args.adapter):
         raise UsageError(f"{len(args.name)} --name given for {len(args.adapter)} --adapter; give one name per adapter, in order")
     adapters = [inspect_adapter(a) for a in args.adapter]

@@ -1,0 +1,37 @@
+"""`harness suites list|check` (issue 16.3): every mistake of every suite in one go, no model loaded."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from harness.cli import main
+
+
+def test_list_shows_roles_and_sizes(capsys):
+    assert main(["suites", "list"]) == 0
+    out = capsys.readouterr().out
+    for name, role in [("general-knowledge", "general"), ("order-task", "task"), ("format-leakage", "leakage"),
+                       ("text-generation", "reference")]:
+        line = next(l for l in out.splitlines() if l.startswith(name))
+        assert role in line.split()
+
+
+def test_check_reports_every_problem_at_once_without_a_model(tmp_path, capsys):
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "suite.yaml").write_text(
+        "name: tickets\nversion: 1\ndata: {path: d.jsonl, fields: {input: ticket}}\nprompt: {template: \"{{ inptu }}\"}\n"
+        "scorers:\n  - name: alias_match\n    args: {mode: bogus}\n  - name: regex\n    args: {pattern: \"(\"}\n")
+    (a / "d.jsonl").write_text(json.dumps({"ticket": "refund please", "answer": "{}"}) + "\n")
+    b = tmp_path / "b"
+    b.mkdir()
+    (b / "suite.yaml").write_text("name: other\nversion: 1\nrole: judge\ndata: {path: missing.jsonl}\nscorers: [exact_match]\n")
+    t0 = time.perf_counter()
+    assert main(["suites", "check", str(a), str(b), "general-knowledge"]) == 2
+    assert time.perf_counter() - t0 < 10
+    err = capsys.readouterr().err
+    for fragment in ["inptu", "bogus", "invalid pattern", "role must be one of", "missing.jsonl"]:
+        assert fragment in err, fragment
+    assert main(["suites", "check", "general-knowledge", "order-task"]) == 0
+    assert capsys.readouterr().out.count("ok  ") == 2
