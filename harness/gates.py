@@ -617,8 +617,8 @@ def _provenance(ctx: _Ctx, g: PlannedGate, adapter_id: str | None, scale: float 
         problems.append(f"run {ctx.run_id} holds no results of adapter {(released or '?')[:12]}{at} "
                         f"(it evaluated {', '.join(e[:12] for e in evaluated) or 'no adapter'})")
     ok = not problems
-    msg = (f"provenance: the results of run {ctx.run_id} are of adapter {released}, the one being released: pass" if ok
-           else f"provenance: {'; '.join(problems)}: FAIL")
+    msg = (f"the results of run {ctx.run_id} are of adapter {released}, the one being released: pass" if ok
+           else f"{'; '.join(problems)}: FAIL")
     return GateOutcome(GateResult(g.name, "adapter_id", None, None, None, ok, msg), g.kind, None, released, scale, source=g.source)
 
 

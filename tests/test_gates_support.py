@@ -55,3 +55,49 @@ def fake_run(store: Store, suites: list[Suite], scores: dict, errors: dict | Non
                 total += 1
         run.expect(n_expected if n_expected is not None else total)
         return run.run_id
+
+
+# -- tiny models: a general suite the base model passes, adapters that keep it or forget it ----------
+
+def make_lora(base_dir: Path, out: Path, seed: int, std: float) -> Path:
+    """A LoRA adapter of the tiny base: std 0 leaves the base's outputs as they are (lora_B = 0, and
+    lora_A seeded, so each seed is another adapter); std 1 changes them."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    pm = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, std) if std else p.zero_()
+    pm.save_pretrained(out)
+    return out
+
+
+def base_answer_suite(base_dir: Path, root: Path, n: int = 8, gates: str = "") -> Path:
+    """A general suite whose targets are the tiny base model's own greedy answers, so the base scores
+    1.0 on every item and retention means something: the share of those answers an adapter keeps."""
+    from harness.models import load_base, resolve_base
+    from harness.runner import expand_targets, run_eval
+
+    d = root / "gk"
+    d.mkdir(parents=True, exist_ok=True)
+    questions = [f"Question {i}: what is {i} plus {i}?" for i in range(n)]
+
+    def write(targets: list[str], extra: str) -> None:
+        (d / "data.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "input": q, "target": t}) + "\n"
+                                              for i, (q, t) in enumerate(zip(questions, targets))))
+        (d / "suite.yaml").write_text("name: gk\nversion: 1\nrole: general\nheadline: exact_match\n"
+                                      "data: {path: data.jsonl}\ngeneration: {max_new_tokens: 4}\n"
+                                      "scorers: [{name: exact_match, args: {normalize: false}}]\n" + extra)
+
+    write(["x"] * n, "")
+    store = Store(root / "probe.duckdb")
+    with store.run(RunInfo(kind="eval", command="probe")) as run:
+        run_eval(load_base(resolve_base(str(base_dir))), expand_targets([], [1.0]), [load_suite(d / "suite.yaml")], run, store,
+                 log=lambda m: None)
+    outs = {r["example_id"]: r["output"] for r in store.query("SELECT example_id, output FROM generations")}
+    write([outs[f"q{i}"] for i in range(n)], gates)
+    return d / "suite.yaml"

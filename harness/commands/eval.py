@@ -43,6 +43,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-base-mismatch", action="store_true",
                    help="evaluate an adapter on a base other than the one its harness.json records (a warning, not an error)")
     p.add_argument("--seed", type=int, default=0, help="seed recorded with the run (generation is greedy unless a suite samples)")
+    gates = p.add_mutually_exclusive_group()
+    gates.add_argument("--gates", type=Path, default=None, metavar="FILE",
+                       help="project gates file applied with the suites' gates (default: ./harness.toml, or [tool.harness] "
+                            "in ./pyproject.toml); a failed gate is exit 1")
+    gates.add_argument("--no-gates", action="store_true", help="do not judge gates (an evaluation only)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,6 +122,16 @@ def run(args: argparse.Namespace) -> int:
                          flush_every=args.flush_every, progress_bar=sys.stderr.isatty(), examples=examples,
                          log=lambda m: print(m, file=sys.stderr))
         run_id = run_writer.run_id
+        gate_report = None
+        if not args.no_gates:
+            from harness.gates import ProjectGates, evaluate_gates
+            from harness.project import find_project_file, load_project
+
+            gates_file = args.gates or find_project_file(Path.cwd())
+            project_gates = load_project(gates_file).gates if gates_file else ProjectGates()
+            run_writer.flush()  # cached results are buffered until a flush: the gates read the store
+            gate_report = evaluate_gates(store, run_id, suites, project_gates=project_gates)
+            run_writer.add_gate_results(gate_report.results)  # stored with the run, in its last shard
     print(f"run {run_id}: {stats.generated} generated, {stats.cached} cached, {stats.errors} errors, {stats.seconds:.1f}s"
           + ("" if base.loaded else " (all cached: the model was not loaded)"), file=sys.stderr)
     comparison = print_run_summary(store, run_id)
@@ -124,6 +139,14 @@ def run(args: argparse.Namespace) -> int:
         from reports.render import write_report
 
         print(f"report: {write_report(comparison, args.report)}")
+    gates_failed = False
+    from harness.gates import QUALITY_KINDS
+
+    if gate_report is not None and (gate_report.failures or any(o.kind in QUALITY_KINDS for o in gate_report.outcomes)):
+        from harness.commands.check import print_report
+
+        print_report(gate_report)
+        gates_failed = not gate_report.passed
     if stats.errors:
         # A run with errors is not a result to ship on: CI must see it (the completeness rule; errors
         # allowed: 0). The error rows are stored, and a rerun retries them.
@@ -131,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
               f"(first: {stats.first_error}); `harness results --run {run_id}` lists them; rerun to retry them",
               file=sys.stderr)
         return 1
-    return 0
+    return 1 if gates_failed else 0
 
 
 def _scorer_record(spec) -> dict:

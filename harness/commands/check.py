@@ -1,0 +1,262 @@
+"""`harness check`: the release gate for CI. Evaluate what the store lacks, judge every gate, exit 0 or 1.
+
+One adapter at one scale (``--scale``, or ``--recommended``: the scale ``harness sweep`` recommends from
+the stored sweep), against the base model and optionally a ``--baseline`` adapter. Every failure is
+printed (not only the first); a Markdown summary (``$GITHUB_STEP_SUMMARY`` and/or ``--summary``),
+JUnit XML (``--junit``) and JSON (``--json``) are written for CI. Exit codes as DESIGN.md: 0 every gate
+passed, 1 a gate failed, 2 usage or input, 3 incompatible, 4 refused for safety, 5 storage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from harness.commands._common import add_db_argument
+from harness.errors import GateFailure, UsageError
+
+DEFAULT_BASE = "smollm2-135m"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "check",
+        help="judge an adapter's gates for CI (exit 0 pass, 1 a gate failed)",
+        description=(
+            "Evaluate an adapter at one scale (and the base model, and a baseline adapter) on the suites, "
+            "reusing every stored result, then judge the suites' gates and the project file's "
+            "(harness.toml or [tool.harness] in pyproject.toml). Exit 0 when every gate passes, 1 when one fails."
+        ),
+    )
+    p.add_argument("--adapter", required=True, metavar="DIR", help="the adapter being released")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--scale", type=float, default=None, metavar="S", help="LoRA scale to judge (default: 1.0)")
+    which.add_argument("--recommended", action="store_true",
+                       help="judge the scale `harness sweep` recommends, from the sweep stored for this adapter")
+    p.add_argument("--baseline", default=None, metavar="DIR", help="the adapter released before: regressions are judged against it")
+    p.add_argument("--baseline-scale", type=float, default=1.0, metavar="S", help="the baseline's scale (default: %(default)s)")
+    p.add_argument("--gates", type=Path, default=None, metavar="FILE",
+                   help="project gates file (default: ./harness.toml, or [tool.harness] in ./pyproject.toml)")
+    p.add_argument("--suite", action="append", default=[], metavar="NAME|PATH",
+                   help="suite to evaluate; repeatable (default: the project file's suites)")
+    p.add_argument("--base", default=None, help=f"base model (default: the project file's, else {DEFAULT_BASE})")
+    p.add_argument("--task-format", default=None, metavar="KEY,KEY", help="the JSON keys of the task's answers, for format leakage")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only N examples of each suite")
+    p.add_argument("--batch-size", type=int, default=16, help="generation batch size (default: %(default)s)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
+    add_db_argument(p)
+    p.add_argument("--summary", type=Path, default=None, metavar="FILE", help="write the Markdown summary here too")
+    p.add_argument("--junit", type=Path, default=None, metavar="FILE", help="write JUnit XML (one test case per gate)")
+    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="write every gate result as JSON")
+    p.add_argument("--allow-pickle", action="store_true", help="allow a base model stored as pickle (.bin) weights; only files you trust")
+    p.add_argument("--allow-base-mismatch", action="store_true",
+                   help="evaluate an adapter on a base other than the one its harness.json records")
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness import taskformat
+    from harness.adapters import check_base_identity, check_base_name, inspect_adapter
+    from harness.gates import ProjectGates, evaluate_gates
+    from harness.models import check_device, load_base, resolve_base
+    from harness.project import find_project_file, load_project
+    from harness.runner import Target, run_eval
+    from harness.store import RunInfo, Store, default_db_path
+    from harness.suites import load_examples, load_suite
+
+    for sc in (args.scale, args.baseline_scale):
+        if sc is not None and (not math.isfinite(sc) or sc <= 0):
+            raise UsageError(f"scale {sc!r}: judge an adapter at a finite scale > 0 (scale 0 is the base model)")
+    if args.limit is not None and args.limit <= 0 or args.batch_size <= 0:
+        raise UsageError("--limit and --batch-size must be positive")
+    check_device(args.device)
+    for out in (args.summary, args.junit, args.json):
+        if out is not None and not out.parent.is_dir():
+            raise UsageError(f"cannot write {out}: directory {out.parent} does not exist")
+    # Everything cheap is checked before the model loads: project file, suites, data, adapters, base files.
+    gates_file = args.gates or find_project_file(Path.cwd())
+    project = load_project(gates_file) if gates_file else None
+    pg = project.gates if project else ProjectGates()
+    suite_names = args.suite or list(project.suites if project else ())
+    if not suite_names:
+        raise UsageError("no suites to check: pass --suite, or list `suites = [...]` in harness.toml")
+    suites = [load_suite(s) for s in suite_names]
+    examples = {s.name: load_examples(s, args.limit) for s in suites}
+    adapter = inspect_adapter(args.adapter)
+    baseline = inspect_adapter(args.baseline) if args.baseline else None
+    if baseline is not None and baseline.adapter_id == adapter.adapter_id:
+        raise UsageError(f"--baseline {args.baseline} is the same adapter as --adapter {args.adapter} (same hash)")
+    keys, key_source = taskformat.resolve(suites, examples, [a for a in (adapter, baseline) if a], args.task_format)
+    suites = taskformat.with_leakage(suites, keys)
+    base_name = args.base or (project.base if project and project.base else DEFAULT_BASE)
+    ref = resolve_base(base_name, allow_pickle=args.allow_pickle)
+    warnings: list[str] = []
+    for a in (adapter, baseline):
+        if a is None:
+            continue
+        w = check_base_identity(a, ref.model_id, ref.name, args.allow_base_mismatch)
+        warnings.extend([w] if w else [])
+        warnings.extend(a.warnings)
+        w = check_base_name(a, ref)
+        warnings.extend([w] if w else [])
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    db = Path(args.db or default_db_path())
+    if args.recommended and not db.exists():
+        raise UsageError(f"--recommended: no results database at {db}; run `harness sweep --adapter {args.adapter}` first")
+    store = Store(db)
+    store.query("SELECT 1")  # a damaged or locked database is exit 5 now, before the model loads
+    scale = recommended_scale(store, adapter.adapter_id, pg, args.adapter) if args.recommended else (args.scale or 1.0)
+    base = load_base(ref, device=args.device, lazy=True)
+    targets = [Target(None, 0.0), Target(adapter, scale)] + ([Target(baseline, args.baseline_scale)] if baseline else [])
+    info = RunInfo(kind="check", command=shlex.join(["harness", *sys.argv[1:]]),
+                   config={"device": base.device, "base": base_name, "scales": [scale], "suites": [s.name for s in suites],
+                           "warnings": warnings, "batch_size": args.batch_size,
+                           "gates_file": str(gates_file) if gates_file else None,
+                           "adapter_id": adapter.adapter_id, "baseline_id": baseline.adapter_id if baseline else None,
+                           "baseline_scale": args.baseline_scale if baseline else None,
+                           "task_format": {"keys": list(keys), "source": key_source}})
+    with store.run(info) as writer:
+        stats = run_eval(base, targets, suites, writer, store, batch_size=args.batch_size, limit=args.limit,
+                         task_format=",".join(keys) or None, examples=examples, log=lambda m: print(m, file=sys.stderr))
+        writer.flush()  # cached results are buffered until a flush: the gates read the store
+        report = evaluate_gates(store, writer.run_id, suites, adapter_id=adapter.adapter_id, scale=scale,
+                                baseline_adapter_id=baseline.adapter_id if baseline else None,
+                                baseline_scale=args.baseline_scale, project_gates=pg, require_gates=True)
+        writer.add_gate_results(report.results)
+    print(f"run {report.run_id}: {stats.generated} generated, {stats.cached} cached, {stats.errors} errors", file=sys.stderr)
+    print_report(report)
+    context = {"adapter": str(args.adapter), "adapter_id": adapter.adapter_id, "scale": scale,
+               "baseline": str(args.baseline) if baseline else None, "baseline_id": baseline.adapter_id if baseline else None}
+    md = markdown_summary(report, context)
+    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if step_summary:
+        with open(step_summary, "a", encoding="utf-8") as f:
+            f.write(md + "\n")
+    if args.summary:
+        args.summary.write_text(md + "\n", encoding="utf-8")
+    if args.junit:
+        write_junit(report, args.junit)
+    if args.json:
+        args.json.write_text(json.dumps(report_json(report, context), indent=2, default=str) + "\n", encoding="utf-8")
+    return 0 if report.passed else 1
+
+
+def recommended_scale(store: Any, adapter_id: str, pg: Any, adapter_path: str) -> float:
+    """The scale ``harness.sweep.recommend`` picks from the newest stored sweep of this adapter (a run with
+    it at two or more non-zero scales), under the project's retention and leakage limits."""
+    from harness.comparison import build_comparison
+    from harness.sweep import MAX_LEAKAGE, MIN_RETENTION, curve, recommend
+
+    rows = store.query(
+        "SELECT rr.run_id, max(r.started_at) AS t FROM run_results rr JOIN generations g USING (cache_key) "
+        "JOIN runs r ON r.run_id = rr.run_id WHERE g.adapter_id = ? AND g.scale > 0 GROUP BY rr.run_id "
+        "HAVING count(DISTINCT g.scale) >= 2 ORDER BY t DESC LIMIT 1", [adapter_id])
+    if not rows:
+        raise UsageError(f"--recommended: {store.path} holds no sweep of adapter {adapter_path} over several scales; run "
+                         f"`harness sweep --adapter {adapter_path}` (or `harness eval --adapter {adapter_path} --scale 0.5 "
+                         "--scale 1 ...`) first")
+    c = build_comparison(store, rows[0]["run_id"], samples_per_suite=0)
+    rec = recommend(curve(c, adapter_id),
+                    MIN_RETENTION if pg.min_retention is None else pg.min_retention,
+                    MAX_LEAKAGE if pg.max_leakage is None else pg.max_leakage)
+    if rec.scale is None:
+        raise GateFailure(f"no recommended scale for {adapter_path} (sweep run {rows[0]['run_id']}): {rec.sentence}")
+    print(f"recommended scale (sweep run {rows[0]['run_id']}): {rec.sentence}", file=sys.stderr)
+    return rec.scale
+
+
+# -- output: terminal, Markdown, JUnit, JSON ---------------------------------------------------------
+
+def print_report(report: Any, out: Any = None) -> None:
+    """Every gate on stdout (PASS / FAIL / skip), then every failure again on stderr."""
+    out = out or sys.stdout
+    for o in report.outcomes:
+        print(f"{'PASS' if o.passed else 'FAIL'}  {o.result.gate}: {o.result.message}", file=out)
+    for name, reason in report.skipped:
+        print(f"skip  {name}: {reason}", file=out)
+    fails = report.failures
+    n = len(report.outcomes)
+    print(f"gates: {n - len(fails)} of {n} passed" + (f", {len(fails)} failed" if fails else ""), file=out)
+    for o in fails:
+        print(f"gate failed: {o.result.gate}: {o.result.message}", file=sys.stderr)
+        for w in o.worst:
+            print(f"    {w.suite}/{w.example_id}: {_short(w.output)!r} (score {_num(w.value)}"
+                  + (f", baseline {_num(w.baseline_value)}" if w.baseline_value is not None else "") + ")", file=sys.stderr)
+
+
+def _num(v: float | None) -> str:
+    return "—" if v is None else f"{v:.4g}"
+
+
+def _short(text: str | None, n: int = 80) -> str:
+    text = "" if text is None else " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _md(text: str) -> str:
+    """Text safe inside a Markdown table cell (model outputs are hostile: no HTML, no pipes, one line)."""
+    import html
+
+    return html.escape(" ".join(str(text).split())).replace("|", "\\|")
+
+
+def markdown_summary(report: Any, context: dict) -> str:
+    status = "passed" if report.passed else f"FAILED ({len(report.failures)} gate(s))"
+    lines = [f"## adapter-harness check: {status}", "",
+             f"adapter `{_md(context['adapter'])}` (`{context['adapter_id'][:12]}`) at scale {context['scale']:g}, "
+             f"run `{report.run_id}`" + (f"; baseline `{_md(context['baseline'])}` (`{context['baseline_id'][:12]}`)"
+                                          if context.get("baseline") else ""), "",
+             "| | gate | metric | observed | threshold | baseline | interval | sentence |",
+             "|---|---|---|---|---|---|---|---|"]
+    for o in sorted(report.outcomes, key=lambda o: o.passed):
+        r = o.result
+        iv = f"{o.interval.low:.4g} – {o.interval.high:.4g}" if o.interval else ""
+        lines.append(f"| {'✅' if r.passed else '❌'} | {_md(r.gate)} | {_md(r.metric)} | {_num(r.observed)} | "
+                     f"{_num(r.threshold)} | {_num(r.baseline)} | {iv} | {_md(r.message)} |")
+    for name, reason in report.skipped:
+        lines.append(f"| ⏭️ | {_md(name)} | | | | | | {_md(reason)} |")
+    worst = [(o, w) for o in report.failures for w in o.worst]
+    if worst:
+        lines += ["", "### Worst examples of the failed gates", "", "| gate | example | output | score | baseline |", "|---|---|---|---|---|"]
+        lines += [f"| {_md(o.result.gate)} | {_md(w.suite)}/{_md(w.example_id)} | {_md(_short(w.output))} | {_num(w.value)} | "
+                  f"{_num(w.baseline_value)} |" for o, w in worst]
+    return "\n".join(lines)
+
+
+def write_junit(report: Any, path: Path) -> None:
+    """One test case per gate (name: gate@scale), a <failure> with the sentence for each failed one."""
+    import xml.etree.ElementTree as ET
+
+    n, fails = len(report.outcomes), len(report.failures)
+    root = ET.Element("testsuites", name="adapter-harness", tests=str(n + len(report.skipped)), failures=str(fails))
+    suite = ET.SubElement(root, "testsuite", name="harness check", tests=str(n + len(report.skipped)), failures=str(fails),
+                          errors="0", skipped=str(len(report.skipped)))
+    for o in report.outcomes:
+        name = o.result.gate + (f"@{o.scale:g}" if o.scale is not None else "")
+        case = ET.SubElement(suite, "testcase", classname=f"harness.gates.{o.kind}", name=name, time="0")
+        if not o.passed:
+            body = [o.result.message] + [f"{w.suite}/{w.example_id}: {_short(w.output)!r} (score {_num(w.value)})" for w in o.worst]
+            ET.SubElement(case, "failure", message=o.result.message).text = "\n".join(body)
+        else:
+            ET.SubElement(case, "system-out").text = o.result.message
+    for name, reason in report.skipped:
+        case = ET.SubElement(suite, "testcase", classname="harness.gates.skipped", name=name, time="0")
+        ET.SubElement(case, "skipped", message=reason)
+    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def report_json(report: Any, context: dict) -> dict:
+    return {
+        "format_version": 1, "run_id": report.run_id, "passed": report.passed, **context,
+        "gates": [{**asdict(o.result), "kind": o.kind, "target": o.target, "scale": o.scale, "suite": o.suite,
+                   "interval": asdict(o.interval) if o.interval else None, "p_value": o.p_value,
+                   "worst": [asdict(w) for w in o.worst]} for o in report.outcomes],
+        "skipped": [{"gate": g, "reason": r} for g, r in report.skipped],
+    }

@@ -1,0 +1,134 @@
+"""`harness check` and the gates of `harness eval` on a tiny model: an adapter that keeps the base's
+answers passes, one that forgets them fails naming every failed gate; CI outputs (Markdown, JUnit,
+JSON); a baseline; --recommended; results stored with the run."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import duckdb
+import pytest
+
+from harness.cli import main
+from tests.test_gates_support import base_answer_suite, make_lora
+
+PROJECT = "[gates]\nmin_retention = 0.95\nmax_regression = 0.0\n"
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("check")
+    suite = base_answer_suite(tiny_model_dir, root, gates="gates:\n  - {metric: exact_match, min: 0.9}\n")
+    (root / "harness.toml").write_text(PROJECT + f"suites = []\n")  # suites come from --suite below
+    (root / "harness.toml").write_text(PROJECT)
+    return {
+        "root": root, "suite": suite, "db": root / "h.duckdb", "gates": root / "harness.toml",
+        "good": make_lora(tiny_model_dir, root / "good", seed=1, std=0.0),
+        "good2": make_lora(tiny_model_dir, root / "good2", seed=2, std=0.0),
+        "bad": make_lora(tiny_model_dir, root / "bad", seed=3, std=1.0),
+    }
+
+
+def check(s, tiny, adapter, *extra):
+    return main(["check", "--base", str(tiny), "--adapter", str(s[adapter]), "--suite", str(s["suite"]),
+                 "--db", str(s["db"]), "--gates", str(s["gates"]), *extra])
+
+
+def test_check_passes_a_kept_adapter_and_fails_a_forgetful_one_naming_every_gate(setup, tiny_model_dir, tmp_path, capsys,
+                                                                                  monkeypatch):
+    step = tmp_path / "step.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step))
+    out = {k: tmp_path / f"{k}.{k}" for k in ("junit", "json")}
+    assert check(setup, tiny_model_dir, "good", "--junit", str(out["junit"]), "--json", str(out["json"])) == 0
+    printed = capsys.readouterr()
+    assert "PASS  retention:" in printed.out and "gate failed" not in printed.err
+    assert "## adapter-harness check: passed" in step.read_text()
+    data = json.loads(out["json"].read_text())
+    assert data["passed"] and {g["gate"] for g in data["gates"]} >= {"retention", "threshold[gk:exact_match]", "completeness", "provenance"}
+    assert ET.parse(out["junit"]).getroot().get("failures") == "0"
+
+    assert check(setup, tiny_model_dir, "bad", "--junit", str(out["junit"]), "--summary", str(tmp_path / "s.md")) == 1
+    printed = capsys.readouterr()
+    failed = [line for line in printed.err.splitlines() if line.startswith("gate failed: ")]
+    # every failure is printed, not the first: retention and the suite's own threshold
+    assert {line.split(":")[1].strip() for line in failed} == {"retention", "threshold[gk"}
+    retention = next(line for line in failed if line.startswith("gate failed: retention"))
+    assert "needs >= 0.95" in retention and "of the base's correct answers kept" in retention and "interval" in retention
+    root = ET.parse(out["junit"]).getroot()
+    cases = {c.get("name"): c for c in root.iter("testcase")}
+    assert root.get("failures") == "2" and cases["retention@1"].find("failure") is not None
+    assert cases["completeness"].find("failure") is None
+    md = (tmp_path / "s.md").read_text()
+    assert "FAILED (2 gate(s))" in md and "❌ | retention" in md and "Worst examples" in md
+    # the gate results are stored with their run
+    con = duckdb.connect(str(setup["db"]), read_only=True)
+    stored = con.execute("SELECT g.gate, g.passed FROM gate_results g JOIN runs r USING (run_id) WHERE r.kind = 'check' "
+                         "ORDER BY r.started_at DESC, g.seq").fetchall()
+    con.close()
+    assert ("retention", False) in stored and ("retention", True) in stored
+
+
+def test_a_second_check_is_served_from_the_store(setup, tiny_model_dir, capsys):
+    assert check(setup, tiny_model_dir, "good") == 0
+    assert check(setup, tiny_model_dir, "good") == 0
+    assert "0 generated" in capsys.readouterr().err
+
+
+def test_regression_against_a_baseline(setup, tiny_model_dir, capsys):
+    assert check(setup, tiny_model_dir, "good2", "--baseline", str(setup["good"])) == 0
+    assert "PASS  regression[gk:exact_match]" in capsys.readouterr().out
+    assert check(setup, tiny_model_dir, "bad", "--baseline", str(setup["good"])) == 1
+    err = capsys.readouterr().err
+    assert "gate failed: regression[gk:exact_match]" in err and "exact McNemar" in err and "Holm" in err
+    assert main(["check", "--adapter", str(setup["good"]), "--baseline", str(setup["good"]), "--suite", str(setup["suite"]),
+                 "--base", str(tiny_model_dir), "--db", str(setup["db"])]) == 2
+
+
+def test_recommended_needs_a_stored_sweep_and_then_judges_its_scale(setup, tiny_model_dir, tmp_path, capsys):
+    db = tmp_path / "sweep.duckdb"
+    args = ["--base", str(tiny_model_dir), "--suite", str(setup["suite"]), "--db", str(db)]
+    assert main(["check", "--adapter", str(setup["bad"]), "--recommended", *args]) == 2
+    assert "harness sweep" in capsys.readouterr().err
+    assert main(["eval", "--adapter", str(setup["bad"]), "--scale", "0.001", "--scale", "1", "--no-gates", *args]) == 0
+    capsys.readouterr()
+    code = main(["check", "--adapter", str(setup["bad"]), "--recommended", "--gates", str(setup["gates"]), *args])
+    err = capsys.readouterr().err
+    if "no recommended scale" in err:  # the sweep itself says no scale keeps retention: a gate failure
+        assert code == 1
+        return
+    assert "recommended scale" in err and "ship scale" in err
+    scale = err.split("ship scale ")[1].split(":")[0]
+    assert code == main(["check", "--adapter", str(setup["bad"]), "--scale", scale, "--gates", str(setup["gates"]), *args])
+
+
+def test_eval_applies_the_suites_gates(setup, tiny_model_dir, tmp_path, capsys):
+    d = setup["suite"].parent
+    strict = tmp_path / "strict"
+    strict.mkdir()
+    (strict / "data.jsonl").write_text((d / "data.jsonl").read_text())
+    (strict / "suite.yaml").write_text(setup["suite"].read_text().replace("min: 0.9", "min: 1.5"))
+    args = ["eval", "--base", str(tiny_model_dir), "--adapter", str(setup["good"]), "--suite", str(strict / "suite.yaml"),
+            "--db", str(tmp_path / "e.duckdb")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "gate failed: threshold[gk:exact_match]" in err and "needs >= 1.5" in err
+    con = duckdb.connect(str(tmp_path / "e.duckdb"), read_only=True)
+    rows = con.execute("SELECT gate, passed, observed, threshold FROM gate_results ORDER BY seq").fetchall()
+    con.close()
+    assert ("threshold[gk:exact_match]", False, 1.0, 1.5) in rows and ("completeness", True, 16.0, 16.0) in rows
+    assert main([*args, "--no-gates"]) == 0
+    # the project file's gates too (retention is kept by this adapter)
+    (tmp_path / "g.toml").write_text("[gates]\nmin_retention = 0.95\n")
+    assert main([*args[:-4], "--suite", str(setup["suite"]), "--db", str(tmp_path / "e.duckdb"), "--gates", str(tmp_path / "g.toml")]) == 0
+    assert "PASS  retention:" in capsys.readouterr().out
+
+
+def test_check_usage_errors(setup, tiny_model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "--adapter", str(setup["good"]), "--base", str(tiny_model_dir)]) == 2
+    assert "no suites to check" in capsys.readouterr().err
+    (tmp_path / "harness.toml").write_text("[gates]\nmin_retention = 'high'\n")
+    assert main(["check", "--adapter", str(setup["good"]), "--suite", str(setup["suite"])]) == 2
+    assert "harness.toml" in capsys.readouterr().err
+    assert main(["check", "--adapter", str(setup["good"]), "--suite", str(setup["suite"]), "--scale", "0"]) == 2
