@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from harness.commands._evalrun import add_eval_arguments, errors_exit, prepare, print_stats
 from harness.errors import UsageError
@@ -30,6 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="retention the recommended scale must keep, of the base's correct answers (default: %(default)s)")
     p.add_argument("--max-leakage", type=float, default=0.02, metavar="L",
                    help="format leakage the recommended scale may show at most (default: %(default)s)")
+    p.add_argument("--gates", type=Path, default=None, metavar="FILE",
+                   help="project gates file (default: harness.toml or [tool.harness] in pyproject.toml, when present)")
+    p.add_argument("--no-gates", action="store_true", help="do not apply the suites' and project gates")
 
 
 def parse_scales(text: str) -> list[float]:
@@ -82,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
                 all_stats.append(run_eval(base, expand_targets([a], [s], include_base=False), prep.suites, run_writer,
                                           store, **common))
         run_id = run_writer.run_id
+        gate_reports = _apply_gates(args, store, run_writer, prep) if not args.no_gates else []
     for s in all_stats:
         total_generated += s.generated
         total_cached += s.cached
@@ -96,7 +101,45 @@ def run(args: argparse.Namespace) -> int:
         from reports.render import write_report
 
         print(f"report: {write_report(comparison, args.report)}")
-    return errors_exit(run_id, stats)
+    failed = False
+    if gate_reports:
+        from harness.commands.check import print_report
+
+        for label, report in gate_reports:
+            if report is None:
+                print(f"gates: {label}: no scale meets the sweep's retention and leakage gates; nothing to ship", file=sys.stderr)
+                failed = True
+                continue
+            print(f"gates at {label}:")
+            print_report(report)
+            failed = failed or not report.passed
+    code = errors_exit(run_id, stats)
+    return code or (1 if failed else 0)
+
+
+def _apply_gates(args, store, run_writer, prep) -> list:
+    """The suites' and project gates, judged at each adapter's recommended scale (the scale to ship);
+    stored with the run. A sweep whose adapter has no recommendable scale fails."""
+    from harness.comparison import build_comparison
+    from harness.gates import ProjectGates, evaluate_gates
+    from harness.project import find_project_file, load_project
+    from harness.sweep import curve, recommend
+
+    gates_file = args.gates or find_project_file(Path.cwd())
+    project_gates = load_project(gates_file).gates if gates_file else ProjectGates()
+    run_writer.flush()  # the gates read the store
+    c = build_comparison(store, run_writer.run_id)
+    out = []
+    for a in prep.adapters:
+        rec = recommend(curve(c, a.adapter_id), args.min_retention, args.max_leakage)
+        if rec.scale is None:
+            out.append((a.path.name, None))
+            continue
+        report = evaluate_gates(store, run_writer.run_id, prep.suites, adapter_id=a.adapter_id, scale=rec.scale,
+                                project_gates=project_gates)
+        run_writer.add_gate_results(report.results)
+        out.append((f"{a.path.name}@{rec.scale:g} (recommended)", report))
+    return out
 
 
 def sweep_tables(c, adapter_ids: list[str], min_retention: float, max_leakage: float) -> str:
