@@ -1,23 +1,63 @@
-"""Render a ``Comparison`` to one self-contained HTML file.
+"""Render a ``Report`` (harness/comparison.py) to one self-contained HTML file.
 
 Autoescaping is switched on explicitly (``select_autoescape`` would not cover ``*.html.j2``), undefined
-variables raise, the page carries a Content-Security-Policy that allows no script at all, and the file
-is written to a temporary name and renamed so a reader never sees half a report. Model outputs are
-hostile text: they only ever reach the page as escaped strings.
+variables raise, and the page carries a Content-Security-Policy, first in ``<head>``, that loads
+nothing from anywhere and runs one script: the example filters, allowed by its SHA-256. Charts are
+static SVG (reports/charts.py). The file is written to a temporary name and renamed, so a reader
+never sees half a report. Model outputs and dataset text are hostile: they reach the page only as
+escaped text, with bidirectional and invisible characters shown as visible ``<U+202E>`` marks.
+Nothing here reads the store or computes a figure: that is harness/comparison.py's job.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 
 import jinja2
+from markupsafe import Markup
 
-from harness.comparison import Comparison
+from harness.comparison import RAW_METRICS, Report
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
+SCRIPT = "filter.js"
+CSP = ("default-src 'none'; script-src {script}; style-src 'unsafe-inline'; img-src data:; "
+       "base-uri 'none'; form-action 'none'")
+# Characters that reorder or hide text (Trojan Source), and C0/C1 controls other than tab and newline.
+_INVISIBLE = re.compile("[\u202a-\u202e\u2066-\u2069\u200b-\u200f\u061c\u2060\ufeff"
+                        "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def shown(text: object) -> str:
+    """``text`` with every bidirectional, zero-width and control character replaced by a visible mark."""
+    if text is None:
+        return ""
+    # a lone surrogate cannot be written as UTF-8: shown as U+FFFD, as a decoder would show it
+    text = str(text).encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return _INVISIBLE.sub(lambda m: f"<U+{ord(m.group()):04X}>", str(text))
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.1f}%"
+
+
+def _value(v: float | None, metric: str = "") -> str:
+    if v is None:
+        return "—"
+    return f"{v:.2f}" if metric in RAW_METRICS else f"{100 * v:.1f}%"
+
+
+def _score_class(score: float | None, higher_is_better: bool, metric: str) -> str:
+    # the colour of one answer's score follows the metric's direction (format leakage 1.0 is bad)
+    if score is None:
+        return "bad"
+    if metric in RAW_METRICS:
+        return "neutral"
+    return "ok" if (score >= 0.5) == higher_is_better else "bad"
 
 
 def _env() -> jinja2.Environment:
@@ -28,23 +68,34 @@ def _env() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["pct"] = lambda v: "—" if v is None else f"{100 * v:.1f}%"
+    env.filters["pct"] = _pct
     env.filters["num"] = lambda v: "—" if v is None else f"{v:.3f}"
+    env.filters["value"] = _value
+    env.filters["shown"] = shown
+    env.globals["score_class"] = _score_class
     return env
 
 
-def render_html(comparison: Comparison) -> str:
+def script_and_csp() -> tuple[Markup, str]:
+    """The filter script (static code, not data) and the CSP that allows exactly it by hash."""
+    code = (TEMPLATES / SCRIPT).read_text(encoding="utf-8")
+    if "</script" in code.lower() or "<!--" in code:
+        raise ValueError(f"{TEMPLATES / SCRIPT} must not contain '</script' or '<!--'")
+    digest = base64.b64encode(hashlib.sha256(code.encode("utf-8")).digest()).decode()
+    return Markup(code), CSP.format(script=f"'sha256-{digest}'")
+
+
+def render_html(report: Report) -> str:
     """The report as a string (for tests); ``write_report`` writes it atomically."""
-    headline = [c for c in comparison.cells if comparison.headline(c.suite) == c.metric]
-    suites = [i.name for i in comparison.suites if any(c.suite == i.name for c in headline)]
-    metrics = {s: comparison.headline(s) for s in suites}
-    table = [(t, [comparison.cell(t, s, metrics[s]) for s in suites]) for t in comparison.targets]
-    others = [c for c in comparison.cells if comparison.headline(c.suite) != c.metric]
-    # colours follow each metric's direction: format leakage of 1.0 is bad, not good
-    high_good = {i.name: i.higher_is_better(i.headline) for i in comparison.suites if i.headline}
+    from reports.charts import loss_chart, sweep_chart
+
+    sweeps = {(i, s.adapter_id): sweep_chart(s, f"sweep-{i}-{k}")
+              for i, run in enumerate(report.runs) for k, s in enumerate(run.sweeps)}
+    losses = [loss_chart(t, f"loss-{k}") for k, t in enumerate(report.training)]
+    categories = sorted({c for run in report.runs for t in run.examples for c in t.categories})
+    script, csp = script_and_csp()
     return _env().get_template("report.html.j2").render(
-        c=comparison, csp=CSP, suites=suites, headline_metrics=[metrics[s] for s in suites],
-        table=table, others=others, high_good=high_good,
+        r=report, csp=csp, script=script, sweep_charts=sweeps, loss_charts=losses, categories=categories,
     )
 
 
@@ -66,18 +117,19 @@ def check_out_path(path: Path) -> None:
         raise UsageError(f"--out {path}: the file exists and is read-only; pick another path")
 
 
-def write_report(comparison: Comparison, path: Path) -> Path:
+def write_report(report: Report, path: Path) -> Path:
     """Write the report to ``path`` atomically (temporary file in the same directory, then rename)."""
     from harness.errors import StorageError
 
     path = Path(path)
     check_out_path(path)
-    html = render_html(comparison)
+    html = render_html(report)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        # errors="replace": a lone surrogate anywhere cannot stop the report (it shows as "?")
+        with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:
             f.write(html)
             f.flush()
             os.fsync(f.fileno())
