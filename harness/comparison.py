@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from harness.store import Store
@@ -466,18 +466,33 @@ def build_report(store: "Store", run_ids: Sequence[str], adapter_ids: Collection
         baseline: an adapter id or label to show beside each adapter's answers; by default the
             adapter's parent (a continued fine-tune) when the run evaluated it.
     """
-    runs = []
-    for run_id in run_ids:
-        c = build_comparison(store, run_id, title=title, adapter_ids=adapter_ids)
-        runs.append(_run_report(store, run_id, c, max_examples, baseline))
-    ids = [s.adapter_id for r in runs for s in r.sweeps]
-    ids = list(dict.fromkeys(ids))
-    labels = {s.adapter_id: s.label for r in runs for s in r.sweeps}
-    training = _training(store, ids, labels)
-    lineage = _lineage(store, ids, labels)
-    train_runs = list(dict.fromkeys(t.run_id for t in training))
-    provenance = tuple(_provenance(store, r) for r in [*run_ids, *[t for t in train_runs if t not in run_ids]])
+    # one read-only connection for the whole report: opening DuckDB costs tens of ms per query
+    with store.connect(write=False) as con:
+        reader: Any = _Reader(con)
+        runs = []
+        for run_id in run_ids:
+            c = build_comparison(reader, run_id, title=title, adapter_ids=adapter_ids)
+            runs.append(_run_report(reader, run_id, c, max_examples, baseline))
+        ids = [s.adapter_id for r in runs for s in r.sweeps]
+        ids = list(dict.fromkeys(ids))
+        labels = {s.adapter_id: s.label for r in runs for s in r.sweeps}
+        training = _training(reader, ids, labels)
+        lineage = _lineage(reader, ids, labels)
+        train_runs = list(dict.fromkeys(t.run_id for t in training))
+        provenance = tuple(_provenance(reader, r) for r in [*run_ids, *[t for t in train_runs if t not in run_ids]])
     return Report(title, tuple(runs), training, lineage, provenance, max_examples)
+
+
+class _Reader:
+    """``Store.query`` over one open connection (the store's lock is held while it lives)."""
+
+    def __init__(self, con: Any) -> None:
+        self.con = con
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        cur = self.con.execute(sql, list(params))
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, row)) for row in cur.fetchall()]
 
 
 def _chosen_scale(points: Sequence, recommended: float | None) -> float:
@@ -745,7 +760,7 @@ def _provenance(store: "Store", run_id: str) -> RunProvenance:
     except (ValueError, AttributeError):
         packages = (("(unreadable)", str(r.get("packages"))),)
     hashes: list[tuple[str, str]] = []
-    used = store.query(
+    used = [] if r.get("kind") == "train" else store.query(
         "SELECT DISTINCT g.base_model_id, g.adapter_id, s.name AS suite, g.suite_id FROM generations g "
         "JOIN run_results rr USING (cache_key) LEFT JOIN suites s USING (suite_id) WHERE rr.run_id = ?", [run_id])
     for b in sorted({u["base_model_id"] for u in used if u["base_model_id"]}):

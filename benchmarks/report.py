@@ -1,0 +1,86 @@
+"""Report at scale: 20 adapters x 6 scales x 4 suites x 300 examples, from a constructed store.
+
+Prints the time to build and write the report, its size, and the time Chromium takes to open it
+from file:// (load event and first paint of every chart). Targets: written in under 5 s, under 15 MB,
+opened in under 3 s. What keeps it bounded: the per-example table holds at most --max-examples rows
+per adapter at its chosen scale (regressions first; the counts cover every example), each text is cut
+to 2000 characters, and charts are static SVG (one sweep and one loss chart per adapter).
+
+    .venv/bin/python benchmarks/report.py [--adapters 20] [--scales 6] [--examples 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness.comparison import build_report  # noqa: E402
+from reports.render import write_report  # noqa: E402
+from tests.test_report_data import make_store  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--adapters", type=int, default=20)
+    ap.add_argument("--scales", type=int, default=6)
+    ap.add_argument("--suites", type=int, default=4)
+    ap.add_argument("--examples", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=500, help="logged training steps per adapter")
+    ap.add_argument("--max-examples", type=int, default=100)
+    args = ap.parse_args()
+    scales = tuple(round(0.25 * (i + 1), 2) for i in range(args.scales))
+    with tempfile.TemporaryDirectory() as d:
+        t = time.perf_counter()
+        store, run_id = make_store(Path(d) / "h.duckdb", n_adapters=args.adapters, scales=scales,
+                                   n_examples=args.examples, n_suites=args.suites, n_steps=args.steps)
+        n = store.query("SELECT count(*) AS n FROM run_results WHERE run_id = ?", [run_id])[0]["n"]
+        print(f"store: {n} generations ({args.adapters} adapters x {args.scales} scales x {args.suites} suites x "
+              f"{args.examples} examples + base), {args.steps} steps per training run; built in {time.perf_counter() - t:.1f}s")
+        t = time.perf_counter()
+        report = build_report(store, [run_id], max_examples=args.max_examples)
+        t_build = time.perf_counter() - t
+        t = time.perf_counter()
+        path = write_report(report, Path(d) / "report.html")
+        t_write = time.perf_counter() - t
+        size = path.stat().st_size
+        rows = sum(len(x.rows) for r in report.runs for x in r.examples)
+        print(f"report: built from the store in {t_build:.2f}s, rendered and written in {t_write:.2f}s "
+              f"(total {t_build + t_write:.2f}s; target < 5 s)")
+        print(f"size: {size / 1e6:.2f} MB (target < 15 MB); {rows} per-example rows "
+              f"(at most {args.max_examples} per adapter)")
+        t_open = open_in_chromium(path)
+        if t_open is not None:
+            print(f"chromium: opened from file:// in {t_open:.2f}s (target < 3 s)")
+    return 0
+
+
+def open_in_chromium(path: Path) -> float | None:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        print("chromium: not installed (run .ci/bootstrap); open time not measured")
+        return None
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        t = time.perf_counter()
+        page.goto(path.resolve().as_uri(), wait_until="load")
+        page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+        took = time.perf_counter() - t
+        charts = page.evaluate("() => document.querySelectorAll('figure.chart svg').length")
+        print(f"chromium: {charts} charts, {len(errors)} page errors")
+        browser.close()
+    return took
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
