@@ -34,7 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Deprecations inside the libraries we call (peft 0.21 asks transformers 5 for is_gradient_checkpointing):
+# nothing a user can act on, printed on every run. Only these exact messages are silenced.
+_UPSTREAM_DEPRECATIONS = (r"`is_gradient_checkpointing` is deprecated",)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import warnings
+
+    for message in _UPSTREAM_DEPRECATIONS:
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
     module = importlib.import_module(f"harness.commands.{args.command}")

@@ -405,3 +405,26 @@ def test_disk_full_while_saving_keeps_the_previous_adapter_and_exits_5(base, tin
     assert after == before and inspect_adapter(tmp_path / "ad").adapter_id == good.adapter_id
     assert not (tmp_path / "ad" / ".saving").exists()
     assert not any("lora" in n for n, _ in base.model.named_modules())
+
+
+def test_training_sees_the_prompt_exactly_as_evaluation_renders_it(tiny_model_dir):
+    """Issue 16.2: the chat template at training time must be the one evaluation applies, or the adapter
+    is evaluated on a format it never saw. TRL tokenizes our conversational rows with the tokenizer's
+    chat template; the prompt tokens it trains on must equal render_prompt's."""
+    import datasets
+    from trl import SFTConfig, SFTTrainer
+
+    from harness.generate import render_prompt
+    from harness.models import load_base, resolve_base
+    from train.data import normalize_row
+
+    base = load_base(resolve_base(str(tiny_model_dir)), device="cpu")
+    row = normalize_row({"prompt": "Order two red hoodies, size M.", "completion": '{"item": "hoodie"}'}, "test")
+    args = SFTConfig(output_dir=str(tiny_model_dir.parent / "unused-sft"), max_steps=1, report_to=[], bf16=False,
+                     use_cpu=True, completion_only_loss=True)
+    trainer = SFTTrainer(model=base.model, args=args, train_dataset=datasets.Dataset.from_list([row]),
+                         processing_class=base.tokenizer)
+    ex = trainer.train_dataset[0]
+    prompt_ids = [t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab == -100]  # what the loss skips
+    want = base.tokenizer(render_prompt(base.tokenizer, "Order two red hoodies, size M."), add_special_tokens=False)["input_ids"]
+    assert prompt_ids == want

@@ -179,3 +179,24 @@ def test_a_run_that_blows_up_is_stopped_exits_1_writes_no_adapter_and_stores_its
     assert kinds & {"nan_inf", "grad_explosion", "divergence"}
     steps = store.query("SELECT max(step) AS last FROM step_logs WHERE run_id = ?", [run[0]["run_id"]])[0]["last"]
     assert steps < 30  # stopped early, not run to the end
+
+
+def test_raw_data_with_a_field_mapping_trains_and_evaluates_about_ten_times(tiny_model_dir, tmp_path, capsys):
+    """Issue 16.1/16.2: data as it is ({id, ticket, answer}); eval loss about 10 times a run, said up front."""
+    raw = tmp_path / "tickets.jsonl"
+    raw.write_text("".join(json.dumps({"id": i, "ticket": f"Refund order {i}", "answer": '{"category": "billing"}'}) + "\n"
+                           for i in range(40)))
+    spec = tmp_path / "t.yaml"
+    spec.write_text(f"base: {tiny_model_dir}\ndata: {{path: {raw}, fields: {{prompt: ticket, completion: answer}}}}\n"
+                    "r: 4\nlora_alpha: 8\nmax_steps: 20\nper_device_train_batch_size: 2\neval_split: 0.1\n")
+    assert main(["train", str(spec), "--db", str(tmp_path / "h.duckdb"), "--out", str(tmp_path / "ad")]) == 0
+    err = capsys.readouterr().err
+    assert "every 2 steps (about 10 evaluations" in err
+    record = json.loads((tmp_path / "ad" / "harness.json").read_text())
+    assert record["task_format"] == {"kind": "json_keys", "keys": ["category"]}
+    assert record["metrics"]["best_eval_loss"] is not None
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(spec.read_text().replace("completion: answer", "completion: reply"))
+    assert main(["train", str(bad), "--db", str(tmp_path / "h.duckdb"), "--out", str(tmp_path / "ad2")]) == 2
+    msg = _one_line_error(capsys)
+    assert "reply" in msg and "answer, id, ticket" in msg

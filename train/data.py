@@ -99,6 +99,19 @@ def load_rows(path: Path | str) -> list[dict[str, Any]]:
     return rows
 
 
+def map_fields(rows: list[dict[str, Any]], fields: Mapping[str, str], where: str) -> list[dict[str, Any]]:
+    """Rename the columns of data as it is (``{prompt: ticket, completion: answer}``) to a shape
+    ``normalize_row`` knows; a column that is not there is a DatasetError naming the columns that are."""
+    if not fields:
+        return rows
+    have = set(rows[0]) if rows else set()
+    missing = sorted({c for c in fields.values() if c not in have})
+    if missing:
+        raise DatasetError(f"{where}: data.fields names column(s) {', '.join(missing)}, which the data does not have; "
+                           f"columns: {', '.join(sorted(have)) or 'none'}")
+    return [{shape: row.get(col) for shape, col in fields.items()} for row in rows]
+
+
 def data_hash(rows: Sequence[Mapping[str, Any]]) -> str:
     h = hashlib.sha256()
     for r in rows:

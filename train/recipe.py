@@ -23,6 +23,7 @@ from train.data import (
     check_supervision,
     data_hash,
     load_rows,
+    map_fields,
     mix_in,
     n_general_for,
     normalize_row,
@@ -123,8 +124,8 @@ def prepare_rows(
     if examples is None:
         if not spec.data:
             raise UsageError("no training data: set `data:` in the spec or pass --data FILE")
-        raw = load_rows(spec.data)
         where = str(spec.data)
+        raw = map_fields(load_rows(spec.data), spec.data_fields, where)
     else:
         raw, where = list(examples), "examples"
     if not raw:
@@ -237,7 +238,10 @@ def train_adapter(
         # the adapter as initialised: needed to convert the trained PiSSA adapter into a plain LoRA one
         peft_model.save_pretrained(str(pissa_init_dir), safe_serialization=True)
 
-    eval_steps = spec.eval_steps or spec.logging_steps
+    eval_steps = spec.eval_steps or default_eval_steps(spec, len(train_ds))
+    if eval_ds is not None:
+        log(f"  eval loss on {len(eval_ds)} held-out examples every {eval_steps} steps "
+            f"(about {max(1, planned_steps(spec, len(train_ds)) // eval_steps)} evaluations; set eval_steps to change)")
     early = spec.early_stopping_patience is not None
     args = SFTConfig(
         output_dir=str(ckpt_root),
@@ -268,7 +272,8 @@ def train_adapter(
         use_cpu=base.device == "cpu",
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        gradient_checkpointing=checkpointing,
+        # transformers 5 renamed gradient_checkpointing (a deprecated alias that warns on every run)
+        activation_checkpointing=checkpointing,
         max_length=spec.max_seq_length,
         completion_only_loss=True,
         disable_tqdm=True,
@@ -350,7 +355,7 @@ def train_adapter(
     _write_atomic(adapter_dir / STEP_LOG_FILE, "".join(json.dumps(s) + "\n" for s in steps))
     record = {
         "spec": spec.to_dict(),
-        "base_model": {"name": base.ref.name, "model_id": base.ref.model_id},
+        "base_model": {"name": base.ref.name, "model_id": base.ref.model_id, "path": str(base.ref.path)},
         "data": {"hash": rows_hash, "n_examples": len(rows), "n_train": len(train_ds),
                  "n_eval": len(eval_ds) if eval_ds is not None else 0, "n_task": n_task,
                  "n_truncated": check.n_truncated, "n_supervised_tokens": check.n_supervised_tokens,
@@ -368,12 +373,37 @@ def train_adapter(
         "device": base.device,
         "packages": package_versions(),
         "metrics": {"final_loss": final, "steps": trainer.state.global_step, "train_seconds": time.perf_counter() - t0,
-                    "n_trainable_parameters": n_trainable, "best_eval_loss": trainer.state.best_metric,
-                    "best_step": trainer.state.best_global_step},
+                    "n_trainable_parameters": n_trainable, "best_eval_loss": trainer.state.best_metric if trainer.state.best_metric is not None else _best_eval(steps)[0],
+                    "best_step": trainer.state.best_global_step if trainer.state.best_metric is not None else _best_eval(steps)[1]},
     }
     _write_atomic(adapter_dir / HARNESS_FILE, json.dumps(record, indent=2, default=_json_default) + "\n")
     result.adapter_id = inspect_adapter(adapter_dir).adapter_id
     return result
+
+
+#: evaluations per run when eval_steps is not set: an eval after every step took 37% of a short run
+EVALS_PER_RUN = 10
+
+
+def planned_steps(spec: TrainSpec, n_train: int) -> int:
+    """Optimizer steps the run will take (max_steps, else epochs over the training rows)."""
+    if spec.max_steps and spec.max_steps > 0:
+        return int(spec.max_steps)
+    per_step = spec.per_device_train_batch_size * spec.gradient_accumulation_steps
+    return max(1, math.ceil(math.ceil(n_train / spec.per_device_train_batch_size) / spec.gradient_accumulation_steps
+                            * spec.num_train_epochs)) if per_step else 1
+
+
+def default_eval_steps(spec: TrainSpec, n_train: int) -> int:
+    """About EVALS_PER_RUN evaluations over the run, never more often than the logging interval."""
+    return max(spec.logging_steps, planned_steps(spec, n_train) // EVALS_PER_RUN, 1)
+
+
+def _best_eval(steps: list[dict]) -> tuple[float | None, int | None]:
+    """The lowest logged eval loss and its step (the Trainer tracks it only with early stopping)."""
+    evals = [(s["eval_loss"], s.get("step")) for s in steps if isinstance(s.get("eval_loss"), (int, float))
+             and math.isfinite(s["eval_loss"])]
+    return min(evals) if evals else (None, None)
 
 
 def _task_format(rows: list[dict]) -> dict | None:
@@ -400,6 +430,7 @@ def _save_adapter(peft_model: Any, adapter_dir: Path, convert: dict[str, Any]) -
     shutil.rmtree(staging, ignore_errors=True)
     try:
         peft_model.save_pretrained(str(staging), safe_serialization=True, **convert)
+        _portable_base_name(staging / "adapter_config.json")
         for f in sorted(staging.iterdir()):
             os.replace(f, adapter_dir / f.name)
     except OSError as exc:
@@ -408,6 +439,21 @@ def _save_adapter(peft_model: Any, adapter_dir: Path, convert: dict[str, Any]) -
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _portable_base_name(config_path: Path) -> None:
+    """PEFT writes the base's local directory (for the embedded base, a path inside our cache) into
+    base_model_name_or_path, so the adapter does not name its base anywhere else; write the public name
+    instead (the local path stays in harness.json)."""
+    from harness.models import EMBEDDED, EMBEDDED_HUB_IDS, harness_home
+
+    cfg = json.loads(config_path.read_text(encoding="utf-8"))
+    named = str(cfg.get("base_model_name_or_path") or "")
+    models = harness_home() / "models"
+    for name in EMBEDDED:
+        if named.startswith(str(models / name)):
+            cfg["base_model_name_or_path"] = EMBEDDED_HUB_IDS[name][0]
+            config_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -27,6 +27,9 @@ INIT_VARIANTS = ("default", "gaussian", "pissa", "loftq")
 class TrainSpec:
     base: str = "smollm2-135m"
     data: str | None = None
+    # column mapping for data as it is: {prompt: ticket, completion: answer} (as a suite's data.fields);
+    # written in a spec as data: {path: tickets.jsonl, fields: {prompt: ticket, completion: answer}}
+    data_fields: Mapping[str, str] = field(default_factory=dict)
     # LoRA
     r: int = 16
     lora_alpha: float = 32
@@ -80,6 +83,7 @@ class TrainSpec:
         d = dataclasses.asdict(self)
         d["target_modules"] = list(self.target_modules)
         d["mix"] = dict(self.mix)
+        d["data_fields"] = dict(self.data_fields)
         return d
 
 
@@ -182,6 +186,25 @@ def coerce_value(key: str, value: Any, where: str = "spec") -> Any:
     return value
 
 
+#: what a training row's columns can be mapped to (the shapes normalize_row accepts)
+DATA_TARGETS = ("prompt", "completion", "instruction", "input", "output", "messages")
+
+
+def check_fields(fields: Any, where: str) -> dict[str, str]:
+    """Validate a data.fields mapping (shape name -> column name)."""
+    if isinstance(fields, str):
+        import yaml
+
+        fields = yaml.safe_load(fields)
+    if not isinstance(fields, Mapping):
+        raise InputError(f"{where}: data.fields must map {'/'.join(DATA_TARGETS)} to column names, e.g. "
+                         "{prompt: ticket, completion: answer}")
+    bad = sorted(str(k) for k in fields if k not in DATA_TARGETS)
+    if bad:
+        raise InputError(f"{where}: data.fields: unknown key(s) {', '.join(bad)}; use {', '.join(DATA_TARGETS)}")
+    return {str(k): str(v) for k, v in fields.items()}
+
+
 def load_spec(path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> TrainSpec:
     """Read a YAML spec (optional), apply overrides, validate; all errors are reported together."""
     raw: dict[str, Any] = {}
@@ -192,6 +215,18 @@ def load_spec(path: Path | None = None, overrides: Mapping[str, Any] | None = No
         if not isinstance(raw, dict):
             raise InputError(f"{path}: a training spec must be a YAML mapping of field: value")
     raw.update(overrides or {})
+    if isinstance(raw.get("data"), Mapping):
+        # data: {path: ..., fields: {prompt: ticket, completion: answer}}, the form suites use
+        d = dict(raw["data"])
+        extra = sorted(set(d) - {"path", "fields"})
+        if extra or "path" not in d:
+            raise InputError(f"{path or 'spec'}: data must be a path or {{path: FILE, fields: {{prompt: COLUMN, completion: COLUMN}}}}"
+                             + (f"; unknown key(s) {', '.join(extra)}" if extra else "; path is missing"))
+        raw["data"] = str(d["path"]) if d["path"] is not None else None
+        if d.get("fields") is not None:
+            raw["data_fields"] = d["fields"]
+    if "data_fields" in raw:
+        raw["data_fields"] = check_fields(raw["data_fields"], str(path or "spec"))
     known = {f.name for f in dataclasses.fields(TrainSpec)}
     unknown = sorted(set(raw) - known)
     if unknown:

@@ -88,6 +88,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, metavar="F", help="training data file; overrides the spec's data")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="adapter directory (default: adapters/NAME); with --grid, the parent of one directory per point")
+    p.add_argument("--force", action="store_true", help="replace an adapter already in the output directory")
     p.add_argument("--name", default=None, help="adapter name in the store and in grid directory names (default: the spec file's stem)")
     add_db_argument(p)
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="FIELD=VALUE",
@@ -133,15 +134,23 @@ def run(args: argparse.Namespace) -> int:
     parent = inspect_adapter(args.from_adapter) if args.from_adapter else None
     name = args.name or args.spec.stem
     out = args.out or Path("adapters") / (name if not grid else "")
+    if not args.resume and not args.force:
+        taken = [out] if not grid else [out / f"{name}-{p.suffix}" for p in points]
+        for d in taken:
+            if (d / "adapter_model.safetensors").exists():
+                raise UsageError(f"{d} already holds an adapter; pass --out another directory, --force to replace it, "
+                                 "or --resume to continue its run")
     from harness.adapters import check_target_modules_names
     from harness.models import check_device, module_names
 
     check_device(args.device)
     from train.data import load_rows, normalize_row
 
-    for path in sorted({str(ps.data) for _, ps in specs if ps.data}):
+    from train.data import map_fields
+
+    for path, fields in sorted({(str(ps.data), tuple(sorted(ps.data_fields.items()))) for _, ps in specs if ps.data}):
         # the data is read and checked (format, bad values, shape of every row) before the model loads
-        for i, row in enumerate(load_rows(path)):
+        for i, row in enumerate(map_fields(load_rows(path), dict(fields), path)):
             normalize_row(row, f"{path} row {i + 1}")
     ref = resolve_base(spec.base)
     names = module_names(ref)  # from the safetensors headers: target_modules are checked before the model loads
