@@ -11,23 +11,17 @@ import duckdb
 import pytest
 
 from harness.cli import main
-from tests.test_gates_support import base_answer_suite, make_lora
+from tests.test_gates_support import shared_gate_setup
 
 PROJECT = "[gates]\nmin_retention = 0.95\nmax_regression = 0.0\n"
 
 
 @pytest.fixture(scope="module")
 def setup(tiny_model_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("check")
-    suite = base_answer_suite(tiny_model_dir, root, gates="gates:\n  - {metric: exact_match, min: 0.9}\n")
-    (root / "harness.toml").write_text(PROJECT + f"suites = []\n")  # suites come from --suite below
-    (root / "harness.toml").write_text(PROJECT)
-    return {
-        "root": root, "suite": suite, "db": root / "h.duckdb", "gates": root / "harness.toml",
-        "good": make_lora(tiny_model_dir, root / "good", seed=1, std=0.0),
-        "good2": make_lora(tiny_model_dir, root / "good2", seed=2, std=0.0),
-        "bad": make_lora(tiny_model_dir, root / "bad", seed=3, std=1.0),
-    }
+    s = shared_gate_setup(tiny_model_dir, tmp_path_factory)
+    s["gates"] = tmp_path_factory.mktemp("check") / "harness.toml"
+    s["gates"].write_text(PROJECT)
+    return s
 
 
 def check(s, tiny, adapter, *extra):
@@ -71,6 +65,7 @@ def test_check_passes_a_kept_adapter_and_fails_a_forgetful_one_naming_every_gate
 
 def test_a_second_check_is_served_from_the_store(setup, tiny_model_dir, capsys):
     assert check(setup, tiny_model_dir, "good") == 0
+    capsys.readouterr()
     assert check(setup, tiny_model_dir, "good") == 0
     assert "0 generated" in capsys.readouterr().err
 

@@ -101,3 +101,21 @@ def base_answer_suite(base_dir: Path, root: Path, n: int = 8, gates: str = "") -
     outs = {r["example_id"]: r["output"] for r in store.query("SELECT example_id, output FROM generations")}
     write([outs[f"q{i}"] for i in range(n)], gates)
     return d / "suite.yaml"
+
+
+_SHARED: dict = {}
+
+
+def shared_gate_setup(tiny_model_dir: Path, tmp_path_factory) -> dict:
+    """Built once per test process for test_check and test_pytest_plugin: the base-answer suite (its
+    own gate: exact_match >= 0.9), two adapters that keep the base's answers, one that changes them,
+    and a results database that caches their results."""
+    if not _SHARED:
+        root = tmp_path_factory.mktemp("gates-shared")
+        suite = base_answer_suite(tiny_model_dir, root, gates="gates:\n  - {metric: exact_match, min: 0.9}\n")
+        _SHARED.update(
+            root=root, suite=suite, suite_dir=suite.parent, db=root / "h.duckdb", tiny=tiny_model_dir,
+            good=make_lora(tiny_model_dir, root / "good", seed=1, std=0.0),
+            good2=make_lora(tiny_model_dir, root / "good2", seed=2, std=0.0),
+            bad=make_lora(tiny_model_dir, root / "bad", seed=3, std=1.0))
+    return dict(_SHARED)

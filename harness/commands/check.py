@@ -15,7 +15,8 @@ import math
 import os
 import shlex
 import sys
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,80 +61,56 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="evaluate an adapter on a base other than the one its harness.json records")
 
 
-def run(args: argparse.Namespace) -> int:
-    from harness import taskformat
-    from harness.adapters import check_base_identity, check_base_name, inspect_adapter
-    from harness.gates import ProjectGates, evaluate_gates
-    from harness.models import check_device, load_base, resolve_base
-    from harness.project import find_project_file, load_project
-    from harness.runner import Target, run_eval
-    from harness.store import RunInfo, Store, default_db_path
-    from harness.suites import load_examples, load_suite
+@dataclass(frozen=True)
+class CheckRequest:
+    """What one check evaluates and judges (parsed flags, or the pytest plugin's options)."""
 
-    for sc in (args.scale, args.baseline_scale):
-        if sc is not None and (not math.isfinite(sc) or sc <= 0):
-            raise UsageError(f"scale {sc!r}: judge an adapter at a finite scale > 0 (scale 0 is the base model)")
-    if args.limit is not None and args.limit <= 0 or args.batch_size <= 0:
-        raise UsageError("--limit and --batch-size must be positive")
-    check_device(args.device)
+    adapter: str
+    suites: tuple[str, ...]
+    project: Any  # harness.gates.ProjectGates
+    base: str = DEFAULT_BASE
+    db: Path | None = None
+    scale: float | None = None
+    recommended: bool = False
+    baseline: str | None = None
+    baseline_scale: float = 1.0
+    gates_file: str | None = None
+    task_format: str | None = None
+    limit: int | None = None
+    batch_size: int = 16
+    device: str | None = None
+    allow_pickle: bool = False
+    allow_base_mismatch: bool = False
+    command: str = "harness check"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    report: Any  # harness.gates.GateReport
+    context: dict
+    stats: Any  # harness.runner.EvalStats
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness.gates import ProjectGates
+    from harness.project import find_project_file, load_project
+
     for out in (args.summary, args.junit, args.json):
         if out is not None and not out.parent.is_dir():
             raise UsageError(f"cannot write {out}: directory {out.parent} does not exist")
-    # Everything cheap is checked before the model loads: project file, suites, data, adapters, base files.
     gates_file = args.gates or find_project_file(Path.cwd())
     project = load_project(gates_file) if gates_file else None
-    pg = project.gates if project else ProjectGates()
-    suite_names = args.suite or list(project.suites if project else ())
-    if not suite_names:
-        raise UsageError("no suites to check: pass --suite, or list `suites = [...]` in harness.toml")
-    suites = [load_suite(s) for s in suite_names]
-    examples = {s.name: load_examples(s, args.limit) for s in suites}
-    adapter = inspect_adapter(args.adapter)
-    baseline = inspect_adapter(args.baseline) if args.baseline else None
-    if baseline is not None and baseline.adapter_id == adapter.adapter_id:
-        raise UsageError(f"--baseline {args.baseline} is the same adapter as --adapter {args.adapter} (same hash)")
-    keys, key_source = taskformat.resolve(suites, examples, [a for a in (adapter, baseline) if a], args.task_format)
-    suites = taskformat.with_leakage(suites, keys)
-    base_name = args.base or (project.base if project and project.base else DEFAULT_BASE)
-    ref = resolve_base(base_name, allow_pickle=args.allow_pickle)
-    warnings: list[str] = []
-    for a in (adapter, baseline):
-        if a is None:
-            continue
-        w = check_base_identity(a, ref.model_id, ref.name, args.allow_base_mismatch)
-        warnings.extend([w] if w else [])
-        warnings.extend(a.warnings)
-        w = check_base_name(a, ref)
-        warnings.extend([w] if w else [])
-    for w in warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    db = Path(args.db or default_db_path())
-    if args.recommended and not db.exists():
-        raise UsageError(f"--recommended: no results database at {db}; run `harness sweep --adapter {args.adapter}` first")
-    store = Store(db)
-    store.query("SELECT 1")  # a damaged or locked database is exit 5 now, before the model loads
-    scale = recommended_scale(store, adapter.adapter_id, pg, args.adapter) if args.recommended else (args.scale or 1.0)
-    base = load_base(ref, device=args.device, lazy=True)
-    targets = [Target(None, 0.0), Target(adapter, scale)] + ([Target(baseline, args.baseline_scale)] if baseline else [])
-    info = RunInfo(kind="check", command=shlex.join(["harness", *sys.argv[1:]]),
-                   config={"device": base.device, "base": base_name, "scales": [scale], "suites": [s.name for s in suites],
-                           "warnings": warnings, "batch_size": args.batch_size,
-                           "gates_file": str(gates_file) if gates_file else None,
-                           "adapter_id": adapter.adapter_id, "baseline_id": baseline.adapter_id if baseline else None,
-                           "baseline_scale": args.baseline_scale if baseline else None,
-                           "task_format": {"keys": list(keys), "source": key_source}})
-    with store.run(info) as writer:
-        stats = run_eval(base, targets, suites, writer, store, batch_size=args.batch_size, limit=args.limit,
-                         task_format=",".join(keys) or None, examples=examples, log=lambda m: print(m, file=sys.stderr))
-        writer.flush()  # cached results are buffered until a flush: the gates read the store
-        report = evaluate_gates(store, writer.run_id, suites, adapter_id=adapter.adapter_id, scale=scale,
-                                baseline_adapter_id=baseline.adapter_id if baseline else None,
-                                baseline_scale=args.baseline_scale, project_gates=pg, require_gates=True)
-        writer.add_gate_results(report.results)
-    print(f"run {report.run_id}: {stats.generated} generated, {stats.cached} cached, {stats.errors} errors", file=sys.stderr)
+    req = CheckRequest(
+        adapter=args.adapter, suites=tuple(args.suite or (project.suites if project else ())),
+        project=project.gates if project else ProjectGates(),
+        base=args.base or (project.base if project and project.base else DEFAULT_BASE), db=args.db, scale=args.scale,
+        recommended=args.recommended, baseline=args.baseline, baseline_scale=args.baseline_scale,
+        gates_file=str(gates_file) if gates_file else None, task_format=args.task_format, limit=args.limit,
+        batch_size=args.batch_size, device=args.device, allow_pickle=args.allow_pickle,
+        allow_base_mismatch=args.allow_base_mismatch, command=shlex.join(["harness", *sys.argv[1:]]))
+    result = run_check(req)
+    report, context = result.report, result.context
     print_report(report)
-    context = {"adapter": str(args.adapter), "adapter_id": adapter.adapter_id, "scale": scale,
-               "baseline": str(args.baseline) if baseline else None, "baseline_id": baseline.adapter_id if baseline else None}
     md = markdown_summary(report, context)
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if step_summary:
@@ -146,6 +123,78 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(json.dumps(report_json(report, context), indent=2, default=str) + "\n", encoding="utf-8")
     return 0 if report.passed else 1
+
+
+def run_check(req: CheckRequest, plan: Sequence[Any] | None = None, require_gates: bool = True) -> CheckResult:
+    """Evaluate what the store lacks (base, adapter at its scale, baseline), then judge the gates
+    (``plan``: these planned gates, else every gate of the suites and the project). The gate results
+    are stored with the run."""
+    from harness import taskformat
+    from harness.adapters import check_base_identity, check_base_name, inspect_adapter
+    from harness.gates import evaluate_gates
+    from harness.models import check_device, load_base, resolve_base
+    from harness.runner import Target, run_eval
+    from harness.store import RunInfo, Store, default_db_path
+    from harness.suites import load_examples, load_suite
+
+    for sc in (req.scale, req.baseline_scale):
+        if sc is not None and (not math.isfinite(sc) or sc <= 0):
+            raise UsageError(f"scale {sc!r}: judge an adapter at a finite scale > 0 (scale 0 is the base model)")
+    if req.limit is not None and req.limit <= 0 or req.batch_size <= 0:
+        raise UsageError("--limit and --batch-size must be positive")
+    check_device(req.device)
+    # Everything cheap is checked before the model loads: suites, data, adapters, base files, database.
+    if not req.suites:
+        raise UsageError("no suites to check: pass --suite, or list `suites = [...]` in harness.toml")
+    suites = [load_suite(s) for s in req.suites]
+    examples = {s.name: load_examples(s, req.limit) for s in suites}
+    adapter = inspect_adapter(req.adapter)
+    baseline = inspect_adapter(req.baseline) if req.baseline else None
+    if baseline is not None and baseline.adapter_id == adapter.adapter_id:
+        raise UsageError(f"baseline {req.baseline} is the same adapter as {req.adapter} (same hash)")
+    keys, key_source = taskformat.resolve(suites, examples, [a for a in (adapter, baseline) if a], req.task_format)
+    suites = taskformat.with_leakage(suites, keys)
+    ref = resolve_base(req.base, allow_pickle=req.allow_pickle)
+    warnings: list[str] = []
+    for a in (adapter, baseline):
+        if a is None:
+            continue
+        w = check_base_identity(a, ref.model_id, ref.name, req.allow_base_mismatch)
+        warnings.extend([w] if w else [])
+        warnings.extend(a.warnings)
+        w = check_base_name(a, ref)
+        warnings.extend([w] if w else [])
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    db = Path(req.db or default_db_path())
+    if req.recommended and not db.exists():
+        raise UsageError(f"--recommended: no results database at {db}; run `harness sweep --adapter {req.adapter}` first")
+    store = Store(db)
+    store.query("SELECT 1")  # a damaged or locked database is exit 5 now, before the model loads
+    scale = recommended_scale(store, adapter.adapter_id, req.project, req.adapter) if req.recommended else (req.scale or 1.0)
+    base = load_base(ref, device=req.device, lazy=True)
+    targets = [Target(None, 0.0), Target(adapter, scale)] + ([Target(baseline, req.baseline_scale)] if baseline else [])
+    info = RunInfo(kind="check", command=req.command,
+                   config={"device": base.device, "base": req.base, "scales": [scale], "suites": [s.name for s in suites],
+                           "warnings": warnings, "batch_size": req.batch_size, "gates_file": req.gates_file,
+                           "adapter_id": adapter.adapter_id, "baseline_id": baseline.adapter_id if baseline else None,
+                           "baseline_scale": req.baseline_scale if baseline else None,
+                           "task_format": {"keys": list(keys), "source": key_source}})
+    with store.run(info) as writer:
+        stats = run_eval(base, targets, suites, writer, store, batch_size=req.batch_size, limit=req.limit,
+                         task_format=",".join(keys) or None, examples=examples, log=lambda m: print(m, file=sys.stderr))
+        writer.flush()  # cached results are buffered until a flush: the gates read the store
+        report = evaluate_gates(store, writer.run_id, suites, adapter_id=adapter.adapter_id, scale=scale,
+                                baseline_adapter_id=baseline.adapter_id if baseline else None,
+                                baseline_scale=req.baseline_scale, project_gates=req.project, plan=plan,
+                                require_gates=require_gates)
+        writer.add_gate_results(report.results)
+    print(f"run {report.run_id}: {stats.generated} generated, {stats.cached} cached, {stats.errors} errors", file=sys.stderr)
+    context = {"adapter": str(req.adapter), "adapter_id": adapter.adapter_id, "scale": scale,
+               "baseline": str(req.baseline) if baseline else None, "baseline_id": baseline.adapter_id if baseline else None,
+               "baseline_scale": req.baseline_scale if baseline else None, "base_model_id": ref.model_id,
+               "db": str(db)}
+    return CheckResult(report, context, stats)
 
 
 def recommended_scale(store: Any, adapter_id: str, pg: Any, adapter_path: str) -> float:
