@@ -6,12 +6,17 @@ Variants (each in a fresh subprocess, so the CPU's max-RSS figure belongs to tha
 - ``loop-b1``:   the baseline: plain PEFT + torch loop (AdamW, clipping), batch 1
 - ``loop-bN``:   the same loop at batch N
 - ``recipe-bN``: ``train.recipe.train_adapter`` (TRL SFTTrainer + PEFT) at batch N, timed per step by a callback
+- ``kernels-bN`` (with ``--kernels``): the same recipe with ``kernels: true`` (train/kernels; the path it took,
+  Triton or the PyTorch reference, is printed); ``liger-bN``: the plain loop on a Liger-patched model, where
+  ``liger_kernel`` is installed
 
 Tokens/s counts the tokens actually fed (every example is the same text, so no padding). Peak memory is
 ``torch.cuda.max_memory_allocated`` on a GPU, ``resource.getrusage`` max RSS on the CPU.
 
     python benchmarks/train_step.py                      # smollm2-135m, cuda if present else cpu
     python benchmarks/train_step.py --steps 3 --batch 4  # shorter
+    python benchmarks/train_step.py --kernels            # adds kernels-bN (and liger-bN where installed)
+    python benchmarks/train_step.py --kernels --seq-len 2048 --batch 8   # the issue's GPU target shape
     python benchmarks/train_step.py --random-init DIR    # same architecture, random weights, from DIR's
                                                          # config + tokenizer (a machine without the weights)
 
@@ -73,30 +78,43 @@ def _peak_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _tokens_per_example(tokenizer) -> int:
+def _tokens_per_example(tokenizer, row: dict = ROW) -> int:
     from collections.abc import Mapping
 
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": ROW["prompt"]},
-                                         {"role": "assistant", "content": ROW["completion"]}], tokenize=True)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]},
+                                         {"role": "assistant", "content": row["completion"]}], tokenize=True)
     return len(ids["input_ids"] if isinstance(ids, Mapping) else ids)
 
 
-def run_loop(args: argparse.Namespace, batch: int) -> dict:
-    """Baseline: PEFT LoRA + a plain torch training loop, no Trainer."""
+def _row(args: argparse.Namespace, tokenizer) -> dict:
+    """The benchmark example, its prompt repeated to about ``--seq-len`` tokens (where compute dominates)."""
+    if not args.seq_len:
+        return ROW
+    repeat = max(1, round(args.seq_len / _tokens_per_example(tokenizer)))
+    return {"prompt": ROW["prompt"] * repeat, "completion": ROW["completion"]}
+
+
+def run_loop(args: argparse.Namespace, batch: int, liger: bool = False) -> dict:
+    """Baseline: PEFT LoRA + a plain torch training loop, no Trainer (``liger``: on a Liger-patched model)."""
     import torch
     from peft import LoraConfig, get_peft_model
 
     from train.spec import TrainSpec
 
     base = _base(args)
+    if liger:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+        _apply_liger_kernel_to_instance(model=base.model)
     spec = TrainSpec()
     dtype = torch.bfloat16 if base.device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     # as the recipe does: the base in its loaded dtype (bf16 on a GPU that has it) under autocast, else fp32
     model = get_peft_model(base.model if dtype != torch.float32 else base.model.float(), LoraConfig(
         r=spec.r, lora_alpha=spec.lora_alpha, target_modules=list(spec.target_modules), task_type="CAUSAL_LM"))
     model.train()
-    text = base.tokenizer.apply_chat_template([{"role": "user", "content": ROW["prompt"]},
-                                               {"role": "assistant", "content": ROW["completion"]}], tokenize=False)
+    row = _row(args, base.tokenizer)
+    text = base.tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]},
+                                               {"role": "assistant", "content": row["completion"]}], tokenize=False)
     enc = base.tokenizer([text] * batch, return_tensors="pt").to(base.device)
     labels = enc["input_ids"].clone()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec.learning_rate)
@@ -122,7 +140,7 @@ def run_loop(args: argparse.Namespace, batch: int) -> dict:
             "peak_mb": _peak_mb(base.device), "precision": str(dtype).removeprefix("torch.")}
 
 
-def run_recipe(args: argparse.Namespace, batch: int) -> dict:
+def run_recipe(args: argparse.Namespace, batch: int, kernels: bool = False) -> dict:
     """The harness's recipe: TRL SFTTrainer + PEFT, timed per optimiser step by a callback."""
     import torch
     from transformers import TrainerCallback
@@ -147,16 +165,21 @@ def run_recipe(args: argparse.Namespace, batch: int) -> dict:
     if base.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     spec = TrainSpec(base=str(base.ref.path), max_steps=args.warmup + args.steps, per_device_train_batch_size=batch,
-                     logging_steps=args.warmup + args.steps)
+                     logging_steps=args.warmup + args.steps, kernels=kernels,
+                     max_seq_length=max(512, (args.seq_len or 0) + 256))
+    row = _row(args, base.tokenizer)
+    path_line: list[str] = []
     import tempfile
 
-    result = train_adapter(spec, Path(tempfile.mkdtemp(prefix="bench-out-")), examples=[ROW] * (batch * (args.warmup + args.steps)),
-                           base=base, log=lambda s: None, callbacks=[Timer()])
+    result = train_adapter(spec, Path(tempfile.mkdtemp(prefix="bench-out-")), examples=[row] * (batch * (args.warmup + args.steps)),
+                           base=base, log=lambda s: path_line.append(s) if "kernels:" in s else None,
+                           callbacks=[Timer()])
     measured = times[args.warmup:]
     record = json.loads((result.adapter_dir / "harness.json").read_text())
-    return {"device": base.device, "batch": batch, "tokens_per_step": batch * _tokens_per_example(base.tokenizer),
+    return {"device": base.device, "batch": batch, "tokens_per_step": batch * _tokens_per_example(base.tokenizer, row),
             "seconds_per_step": sum(measured) / len(measured), "peak_mb": _peak_mb(base.device),
-            "precision": record["precision"]}
+            "precision": record["precision"], "kernels": (record.get("kernels") or {}).get("name"),
+            "note": path_line[0].strip() if path_line else None}
 
 
 def main() -> int:
@@ -167,17 +190,30 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=4, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    p.add_argument("--seq-len", type=int, default=None, help="repeat the prompt to about this many tokens per example")
+    p.add_argument("--kernels", action="store_true", help="also time the recipe with train/kernels (and Liger, if installed)")
     p.add_argument("--variant", default=None, help=argparse.SUPPRESS)  # internal: run one variant, print JSON
     args = p.parse_args()
     if args.variant:
         kind, _, b = args.variant.partition("-b")
-        result = (run_loop if kind == "loop" else run_recipe)(args, int(b))
+        if kind in ("loop", "liger"):
+            result = run_loop(args, int(b), liger=kind == "liger")
+        else:
+            result = run_recipe(args, int(b), kernels=kind == "kernels")
         print("RESULT " + json.dumps(result))
         return 0
 
     variants = ["loop-b1", f"loop-b{args.batch}", f"recipe-b{args.batch}"]
+    if args.kernels:
+        variants.append(f"kernels-b{args.batch}")
+        import importlib.util
+
+        if importlib.util.find_spec("liger_kernel") is not None:
+            variants.append(f"liger-b{args.batch}")
+        else:
+            print("liger-kernel is not installed: no liger variant", file=sys.stderr)
     results = {}
-    passthrough = [a for a in sys.argv[1:]]
+    passthrough = [a for a in sys.argv[1:] if a != "--kernels"]
     for v in variants:
         t = time.perf_counter()
         proc = subprocess.run([sys.executable, __file__, *passthrough, "--variant", v], capture_output=True, text=True,
@@ -205,6 +241,9 @@ def main() -> int:
         tps = r["tokens_per_step"] / r["seconds_per_step"]
         print(f"{v:<12} {r['precision']:<9} {r['tokens_per_step']:>8} {r['seconds_per_step']:>8.3f} {tps:>9.0f} "
               f"{tps / base_tps:>7.2f} {r['peak_mb']:>36.0f} {r['peak_mb'] / base['peak_mb']:>7.2f}")
+    for v, r in results.items():
+        if r.get("note"):
+            print(f"{v}: {r['note']}")
     return 0
 
 

@@ -6,6 +6,10 @@ class name and attributes, so this file needs no transformers or PEFT import (DE
 torch and triton only); the attention forward takes ``eager_attention_forward`` and
 ``ALL_ATTENTION_FUNCTIONS`` from the namespace of the attention class's own module.
 
+The LoRA patch also serves PEFT's mixed-adapter batches (``adapter_names=``, how the sweep engine runs
+several scales of an adapter in one batch) with the ``multi_scale_lora`` kernel: one launch per layer
+instead of one LoRA product per adapter name.
+
 With TRL's SFTTrainer, apply after the trainer is built: TRL adds its own fused LM head to the model's
 ``forward`` when the trainer is made; applying after replaces it with ours (same outputs: per-token
 log-probabilities, entropy, top-1 and the label mask), and ``undo`` gives TRL's back.
@@ -26,6 +30,7 @@ import torch
 from train.kernels._path import KernelPath, choose_path
 from train.kernels.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy_per_token
 from train.kernels.lora_linear import lora_linear
+from train.kernels.multi_scale_lora import multi_scale_lora
 from train.kernels.rms_norm import rms_norm
 from train.kernels.rope import rope
 from train.kernels.swiglu import swiglu
@@ -131,13 +136,46 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
 
 
+def _mixed_batch(layer: torch.nn.Module, x: torch.Tensor, adapter_names: list[str], use_triton: bool) -> torch.Tensor | str:
+    """PEFT's mixed-adapter batch (one adapter name per sequence, "__base__" for none) in one BGMV launch;
+    or why it cannot be (then PEFT's own per-adapter loop runs)."""
+    names = sorted({n for n in adapter_names if n != "__base__"})
+    if len(adapter_names) != x.shape[0]:
+        return "adapter_names does not give one name per sequence"
+    for name in names:
+        reason = _lora_blocker(layer, name)
+        if reason:
+            return reason
+    if len({layer.lora_A[n].weight.shape for n in names}) > 1:
+        return "adapters of different ranks in one batch"
+    base = layer.base_layer
+    dt = _compute_dtype(x)
+    x = x.to(dt)
+    base_out = torch.nn.functional.linear(x, base.weight.to(dt), None if base.bias is None else base.bias.to(dt))
+    if not names:
+        return base_out
+    # stacked per call: the sweep engine changes scaling and adapters between batches
+    lora_a = torch.stack([layer.lora_A[n].weight for n in names])
+    lora_b = torch.stack([layer.lora_B[n].weight for n in names])
+    scaling = torch.tensor([float(layer.scaling[n]) for n in names], device=x.device)
+    pos = {n: i for i, n in enumerate(names)}
+    per_seq = torch.tensor([pos.get(n, -1) for n in adapter_names], device=x.device)
+    rows = per_seq.repeat_interleave(x[0].numel() // x.shape[-1]) if x.dim() > 2 else per_seq
+    return multi_scale_lora(x, base_out, lora_a, lora_b, scaling, rows, use_triton=use_triton)
+
+
 def _lora_forward(layer: torch.nn.Module, handle: KernelsHandle, use_triton: bool, where: str) -> Callable[..., Any]:
     original = layer.forward
 
     def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         reason = None
-        if args or kwargs:
-            reason = "extra forward arguments (adapter_names: a mixed-adapter batch)"
+        if not args and set(kwargs) == {"adapter_names"} and not layer.disable_adapters and not layer.merged:
+            out = _mixed_batch(layer, x, kwargs["adapter_names"], use_triton)
+            if isinstance(out, torch.Tensor):
+                return out
+            reason = f"mixed-adapter batch: {out}"
+        elif args or kwargs:
+            reason = f"extra forward arguments ({', '.join(kwargs) or 'positional'})"
         elif layer.disable_adapters:
             reason = "adapters disabled"
         elif layer.merged:

@@ -144,10 +144,10 @@ def multi_scale_lora(x: torch.Tensor, base: torch.Tensor, lora_a: torch.Tensor, 
     Shapes as in ``reference_multi_scale_lora``; ``x`` may have leading batch dims (``[..., K]``, with ``base``
     ``[..., N]`` and ``idx`` one entry per row of the flattened batch).
     """
-    if not use_triton:
-        return reference_multi_scale_lora(x, base, lora_a, lora_b, scaling, idx)
     shape = base.shape
     x2, b2 = x.reshape(-1, x.shape[-1]), base.reshape(-1, shape[-1])
+    if not use_triton:
+        return reference_multi_scale_lora(x2, b2, lora_a, lora_b, scaling, idx).view(shape)
     dt = x.dtype
     y = MultiScaleLoRAFunction.apply(x2, b2, lora_a.to(dt), lora_b.to(dt), scaling.to(dt), idx.to(torch.int64))
     return y.view(shape)
