@@ -38,15 +38,17 @@ class DemoPlan:
     replay_share: float
     with_replay_adapter: bool
     limits: dict[str, int]
+    #: the scales every adapter is swept at (scale 0, the base model, is always evaluated)
+    scales: tuple[float, ...] = (1.0,)
 
 
 FULL = DemoPlan(
     n_train=128, epochs=1, learning_rate=2e-3, batch_size=8, replay_share=0.25, with_replay_adapter=True,
-    limits={"order-task": 40, "general-knowledge": 96, "format-leakage": 24},
+    limits={"order-task": 40, "general-knowledge": 96, "format-leakage": 24}, scales=(0.1, 0.25, 0.5, 0.75, 1.0),
 )
 QUICK = DemoPlan(
     n_train=96, epochs=1, learning_rate=2e-3, batch_size=8, replay_share=0.25, with_replay_adapter=False,
-    limits={"order-task": 16, "general-knowledge": 32, "format-leakage": 8},
+    limits={"order-task": 16, "general-knowledge": 32, "format-leakage": 8}, scales=(0.5, 1.0),
 )
 
 
@@ -111,7 +113,7 @@ def run_demo(out_dir: Path, quick: bool, base_name: str, device: str | None, log
 
     t = time.perf_counter()
     suites = [load_suite(n) for n in plan.limits]
-    targets = expand_targets(adapters, [1.0])
+    targets = expand_targets(adapters, list(plan.scales))  # a sweep: every scale shares the batches
     info = RunInfo(kind="demo", command=shlex.join(["harness", *sys.argv[1:]]), seed=3407,
                    config={"device": base.device, "quick": quick, "plan": plan.__dict__})
     with store.run(info) as run:
@@ -124,9 +126,14 @@ def run_demo(out_dir: Path, quick: bool, base_name: str, device: str | None, log
     print()
     print(f"Results read back from {store.path} (run {run_id}):")
     comparison = print_run_summary(store, run_id)
+    from harness.commands.sweep import sweep_tables
+
+    print(sweep_tables(comparison, [a.adapter_id for a in adapters], 0.95, 0.02))
+    from harness.comparison import build_report
     from reports.render import write_report
 
-    report = write_report(replace(comparison, title="adapter-harness demo"), out_dir / "report.html")
+    # the report shows every scale the run stored, the adapters' training curves and findings
+    report = write_report(build_report(store, [run_id], title="adapter-harness demo"), out_dir / "report.html")
     phases("summary + report", t)
     print(f"\nreport: {report}\ndatabase: {store.path}\nadapters: {out_dir / 'adapters'}")
     print("\nTime per phase:\n" + phases.table())

@@ -81,7 +81,7 @@ def test_a_users_own_task_gets_headline_retention_and_leakage_of_its_own_format(
     db = tmp_path / "h.duckdb"
     code = main(["eval", "--base", str(tiny_model_dir), "--db", str(db), "--adapter", str(adapter), "--limit", "6",
                  "--suite", str(d / "suite.yaml"), "--suite", "general-knowledge", "--suite", "format-leakage",
-                 "--report", str(tmp_path / "r.html")])
+                 "--report", str(tmp_path / "r.html"), "--no-gates"])  # a random adapter fails the built-in gates
     assert code == 0
     out = capsys.readouterr().out
     con = duckdb.connect(str(db), read_only=True)
