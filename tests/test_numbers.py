@@ -143,7 +143,7 @@ def test_results_adapter_view_pairs_every_example_after_a_suite_edit(history, ca
     for path_id in ids.values():
         capsys.readouterr()
         assert main(["results", "--db", str(db), "--adapter", path_id, "--json"]) == 0
-        shown = json.loads(capsys.readouterr().out)
+        shown = json.loads(capsys.readouterr().out)["vs_base"]
         for run_id in runs:
             want = {k: v for k, v in independent_pairs(rows, run_id).items() if k[0] == path_id}
             got = {(path_id, r["scale"], r["suite_name"], r["metric"]): (r["n_pairs"], r["adapter_mean"], r["base_mean"], r["mean_delta"])
