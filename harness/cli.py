@@ -16,7 +16,7 @@ from harness import __version__
 from harness.errors import HarnessError
 
 # Order is the order shown in --help.
-COMMANDS = ("demo", "train", "eval", "check", "sweep", "export", "suites", "runs", "results", "report", "anomalies", "db")
+COMMANDS = ("demo", "train", "eval", "check", "sweep", "export", "suites", "runs", "results", "report", "anomalies", "db", "sql")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -89,3 +89,18 @@ def test_a_dead_run_is_interrupted_and_incomplete_in_results_and_runs(tmp_path, 
     assert main(["runs", "--db", str(db), "--json"]) == 0
     [run] = json.loads(capsys.readouterr().out)
     assert run["status"] == "interrupted" and run["incomplete"] is True
+
+
+def test_sql_is_read_only_and_names_a_bad_query(tmp_path, capsys):
+    from harness.store import RunInfo, Store
+
+    db = tmp_path / "h.duckdb"
+    with Store(db).run(RunInfo(kind="eval", command="test")):
+        pass
+    assert main(["sql", "SELECT kind, status FROM v_runs", "--db", str(db)]) == 0
+    assert "eval" in capsys.readouterr().out
+    assert main(["sql", "DELETE FROM runs", "--db", str(db)]) == 2
+    assert main(["sql", "SELEC 1", "--db", str(db)]) == 2
+    assert "query failed" in capsys.readouterr().err
+    assert main(["sql", "SELECT count(*) AS n FROM runs", "--db", str(db), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"n": 1}]

@@ -1,0 +1,60 @@
+"""`harness sql`: a read-only SQL query against the results database, printed as a table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from harness.commands._common import add_db_argument
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sql",
+        help="run a read-only SQL query on the results database (views: v_runs, v_scores, v_suite_summary, ...)",
+        description=(
+            "Run one SQL query on the results database, read-only (the database is opened read-only: a query "
+            "cannot change it), and print the rows as a table or JSON. The schema and its views are in "
+            "harness/store/schema.sql; no separate duckdb command is needed."
+        ),
+    )
+    p.add_argument("query", metavar="SQL", help="e.g. \"SELECT * FROM v_runs\"")
+    add_db_argument(p)
+    p.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    p.add_argument("--limit", type=int, default=200, help="print at most N rows (default: %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness.commands._common import existing_store
+    from harness.errors import InputError
+    from harness.summary import format_table
+
+    import duckdb
+
+    try:
+        statements = duckdb.extract_statements(args.query)
+    except duckdb.Error as exc:
+        raise InputError(f"query failed: {str(exc).splitlines()[0]}; the views are listed in harness/store/schema.sql") from None
+    writes = sorted({st.type.name for st in statements if st.type.name not in ("SELECT", "EXPLAIN")})
+    if len(statements) != 1 or writes:
+        raise InputError("harness sql runs one read-only SELECT" + (f", not {', '.join(writes)}" if writes else "")
+                         + "; the store is changed only by harness commands (its shards are the record)")
+    store = existing_store(args.db)
+    try:
+        rows = store.query(args.query)
+    except duckdb.Error as exc:
+        # storage damage is already a StorageError inside the store; what reaches here is the query's own
+        # mistake (parser, binder, a table that does not exist, an attempt to write)
+        raise InputError(f"query failed: {str(exc).splitlines()[0]}; the views are listed in harness/store/schema.sql") from None
+    if args.json:
+        print(json.dumps(rows[: args.limit], indent=2, default=str))
+        return 0
+    if not rows:
+        print("(no rows)")
+        return 0
+    header = list(rows[0])
+    shown = [[("NULL" if v is None else str(v))[:60] for v in r.values()] for r in rows[: args.limit]]
+    print(format_table(header, shown))
+    if len(rows) > args.limit:
+        print(f"({len(rows) - args.limit} more rows; --limit or --json)")
+    return 0
