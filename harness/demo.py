@@ -117,8 +117,9 @@ def run_demo(out_dir: Path, quick: bool, base_name: str, device: str | None, log
     info = RunInfo(kind="demo", command=shlex.join(["harness", *sys.argv[1:]]), seed=3407,
                    config={"device": base.device, "quick": quick, "plan": plan.__dict__})
     with store.run(info) as run:
-        for suite in suites:
-            run_eval(base, targets, [suite], run, store, limit=plan.limits[suite.name], log=log)
+        for i, suite in enumerate(suites):
+            # the adapters' self-checks (scale 0 == base, scale 1 == plain PEFT load) once, with the first suite
+            run_eval(base, targets, [suite], run, store, limit=plan.limits[suite.name], log=log, self_check=i == 0)
         run_id = run.run_id
     phases("evaluate base + adapters", t)
 
