@@ -128,6 +128,10 @@ def write_report(report: Report, path: Path) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        # mkstemp makes the file private (0600); a report is for sharing: the usual mode under the umask
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         # errors="replace": a lone surrogate anywhere cannot stop the report (it shows as "?")
         with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:
             f.write(html)

@@ -262,3 +262,15 @@ def test_chart_check_refuses_active_svg():
 
 
 from tests.test_report_data import small  # noqa: E402,F401  (the shared module fixture)
+
+
+def test_report_file_has_the_usual_mode_not_0600(tmp_path):
+    import os
+    import stat
+
+    from reports.render import write_report
+
+    out = write_report(_report_of("plain text"), tmp_path / "r.html")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
