@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from harness import distributed
 from harness.adapters import AdapterInfo
 from harness.engine import attached, plan_groups
 from harness import taskformat
@@ -96,15 +97,27 @@ def run_eval(
 
     ``examples`` (suite name -> examples) passes examples already loaded (and so validated) by the
     caller; suites not in it are loaded here.
+
+    Under ``accelerate launch`` / ``torchrun`` with a ``run`` shared by the ranks (``store.run(info,
+    ranks=True)``), every rank calls this with the same arguments: the main process looks up the cache
+    and broadcasts what is missing, each group's missing requests are split by global rank (contiguous
+    shares, no padding), each rank generates and writes its share, and at the end the main process
+    moves every rank's shards in (``run.sync()``) and every rank returns the totals of all ranks.
+    Greedy outputs do not depend on the batch a request lands in, so the rows are those of one process.
     """
     from harness.metrics import model_metric_names
 
+    shared = bool(getattr(run, "ranks", False))  # one run written by every rank of a launched job
+    lead = not shared or distributed.is_main()  # the process that writes the run's own rows and logs
+    if not lead:
+        log, progress_bar = (lambda m: None), False
     stats = EvalStats()
     t_start = time.perf_counter()
     dtype = str(base.dtype).removeprefix("torch.")
-    run.add_base_model(BaseModelRow(base.ref.model_id, base.ref.name, str(base.ref.path)))
+    if lead:
+        run.add_base_model(BaseModelRow(base.ref.model_id, base.ref.name, str(base.ref.path)))
     for t in targets:
-        if t.adapter is not None:
+        if t.adapter is not None and lead:
             # harness.json writes the parent as {"parent_adapter": {"adapter_id": ...}} (train/recipe.py)
             parent = ((t.adapter.harness or {}).get("parent_adapter") or {}).get("adapter_id")
             run.add_adapter(AdapterRow(
@@ -118,17 +131,19 @@ def run_eval(
     suites = taskformat.with_leakage(suites, keys)
     # The whole expected count is declared, and made durable, before anything is generated: a run killed
     # after its first model must read as incomplete, not as a finished smaller run.
-    run.expect(sum(len(ex) for ex in loaded.values()) * len(targets))
+    if lead:
+        run.expect(sum(len(ex) for ex in loaded.values()) * len(targets))
     run.flush(force=True)
     # self-check rows (scale 0 == base, scale 1 == plain PEFT load), taken when adapters first attach
     checks: list = [] if self_check else None  # type: ignore[assignment]
     checked: set[str] = set()  # adapters already self-checked in this call (once each, not once per suite)
     for suite in suites:
         suite_examples = loaded[suite.name]
-        run.add_suite(SuiteRow(suite.suite_id, suite.name, suite.version, str(suite.path), len(suite_examples),
-                               suite.role, suite.headline, json.dumps(suite_directions(suite), sort_keys=True)))
-        run.add_examples(ExampleRow(suite.suite_id, e.id, e.input, e.target, e.category, ",".join(e.truncated) or None)
-                         for e in suite_examples)
+        if lead:
+            run.add_suite(SuiteRow(suite.suite_id, suite.name, suite.version, str(suite.path), len(suite_examples),
+                                   suite.role, suite.headline, json.dumps(suite_directions(suite), sort_keys=True)))
+            run.add_examples(ExampleRow(suite.suite_id, e.id, e.input, e.target, e.category, ",".join(e.truncated) or None)
+                             for e in suite_examples)
         scorers = [get_scorer(s.name, s.args) for s in suite.scorers if s.name not in model_metric_names()]
         wants_ppl = any(s.name == "perplexity" for s in suite.scorers)
         versions = {s.name: s.version for s in scorers}
@@ -151,9 +166,14 @@ def run_eval(
             ]
             # An error row is a record of a failure, never an answer: it is not served from the cache, so
             # a rerun retries it.
-            hits = {k: v for k, v in store.cached([r.key for r in reqs]).items() if v.error is None}
+            if not shared:
+                hits = {k: v for k, v in store.cached([r.key for r in reqs]).items() if v.error is None}
+            else:  # only the main process reads the store; every rank gets the same list of hits
+                hits = distributed.broadcast(
+                    {k for k, v in store.cached([r.key for r in reqs]).items() if v.error is None} if lead else None)
             missing = [r for r in reqs if r.key not in hits]
-            run.use_cached([r.key for r in reqs if r.key in hits])
+            if lead:
+                run.use_cached([r.key for r in reqs if r.key in hits])
             stats.cached += len(reqs) - len(missing)
             log(f"  {suite.name} × {target.label}: {len(reqs)} examples, {len(reqs) - len(missing)} cached, {len(missing)} to generate")
             todo.extend((target, r) for r in missing)
@@ -164,13 +184,20 @@ def run_eval(
         # allows it (harness.engine); the rows of one group are length-sorted together by generate().
         for group_targets in plan_groups(pending):
             items = [(t, r) for t, r in todo if t in group_targets]
+            if shared:
+                # this rank's contiguous share by global rank (the main process's is never empty when there
+                # is work, so it self-checks every group, as one process does)
+                items = distributed.split(items)
+                if not items:
+                    continue
             who = group_targets[0].label if len(group_targets) == 1 else f"{len(group_targets)} models in shared batches"
             bar = _bar(len(items), f"{suite.name} × {who}") if progress_bar else None
             unchecked = {t.adapter.adapter_id for t in group_targets if t.adapter is not None} - checked
             with attached(base, group_targets, checks if (checks is not None and unchecked) else None) as group:
                 checked.update(unchecked)
                 if checks:
-                    run.add_gate_results(checks)
+                    if lead:
+                        run.add_gate_results(checks)
                     checks.clear()
                 for start in range(0, len(items), flush_every):
                     chunk = items[start : start + flush_every]
@@ -202,7 +229,19 @@ def run_eval(
                         log(f"    {min(start + flush_every, len(items))}/{len(items)} generated")
             if bar is not None:
                 bar.close()
+    if shared:
+        run.sync()  # every rank's shards in the store before anyone reads it (gates, tables)
+        stats = _total(stats)
     stats.seconds = time.perf_counter() - t_start
+    return stats
+
+
+def _total(stats: EvalStats) -> EvalStats:
+    """The counts of every rank, on every rank (cached counts are the same on every rank already)."""
+    every = distributed.broadcast(distributed.gather((stats.generated, stats.errors, stats.first_error)))
+    stats.generated = sum(g for g, _, _ in every)
+    stats.errors = sum(e for _, e, _ in every)
+    stats.first_error = next((f for _, _, f in every if f), None)
     return stats
 
 

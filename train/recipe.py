@@ -67,6 +67,7 @@ def resolve_precision(spec: TrainSpec, device: str) -> tuple[str, bool, list[str
     import torch
 
     warnings: list[str] = []
+    device = str(device).split(":")[0]  # cuda:N (one rank's GPU under a launcher) is a cuda device
     precision = spec.precision
     if precision == "auto":
         precision = "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
@@ -180,11 +181,17 @@ def train_adapter(
     under ``out_dir/checkpoints``; ``stopper`` lets a signal stop the run after a clean save.
     ``base`` is left as it was (the LoRA layers are removed after saving, and the base weights that
     PiSSA/LoftQ initialisation rewrites are put back), so one loaded base can train several adapters.
+
+    Under ``accelerate launch`` / ``torchrun`` every rank calls this: the Trainer runs data parallel
+    (DDP; FSDP when the launcher's accelerate config asks for it), the rows are the main process's,
+    and the adapter, its step log and harness.json are written by the main process alone; every rank
+    returns once they are written.
     """
     import datasets
     from transformers import EarlyStoppingCallback, set_seed
     from trl import SFTConfig, SFTTrainer
 
+    from harness import distributed
     from harness.adapters import inspect_adapter, load_adapter
     from harness.models import load_base, resolve_base
     from harness.provenance import package_versions
@@ -198,14 +205,21 @@ def train_adapter(
     parent = inspect_adapter(from_adapter) if from_adapter is not None else None
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
+    main = distributed.is_main()
+    if not main:
+        log = lambda m: None  # noqa: E731  (the main process speaks for the run)
     if base is None:
-        base = load_base(resolve_base(spec.base))
+        base = load_base(resolve_base(spec.base), device=distributed.device(None))
     precision, checkpointing, device_warnings = resolve_precision(spec, base.device)
     warnings = [*warnings, *device_warnings]
     for w in warnings:
         log(f"  warning: {w}")
 
-    rows, rows_hash, n_task = prepare_rows(spec, base, examples, log, parent)
+    if distributed.is_distributed():
+        # the main process's rows on every rank (replay rows are generated once, not once per rank)
+        rows, rows_hash, n_task = distributed.broadcast(prepare_rows(spec, base, examples, log, parent) if main else None)
+    else:
+        rows, rows_hash, n_task = prepare_rows(spec, base, examples, log, parent)
     tokenizer = base.tokenizer
     check = check_supervision(tokenizer, rows, spec.max_seq_length)
     if check.n_truncated:
@@ -214,7 +228,8 @@ def train_adapter(
 
     identity = RunIdentity(spec.to_dict(), rows_hash, base.ref.model_id, parent.adapter_id if parent else None)
     ckpt_root = out_dir / "checkpoints"
-    resume_from = find_resumable(ckpt_root, identity, log) if resume else None
+    # the main process alone looks (partial checkpoints are moved aside); every rank resumes from its pick
+    resume_from = distributed.broadcast(find_resumable(ckpt_root, identity, log) if resume and main else None)
     if resume_from is not None:
         log(f"  resuming from {resume_from}")
 
@@ -234,7 +249,7 @@ def train_adapter(
     if n_trainable == 0:
         raise InputError("no trainable parameters: check target_modules against the model's linear layers")
     pissa_init_dir = ckpt_root / "pissa-init"
-    if init == "pissa" and parent is None and not (resume_from and pissa_init_dir.is_dir()):
+    if init == "pissa" and parent is None and not (resume_from and pissa_init_dir.is_dir()) and main:
         # the adapter as initialised: needed to convert the trained PiSSA adapter into a plain LoRA one
         peft_model.save_pretrained(str(pissa_init_dir), safe_serialization=True)
 
@@ -278,6 +293,9 @@ def train_adapter(
         completion_only_loss=True,
         disable_tqdm=True,
         dataloader_num_workers=0,
+        # DDP (under a launcher): every LoRA parameter takes part in each forward, so no extra graph walk
+        # per step (and none of its clashes with activation checkpointing)
+        ddp_find_unused_parameters=False,
     )
     datasets.disable_progress_bars()
     from harness.anomaly_callback import AnomalyCallback
@@ -285,6 +303,8 @@ def train_adapter(
     anomaly = AnomalyCallback(stop_on_error=spec.stop_on_anomaly)
     extra = [_StepPrinter(log), marker_callback(identity, log), anomaly]
     if stopper is not None:
+        if distributed.is_distributed():
+            extra.append(distributed.stop_sync_callback(stopper))  # every rank stops at the same step
         extra.append(stopper.callback())
     if early:
         extra.append(EarlyStoppingCallback(early_stopping_patience=spec.early_stopping_patience))
@@ -318,9 +338,13 @@ def train_adapter(
         elif anomaly.stop_reason:
             pass  # a broken run's weights are not an adapter; the error below says what happened
         else:
-            adapter_dir.mkdir(parents=True, exist_ok=True)
             convert = {"path_initial_model_for_weight_conversion": str(pissa_init_dir)} if init == "pissa" and parent is None else {}
-            _save_adapter(peft_model, adapter_dir, convert)
+            if distributed.is_distributed() and getattr(trainer, "is_fsdp_enabled", False):
+                # FSDP shards the weights: every rank takes part in gathering the full state for the save
+                convert["state_dict"] = trainer.accelerator.get_state_dict(trainer.model)
+            if main:
+                adapter_dir.mkdir(parents=True, exist_ok=True)
+                _save_adapter(peft_model, adapter_dir, convert)
     finally:
         if kernels is not None:
             kernels.undo()
@@ -352,6 +376,10 @@ def train_adapter(
             f"No adapter was written to {adapter_dir}{keep}. `harness anomalies` on the step log explains more; "
             "set stop_on_anomaly: false to train through it", result,
         )
+    if not main:
+        distributed.barrier()  # the main process writes the adapter's files; then it is read here too
+        result.adapter_id = inspect_adapter(adapter_dir).adapter_id
+        return result
     _write_atomic(adapter_dir / STEP_LOG_FILE, "".join(json.dumps(s) + "\n" for s in steps))
     record = {
         "spec": spec.to_dict(),
@@ -377,6 +405,7 @@ def train_adapter(
                     "best_step": trainer.state.best_global_step if trainer.state.best_metric is not None else _best_eval(steps)[1]},
     }
     _write_atomic(adapter_dir / HARNESS_FILE, json.dumps(record, indent=2, default=_json_default) + "\n")
+    distributed.barrier()  # the other ranks wait for the files above (nothing without a launcher)
     result.adapter_id = inspect_adapter(adapter_dir).adapter_id
     return result
 

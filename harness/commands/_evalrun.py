@@ -109,11 +109,14 @@ def prepare(args: argparse.Namespace, scales: list[float], *, need_adapter: bool
         warnings.extend([name_warning] if name_warning else [])
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
+    from harness import distributed
+
     store = Store(args.db or default_db_path())
-    store.query("SELECT 1")  # a damaged or locked database is exit 5 now, before the tokenizer or model loads
+    if distributed.is_main():  # under a launcher only the main process opens the database
+        store.query("SELECT 1")  # a damaged or locked database is exit 5 now, before the tokenizer or model loads
     # The weights load only when something is left to generate (a fully cached re-run needs the
     # tokenizer alone: prompts are part of the cache key).
-    base = load_base(ref, device=args.device, lazy=True)
+    base = load_base(ref, device=distributed.device(args.device), lazy=True)
     config = {"device": base.device, "base": args.base, "scales": scales, "suites": [s.name for s in suites],
               "warnings": warnings, "batch_size": args.batch_size, "names": names,
               "task_format": {"keys": list(keys), "source": key_source},
@@ -121,6 +124,8 @@ def prepare(args: argparse.Namespace, scales: list[float], *, need_adapter: bool
               # what the cache key leaves out on purpose: results reused across these are the same results
               # (greedy outputs do not depend on them, checked in tests)
               "cache_key_excludes": ["batch_size", "flush_every", "device", "library versions"]}
+    if distributed.is_distributed():
+        config["world_size"] = distributed.world_size()
     return Prepared(suites, examples, adapters, names, keys, key_source, ref, warnings, store, base, config)
 
 

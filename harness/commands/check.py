@@ -108,7 +108,15 @@ def run(args: argparse.Namespace) -> int:
         gates_file=str(gates_file) if gates_file else None, task_format=args.task_format, limit=args.limit,
         batch_size=args.batch_size, device=args.device, allow_pickle=args.allow_pickle,
         allow_base_mismatch=args.allow_base_mismatch, command=shlex.join(["harness", *sys.argv[1:]]))
+    from harness import distributed
+
     result = run_check(req)
+    if result.report is None:  # another rank of a launched job: its share is stored; the main process judges
+        return distributed.agree(None)
+    return distributed.agree(_finish(args, result))
+
+
+def _finish(args: argparse.Namespace, result: "CheckResult") -> int:
     report, context = result.report, result.context
     print_report(report)
     md = markdown_summary(report, context)
@@ -169,10 +177,15 @@ def run_check(req: CheckRequest, plan: Sequence[Any] | None = None, require_gate
     db = Path(req.db or default_db_path())
     if req.recommended and not db.exists():
         raise UsageError(f"--recommended: no results database at {db}; run `harness sweep --adapter {req.adapter}` first")
+    from harness import distributed
+
     store = Store(db)
-    store.query("SELECT 1")  # a damaged or locked database is exit 5 now, before the model loads
-    scale = recommended_scale(store, adapter.adapter_id, req.project, req.adapter) if req.recommended else (req.scale or 1.0)
-    base = load_base(ref, device=req.device, lazy=True)
+    main = distributed.is_main()  # under a launcher only the main process opens the database
+    if main:
+        store.query("SELECT 1")  # a damaged or locked database is exit 5 now, before the model loads
+    scale = distributed.broadcast(recommended_scale(store, adapter.adapter_id, req.project, req.adapter)
+                                  if req.recommended and main else (req.scale or 1.0))
+    base = load_base(ref, device=distributed.device(req.device), lazy=True)
     targets = [Target(None, 0.0), Target(adapter, scale)] + ([Target(baseline, req.baseline_scale)] if baseline else [])
     info = RunInfo(kind="check", command=req.command,
                    config={"device": base.device, "base": req.base, "scales": [scale], "suites": [s.name for s in suites],
@@ -180,9 +193,11 @@ def run_check(req: CheckRequest, plan: Sequence[Any] | None = None, require_gate
                            "adapter_id": adapter.adapter_id, "baseline_id": baseline.adapter_id if baseline else None,
                            "baseline_scale": req.baseline_scale if baseline else None,
                            "task_format": {"keys": list(keys), "source": key_source}})
-    with store.run(info) as writer:
+    with store.run(info, ranks=True) as writer:
         stats = run_eval(base, targets, suites, writer, store, batch_size=req.batch_size, limit=req.limit,
                          task_format=",".join(keys) or None, examples=examples, log=lambda m: print(m, file=sys.stderr))
+        if not main:
+            return CheckResult(None, {}, stats)  # this rank's rows are stored (run_eval synced)
         writer.flush()  # cached results are buffered until a flush: the gates read the store
         report = evaluate_gates(store, writer.run_id, suites, adapter_id=adapter.adapter_id, scale=scale,
                                 baseline_adapter_id=baseline.adapter_id if baseline else None,

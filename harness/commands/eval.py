@@ -51,6 +51,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from harness import distributed
+
+    # under a launcher every rank evaluates its share; they all exit with the main process's code
+    return distributed.agree(_run(args))
+
+
+def _run(args: argparse.Namespace) -> int | None:
+    from harness import distributed
     from harness.adapters import inspect_adapter
     from harness.models import load_base, resolve_base
     from harness.runner import expand_targets, run_eval
@@ -105,8 +113,9 @@ def run(args: argparse.Namespace) -> int:
     # The weights load only when something is left to generate (a fully cached re-run needs the
     # tokenizer alone: prompts are part of the cache key).
     store = Store(args.db or default_db_path())
-    store.query("SELECT 1")  # a damaged or locked database is exit 5 now, before the tokenizer or model loads
-    base = load_base(ref, device=args.device, lazy=True)
+    if distributed.is_main():  # under a launcher only the main process opens the database
+        store.query("SELECT 1")  # a damaged or locked database is exit 5 now, before the tokenizer or model loads
+    base = load_base(ref, device=distributed.device(args.device), lazy=True)
     targets = expand_targets(adapters, scales, include_base=not args.no_base)
     info = RunInfo(kind="eval", command=shlex.join(["harness", *sys.argv[1:]]), seed=args.seed,
                    config={"device": base.device, "base": args.base, "scales": scales, "suites": [s.name for s in suites],
@@ -116,13 +125,15 @@ def run(args: argparse.Namespace) -> int:
                            # what the cache key leaves out on purpose: results reused across these are
                            # the same results (greedy outputs do not depend on them, checked in tests)
                            "cache_key_excludes": ["batch_size", "flush_every", "device", "library versions"]})
-    with store.run(info) as run_writer:
+    with store.run(info, ranks=True) as run_writer:
         stats = run_eval(base, targets, suites, run_writer, store, batch_size=args.batch_size, limit=args.limit,
                          task_format=",".join(keys) or None,
                          flush_every=args.flush_every, progress_bar=sys.stderr.isatty(), examples=examples,
                          log=lambda m: print(m, file=sys.stderr))
         run_id = run_writer.run_id
         gate_report = None
+        if not distributed.is_main():
+            return None  # every row of this rank is in the store (run_eval synced); the main process reports
         if not args.no_gates:
             from harness.gates import ProjectGates, evaluate_gates
             from harness.project import find_project_file, load_project
@@ -138,7 +149,9 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         from reports.render import write_report
 
-        print(f"report: {write_report(comparison, args.report)}")
+        from harness.comparison import build_report
+
+        print(f"report: {write_report(build_report(store, [run_id]), args.report)}")
     gates_failed = False
     from harness.gates import QUALITY_KINDS
 

@@ -47,6 +47,14 @@ def parse_scales(text: str) -> list[float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from harness import distributed
+
+    # under a launcher every rank evaluates its share; they all exit with the main process's code
+    return distributed.agree(_run(args))
+
+
+def _run(args: argparse.Namespace) -> int | None:
+    from harness import distributed
     from harness.comparison import build_comparison
     from harness.runner import expand_targets, run_eval
     from harness.sweep import refine_scales
@@ -65,19 +73,21 @@ def run(args: argparse.Namespace) -> int:
     common = dict(batch_size=args.batch_size, limit=args.limit, task_format=",".join(prep.keys) or None,
                   flush_every=args.flush_every, progress_bar=sys.stderr.isatty(), examples=prep.examples, log=log)
     total_generated = total_cached = 0
-    with store.run(prep.run_info("sweep", args)) as run_writer:
+    with store.run(prep.run_info("sweep", args), ranks=True) as run_writer:
         stats = run_eval(base, expand_targets(prep.adapters, scales), prep.suites, run_writer, store, **common)
         all_stats = [stats]
         for step in range(args.refine):
-            run_writer.flush()
-            c = build_comparison(store, run_writer.run_id)
             extra = []
-            for a in prep.adapters:
-                from harness.sweep import curve
+            if distributed.is_main():  # the main process reads the store; every rank gets its choice
+                run_writer.flush()
+                c = build_comparison(store, run_writer.run_id)
+                for i, a in enumerate(prep.adapters):
+                    from harness.sweep import curve
 
-                mid = refine_scales(curve(c, a.adapter_id), args.min_retention, args.max_leakage)
-                if mid is not None:
-                    extra.append((a, mid))
+                    mid = refine_scales(curve(c, a.adapter_id), args.min_retention, args.max_leakage)
+                    if mid is not None:
+                        extra.append((i, mid))
+            extra = [(prep.adapters[i], mid) for i, mid in distributed.broadcast(extra)]
             if not extra:
                 log(f"  refine {step + 1}: no boundary left to bisect")
                 break
@@ -86,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
                 all_stats.append(run_eval(base, expand_targets([a], [s], include_base=False), prep.suites, run_writer,
                                           store, **common))
         run_id = run_writer.run_id
+        if not distributed.is_main():
+            return None  # every row of this rank is in the store (run_eval synced); the main process reports
         gate_reports = _apply_gates(args, store, run_writer, prep) if not args.no_gates else []
     for s in all_stats:
         total_generated += s.generated
@@ -100,7 +112,9 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         from reports.render import write_report
 
-        print(f"report: {write_report(comparison, args.report)}")
+        from harness.comparison import build_report
+
+        print(f"report: {write_report(build_report(store, [run_id]), args.report)}")
     failed = False
     if gate_reports:
         from harness.commands.check import print_report

@@ -106,6 +106,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from harness import distributed
+
+    # Under `accelerate launch` / `torchrun` every rank trains (the Trainer's DDP); the main process
+    # writes the adapter and its store rows, and every rank exits with the main process's code.
+    return distributed.agree(_run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from harness import distributed
     from harness.adapters import inspect_adapter
     from harness.models import load_base, resolve_base
     from harness.store import Store, default_db_path
@@ -114,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
     from train.recipe import train_adapter
     from train.spec import load_spec
 
-    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    main = distributed.is_main()
+    log = (lambda m: print(m, file=sys.stderr)) if main else (lambda m: None)  # noqa: E731
     # Everything cheap is checked before the model loads: spec, overrides, grid, parent adapter.
     overrides = _parse_sets(args.overrides)
     if args.data is not None:
@@ -157,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     if parent is None:
         for point, point_spec in specs:
             check_target_modules_names(point_spec.target_modules, names, f"training spec {args.spec or '(flags)'}")
-    base = load_base(ref, device=args.device)
+    base = load_base(ref, device=distributed.device(args.device))
     store = Store(args.db or default_db_path())
     stopper = SaveAndStop()
     stopper.install()
@@ -167,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
         for point, point_spec in specs:
             point_name = f"{name}-{point.suffix}" if point.suffix else name
             point_out = out / point_name if grid else out
-            if grid and args.resume and _finished(point_out):
+            if grid and args.resume and distributed.broadcast(_finished(point_out)):
                 log(f"{point_name}: already trained in {point_out}, skipped")
                 continue
             log(f"{point_name}: training into {point_out}")
@@ -178,22 +188,30 @@ def run(args: argparse.Namespace) -> int:
             except TrainingStopped as exc:
                 from train.record import store_stopped_training
 
+                if not main:
+                    raise  # every rank stops at the same step (the logs they judge are reduced over ranks)
                 run_id = store_stopped_training(store, exc.result, point_name, command,
                                                 {"spec": point_spec.to_dict(), "device": base.device})
                 raise TrainingStopped(f"{exc} (step logs and findings: store run {run_id})") from None
             if result.interrupted:
-                _print_interrupted(result, stopper, args)
+                if main:
+                    _print_interrupted(result, stopper, args)
                 # 128 + SIGTERM, the shell's convention (FAULTS.md 30): a scheduler sees the job was stopped,
                 # and the checkpoint it saved is complete and marked.
                 return 143 if stopper.signal_name == "SIGTERM" else 130
             from train.record import store_training
 
-            run_id = store_training(store, result, point_name, command,
-                                    {"spec": point_spec.to_dict(), "device": base.device, "grid_point": dict(point.overrides)})
-            log(f"{point_name}: adapter {result.adapter_id[:12]} written to {result.adapter_dir} (store run {run_id})")
+            if main:  # the adapter's rows are written once, by the main process
+                config = {"spec": point_spec.to_dict(), "device": base.device, "grid_point": dict(point.overrides)}
+                if distributed.is_distributed():
+                    config["world_size"] = distributed.world_size()
+                run_id = store_training(store, result, point_name, command, config)
+                log(f"{point_name}: adapter {result.adapter_id[:12]} written to {result.adapter_dir} (store run {run_id})")
             results.append((point_name, point, result))
     finally:
         stopper.uninstall()
+    if not main:
+        return 0  # the main process prints, and its code is every rank's
     if grid:
         _print_table(results, list(grid))
     else:

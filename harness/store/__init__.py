@@ -216,8 +216,10 @@ class Store:
         return {g["cache_key"]: CachedResult(g["output"], g["error"], tuple(by_key.get(g["cache_key"], ()))) for g in gens}
 
     @contextmanager
-    def run(self, info: RunInfo) -> Iterator[RunWriter]:
-        writer = RunWriter(self, info)
+    def run(self, info: RunInfo, *, ranks: bool = False) -> Iterator[RunWriter]:
+        """A run's writer. ``ranks``: one run shared by every rank of an ``accelerate launch`` /
+        ``torchrun`` job (call it on every rank; see ``RunWriter``); without a launcher it changes nothing."""
+        writer = RunWriter(self, info, ranks=ranks)
         writer.start()
         try:
             yield writer
@@ -231,12 +233,29 @@ class Store:
 
 
 class RunWriter:
-    """Buffers one run's rows and moves them into the database shard by shard."""
+    """Buffers one run's rows and moves them into the database shard by shard.
 
-    def __init__(self, store: Store, info: RunInfo) -> None:
+    With ``ranks`` under a launcher (``WORLD_SIZE`` > 1) the run is one run of every rank: the run id
+    is the main process's; each rank writes its own shards (``<run>-r<rank>-<n>``); only the main
+    process opens DuckDB (its own shards carry the run row and are moved in as they are written); the
+    other ranks' shards are moved in by the main process at ``sync()`` (or, if a rank was killed, by
+    the next process that opens the store: shards are the durable record).
+    """
+
+    def __init__(self, store: Store, info: RunInfo, ranks: bool = False) -> None:
+        from harness import distributed
+
         self.store = store
         self.info = info
         self.run_id = info.run_id or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
+        #: one run written by every rank of a launched job (see the class docstring)
+        self.ranks = bool(ranks) and distributed.is_distributed()
+        self.rank = distributed.rank() if self.ranks else 0
+        #: this process opens DuckDB and ingests (always, but for the non-main ranks of a launched job)
+        self.lead = self.rank == 0
+        self._unsynced: list[str] = []  # this rank's shards the main process has not been told of
+        if self.ranks:
+            self.run_id = distributed.broadcast(self.run_id)
         self._rows: dict[str, list[dict[str, Any]]] = {}
         self._n_shards = 0
         self._seq: dict[str, int] = {}
@@ -248,6 +267,8 @@ class RunWriter:
     def start(self) -> None:
         from harness.provenance import provenance
 
+        if not self.lead:
+            return  # the main process opens the store and writes the run row
         # Check the database against its shards before this run's first shard exists (so that shard is not
         # mistaken for one a killed writer left behind).
         self.store._prepare(deadline_after(self.store.lock_timeout))
@@ -315,20 +336,47 @@ class RunWriter:
         Every shard carries the run's row (status, expected count), so the database always knows how
         far a run got, even one killed before it finished.
         """
-        if not self._rows and not force:
+        if not self._rows and (not force or not self.lead):
             return None
         self._n_shards += 1
+        if not self.lead:
+            # another rank of a launched job: its rows only (the run row is the main process's); the main
+            # process moves the shard in at sync(), or the next open of the store does
+            name = f"{self.run_id}-r{self.rank}-{self._n_shards:05d}"
+            shard = write_shard(self.store.shard_dir, name, self.run_id, self._rows)
+            self._rows = {}
+            self._unsynced.append(shard.name)
+            return shard
         tables = {"runs": [dict(self._run_row, n_expected=self.n_expected or None)], **self._rows}
-        shard = write_shard(self.store.shard_dir, f"{self.run_id}-{self._n_shards:05d}", self.run_id, tables)
+        name = f"{self.run_id}-r0-{self._n_shards:05d}" if self.ranks else f"{self.run_id}-{self._n_shards:05d}"
+        shard = write_shard(self.store.shard_dir, name, self.run_id, tables)
         # The shard is durable now: if the ingest fails, the next open moves it in (the rows are not kept twice).
         self._rows = {}
         with self.store.connect(write=True) as con:
             ingest(con, shard, self.store.path)
         return shard
 
+    def sync(self) -> None:
+        """Every rank (collective): flush, then the main process moves in the other ranks' shards, so the
+        store holds every row written so far. Nothing without ``ranks`` under a launcher."""
+        if not self.ranks:
+            return
+        from harness import distributed
+
+        self.flush()
+        names = distributed.gather(self._unsynced)
+        self._unsynced = []
+        if self.lead and names:
+            shards = [self.store.shard_dir / n for per_rank in names for n in per_rank]
+            if shards:
+                with self.store.connect(write=True) as con:
+                    for shard in shards:
+                        ingest(con, shard, self.store.path)  # once: a shard already moved in is skipped
+        distributed.barrier()
+
     def finish(self, status: str) -> None:
         self._run_row.update(status=status, finished_at=_now())
-        self.flush(force=True)
+        self.flush(force=True)  # another rank: its last rows, if any (a failed run's stay as shards)
 
 
 def run_status(row: Mapping[str, Any]) -> str:
