@@ -167,7 +167,7 @@ def test_eval_under_torchrun_matches_one_process_and_survives_a_killed_rank(eval
     assert report.problems and all("is not in the database" in p for p in report.problems), report.problems
     assert any("-r1-" in p for p in report.problems)
     part = stored(db)
-    assert 0 < len(part["generations"]) < n
+    assert len(part["generations"]) < n  # rank 0 may or may not have stored some of its share by then
     assert set(part["generations"]) <= set(one["generations"])
     assert set(part["scores"]) <= set(one["scores"])
     assert [r[1] for r in part["runs"]] == ["running"]  # never marked complete

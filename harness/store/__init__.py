@@ -368,6 +368,13 @@ class RunWriter:
         self._unsynced = []
         if self.lead and names:
             shards = [self.store.shard_dir / n for per_rank in names for n in per_rank]
+            unseen = [s.name for s in shards if not s.is_dir()]
+            if unseen:
+                raise StorageError(
+                    f"{len(unseen)} shard(s) the other ranks wrote are not in {self.store.shard_dir} here (first: "
+                    f"{unseen[0]}): on several nodes the results DB (--db) must be on a filesystem every node shares; "
+                    "the shards stay on the nodes that wrote them (copy them into that directory, and the next "
+                    "harness command moves them in)")
             if shards:
                 with self.store.connect(write=True) as con:
                     for shard in shards:
