@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     return distributed.agree(_finish(args, result))
 
 
-def _finish(args: argparse.Namespace, result: "CheckResult") -> int:
+def _finish(args: argparse.Namespace, result: CheckResult) -> int:
     report, context = result.report, result.context
     print_report(report)
     md = markdown_summary(report, context)

@@ -124,7 +124,7 @@ def _run(args: argparse.Namespace) -> int:
     from train.spec import load_spec
 
     main = distributed.is_main()
-    log = (lambda m: print(m, file=sys.stderr)) if main else (lambda m: None)  # noqa: E731
+    log = (lambda m: print(m, file=sys.stderr)) if main else (lambda m: None)
     # Everything cheap is checked before the model loads: spec, overrides, grid, parent adapter.
     overrides = _parse_sets(args.overrides)
     if args.data is not None:
