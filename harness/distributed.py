@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -107,7 +107,7 @@ def broadcast(obj: T) -> T:
 
     box = [obj if is_main() else None]
     dist.broadcast_object_list(box, src=0, group=init())
-    return box[0]
+    return cast(T, box[0])  # rank 0's obj, which broadcast_object_list filled in on every rank
 
 
 def gather(obj: T) -> list[T] | None:
