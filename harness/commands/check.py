@@ -148,7 +148,7 @@ def run_check(req: CheckRequest, plan: Sequence[Any] | None = None, require_gate
     for sc in (req.scale, req.baseline_scale):
         if sc is not None and (not math.isfinite(sc) or sc <= 0):
             raise UsageError(f"scale {sc!r}: judge an adapter at a finite scale > 0 (scale 0 is the base model)")
-    if req.limit is not None and req.limit <= 0 or req.batch_size <= 0:
+    if (req.limit is not None and req.limit <= 0) or req.batch_size <= 0:
         raise UsageError("--limit and --batch-size must be positive")
     check_device(req.device)
     # Everything cheap is checked before the model loads: suites, data, adapters, base files, database.

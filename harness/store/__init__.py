@@ -42,14 +42,39 @@ from harness.store.errors import damaged, disk_full, is_damage, is_disk_full, is
 from harness.store.ingest import ingest, scan_or_raise
 from harness.store.locking import db_lock, deadline_after, open_duckdb
 from harness.store.migrate import (
-    SCHEMA, SCHEMA_VERSION, migrate, migrations, recorded_shards, refuse_newer, schema_version,
+    SCHEMA,
+    SCHEMA_VERSION,
+    migrate,
+    migrations,
+    recorded_shards,
+    refuse_newer,
+    schema_version,
 )
 from harness.store.rows import (
-    _COLUMN_RENAMES, _TABLES, AdapterRow, BaseModelRow, CachedResult, ExampleRow, FindingRow, GateRow,
-    GenerationRow, RunInfo, ScoreRow, StepLogRow, SuiteRow, _now, cache_key,
+    _COLUMN_RENAMES,
+    _TABLES,
+    AdapterRow,
+    BaseModelRow,
+    CachedResult,
+    ExampleRow,
+    FindingRow,
+    GateRow,
+    GenerationRow,
+    RunInfo,
+    ScoreRow,
+    StepLogRow,
+    SuiteRow,
+    _now,
+    cache_key,
 )
 from harness.store.shards import (
-    ShardError, ShardManifest, clean_stale_tmp, pending_shards, read_manifest, verify_shard, write_shard,
+    ShardError,
+    ShardManifest,
+    clean_stale_tmp,
+    pending_shards,
+    read_manifest,
+    verify_shard,
+    write_shard,
 )
 
 log = logging.getLogger("harness.store")
@@ -402,8 +427,8 @@ def run_status(row: Mapping[str, Any]) -> str:
 from harness.store.rebuild import RebuildReport, check, quarantine_wal, rebuild  # noqa: E402  (uses Store)
 
 __all__ = [
-    "AdapterRow", "BaseModelRow", "CachedResult", "ExampleRow", "FindingRow", "GateRow", "GenerationRow",
-    "RebuildReport", "RunInfo", "RunWriter", "SCHEMA", "SCHEMA_VERSION", "ScoreRow", "ShardError", "ShardManifest",
+    "SCHEMA", "SCHEMA_VERSION", "AdapterRow", "BaseModelRow", "CachedResult", "ExampleRow", "FindingRow", "GateRow",
+    "GenerationRow", "RebuildReport", "RunInfo", "RunWriter", "ScoreRow", "ShardError", "ShardManifest",
     "StepLogRow", "Store", "SuiteRow", "cache_key", "check", "default_db_path", "migrations", "quarantine_wal",
     "read_manifest", "rebuild", "run_status", "verify_shard", "write_shard",
 ]
