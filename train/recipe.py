@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import DatasetError, InputError, StorageError, TrainingStopped, UsageError
+from train.checkpoints import MARKER, RunIdentity, SaveAndStop, checkpoints, find_resumable, marker_callback
 from train.data import (
     check_supervision,
     data_hash,
@@ -30,7 +31,6 @@ from train.data import (
     replay_rows,
     sample_rows,
 )
-from train.checkpoints import MARKER, RunIdentity, SaveAndStop, checkpoints, find_resumable, marker_callback
 from train.spec import TrainSpec, validate
 
 if TYPE_CHECKING:
@@ -113,7 +113,7 @@ class _StepPrinter:
 
 def prepare_rows(
     spec: TrainSpec,
-    base: "LoadedBase",
+    base: LoadedBase,
     examples: Sequence[dict[str, Any]] | None,
     log: Callable[[str], None],
     parent: Any = None,
@@ -167,7 +167,7 @@ def train_adapter(
     spec: TrainSpec,
     out_dir: Path | str,
     examples: Sequence[dict[str, Any]] | None = None,
-    base: "LoadedBase | None" = None,
+    base: LoadedBase | None = None,
     log: Callable[[str], None] = print,
     callbacks: Sequence[Any] = (),
     from_adapter: Path | str | None = None,
@@ -217,7 +217,9 @@ def train_adapter(
 
     if distributed.is_distributed():
         # the main process's rows on every rank (replay rows are generated once, not once per rank)
-        rows, rows_hash, n_task = distributed.broadcast(prepare_rows(spec, base, examples, log, parent) if main else None)
+        prepared = distributed.broadcast(prepare_rows(spec, base, examples, log, parent) if main else None)
+        assert prepared is not None  # the main process's, which is never None
+        rows, rows_hash, n_task = prepared
     else:
         rows, rows_hash, n_task = prepare_rows(spec, base, examples, log, parent)
     tokenizer = base.tokenizer
@@ -306,7 +308,7 @@ def train_adapter(
         if distributed.is_distributed():
             extra.append(distributed.stop_sync_callback(stopper))  # every rank stops at the same step
         extra.append(stopper.callback())
-    if early:
+    if spec.early_stopping_patience is not None:  # = early
         extra.append(EarlyStoppingCallback(early_stopping_patience=spec.early_stopping_patience))
     trainer = SFTTrainer(
         model=peft_model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
@@ -512,8 +514,12 @@ def get_lora_model(model: Any, spec: TrainSpec, init: Any) -> Any:
 
         extra["loftq_config"] = LoftQConfig(loftq_bits=4)
     lora = LoraConfig(
-        r=spec.r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout,
-        target_modules=list(spec.target_modules), bias=spec.bias, use_rslora=spec.use_rslora,
+        # peft annotates lora_alpha as int (a float works: it only scales) and bias as a Literal
+        # (TrainSpec checks it is one of them)
+        r=spec.r, lora_alpha=spec.lora_alpha,  # type: ignore[arg-type]
+        lora_dropout=spec.lora_dropout, target_modules=list(spec.target_modules),
+        bias=spec.bias,  # type: ignore[arg-type]
+        use_rslora=spec.use_rslora,
         use_dora=spec.use_dora, init_lora_weights=init, task_type="CAUSAL_LM", **extra,
     )
     return get_peft_model(model, lora)
