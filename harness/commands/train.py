@@ -10,10 +10,13 @@ import dataclasses
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from harness.commands._common import add_db_argument
 from harness.errors import TrainingStopped, UsageError
+
+if TYPE_CHECKING:
+    from train.recipe import TrainResult
 
 # One line per spec field for --help; the defaults come from TrainSpec itself.
 FIELD_HELP = {
@@ -58,7 +61,7 @@ def _fields_epilog() -> str:
 
     lines = ["spec fields (YAML keys; override any with --set FIELD=VALUE):"]
     for f in dataclasses.fields(TrainSpec):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]  # mypy does not narrow default_factory from MISSING
         if isinstance(default, tuple):
             default = ",".join(default)
         lines.append(f"  {f.name:<28} {FIELD_HELP.get(f.name, '')} (default: {default})")
@@ -154,9 +157,7 @@ def _run(args: argparse.Namespace) -> int:
     from harness.models import check_device, module_names
 
     check_device(args.device)
-    from train.data import load_rows, normalize_row
-
-    from train.data import map_fields
+    from train.data import load_rows, map_fields, normalize_row
 
     for path, fields in sorted({(str(ps.data), tuple(sorted(ps.data_fields.items()))) for _, ps in specs if ps.data}):
         # the data is read and checked (format, bad values, shape of every row) before the model loads
@@ -165,7 +166,7 @@ def _run(args: argparse.Namespace) -> int:
     ref = resolve_base(spec.base)
     names = module_names(ref)  # from the safetensors headers: target_modules are checked before the model loads
     if parent is None:
-        for point, point_spec in specs:
+        for _, point_spec in specs:
             check_target_modules_names(point_spec.target_modules, names, f"training spec {args.spec or '(flags)'}")
     base = load_base(ref, device=distributed.device(args.device))
     store = Store(args.db or default_db_path())
@@ -190,7 +191,8 @@ def _run(args: argparse.Namespace) -> int:
 
                 if not main:
                     raise  # every rank stops at the same step (the logs they judge are reduced over ranks)
-                run_id = store_stopped_training(store, exc.result, point_name, command,
+                # the recipe raises it with its TrainResult (harness.errors cannot name train's types)
+                run_id = store_stopped_training(store, cast("TrainResult", exc.result), point_name, command,
                                                 {"spec": point_spec.to_dict(), "device": base.device})
                 raise TrainingStopped(f"{exc} (step logs and findings: store run {run_id})") from None
             if result.interrupted:
@@ -202,10 +204,12 @@ def _run(args: argparse.Namespace) -> int:
             from train.record import store_training
 
             if main:  # the adapter's rows are written once, by the main process
-                config = {"spec": point_spec.to_dict(), "device": base.device, "grid_point": dict(point.overrides)}
+                config: dict[str, Any] = {"spec": point_spec.to_dict(), "device": base.device,
+                                          "grid_point": dict(point.overrides)}
                 if distributed.is_distributed():
                     config["world_size"] = distributed.world_size()
                 run_id = store_training(store, result, point_name, command, config)
+                assert result.adapter_id is not None  # None only for an interrupted run, which returned above
                 log(f"{point_name}: adapter {result.adapter_id[:12]} written to {result.adapter_dir} (store run {run_id})")
             results.append((point_name, point, result))
     finally:
