@@ -1,9 +1,18 @@
-"""Batched generation: same outputs as one-at-a-time, input order kept, stop strings, errors isolated."""
+"""Batched generation: same outputs as one-at-a-time, input order kept, stop strings, errors isolated.
+
+Every test runs on both paths (the fast decode loop and model.generate); tests/test_generate_fast.py
+compares the two directly."""
 
 import pytest
 
 from harness.generate import GenerationSettings, cut_at_stop, generate, render_prompt
 from harness.models import load_base, resolve_base
+
+
+@pytest.fixture(autouse=True, params=["fast", "hf"])
+def generation_path(request, monkeypatch):
+    monkeypatch.setenv("HARNESS_GENERATE", request.param)
+    return request.param
 
 
 @pytest.fixture(scope="module")

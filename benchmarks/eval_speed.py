@@ -1,0 +1,248 @@
+"""Evaluation speed: the harness's generation path against lm-eval's HF backend and against the
+model's own batched-forward speed, on the same prompts, settings and model, in the same run.
+
+    python benchmarks/eval_speed.py [--suite general-knowledge] [--n 64] [--batch-size 16] [--pairs 1]
+        [--lmeval-python /tmp/lmeval-venv/bin/python | --install-lmeval | --no-lmeval]
+
+Measured, in alternating order (pair k runs fast, hf, forward, lm-eval; pair k+1 the reverse):
+- harness ``fast`` path (the default: continuous batching over the model's forward) and ``hf`` path
+  (``model.generate`` on fixed batches, the reference);
+- the forward limit: bare batched forward passes with a KV cache (DynamicCache), greedy, the same batch
+  size, prompt lengths and max_new_tokens, no stop handling, every row run to max_new_tokens;
+- lm-eval 0.4's HFLM ``generate_until`` (greedy, same max_gen_toks, same stop strings), run in a
+  subprocess from a separate virtual environment (lm-eval is never a dependency of the harness;
+  ``--install-lmeval`` makes one: torch CPU, then lm-eval[hf] with this venv's transformers). Its
+  prompts come from its own ``apply_chat_template`` and are checked token-identical to ours first.
+
+Prints wall and CPU seconds, prompts/s and new tokens/s of each, the ratios to lm-eval and to the
+forward limit, and how many outputs agree (fast vs hf: must be all; harness vs lm-eval). On a shared
+machine the numbers are noisy: compare the ratios of one run, and use several pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+LMEVAL_VENV = Path("/tmp/lmeval-venv")
+
+# Runs inside lm-eval's venv: only lm-eval, transformers and torch are importable there.
+LMEVAL_SCRIPT = r'''
+import json, sys, time
+cfg = json.load(open(sys.argv[1]))
+import torch
+torch.set_num_threads(cfg["threads"])
+from lm_eval.api.instance import Instance
+from lm_eval.models.huggingface import HFLM
+lm = HFLM(pretrained=cfg["model"], dtype="float32", device="cpu", batch_size=cfg["batch_size"])
+rendered = [lm.apply_chat_template(([{"role": "system", "content": cfg["system"]}] if cfg["system"] else [])
+                                   + [{"role": "user", "content": t}]) for t in cfg["texts"]]
+tokens = [lm.tok_encode(r) for r in rendered]
+def requests(prompts):
+    gen = {"until": cfg["stop"], "max_gen_toks": cfg["max_new_tokens"], "do_sample": False, "temperature": 0.0}
+    return [Instance(request_type="generate_until", doc={}, arguments=(p, dict(gen)), idx=i) for i, p in enumerate(prompts)]
+lm.generate_until(requests(rendered[:2]), disable_tqdm=True)  # warm-up, as the harness paths get
+runs = []
+for _ in range(cfg["repeats"]):
+    t0, c0 = time.perf_counter(), time.process_time()
+    outs = lm.generate_until(requests(rendered), disable_tqdm=True)
+    runs.append({"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0})
+json.dump({"rendered": rendered, "tokens": tokens, "outputs": outs, "runs": runs,
+           "version": __import__("lm_eval").__version__}, open(cfg["out"], "w"))
+'''
+
+
+def install_lmeval(venv: Path) -> Path:
+    """A throwaway venv with torch (CPU) and lm-eval[hf], the transformers of this venv pinned."""
+    import transformers
+
+    import torch
+
+    py = venv / "bin" / "python"
+    if not py.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(py), "-m", "pip", "install", "-q"]
+    subprocess.run(pip + [f"torch=={torch.__version__.split('+')[0]}", "--index-url", "https://download.pytorch.org/whl/cpu"], check=False)
+    subprocess.run(pip + ["lm-eval[hf]==0.4.*", f"transformers=={transformers.__version__}"], check=True)
+    return py
+
+
+def run_lmeval(py: Path, model_dir: Path, texts: list[str], system: str | None, settings, batch_size: int,
+               repeats: int, threads: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        script, cfg_path, out = Path(tmp) / "lmeval_run.py", Path(tmp) / "cfg.json", Path(tmp) / "out.json"
+        script.write_text(LMEVAL_SCRIPT)
+        cfg_path.write_text(json.dumps({
+            "model": str(model_dir), "texts": texts, "system": system, "stop": list(settings.stop),
+            "max_new_tokens": settings.max_new_tokens, "batch_size": batch_size, "repeats": repeats,
+            "threads": threads, "out": str(out),
+        }))
+        env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+                   TOKENIZERS_PARALLELISM="false")
+        env.pop("PYTHONPATH", None)
+        subprocess.run([str(py), str(script), str(cfg_path)], check=True, env=env, cwd=tmp)
+        return json.loads(out.read_text())
+
+
+def forward_limit(model, encoded: list[list[int]], pad: int, batch_size: int, new_tokens: int) -> int:
+    """Bare batched greedy decoding with HF's DynamicCache: length-sorted batches, every row to the end.
+
+    Returns the number of tokens produced (rows x new_tokens)."""
+    import torch
+    from transformers import DynamicCache
+
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    produced = 0
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            batch = [encoded[i] for i in order[start : start + batch_size]]
+            width = max(len(e) for e in batch)
+            ids = torch.tensor([[pad] * (width - len(e)) + e for e in batch])
+            mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in batch])
+            pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+            cache = DynamicCache(config=model.config)
+            out = model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+            last = pos[:, -1:]
+            for _ in range(new_tokens - 1):
+                mask = torch.cat([mask, mask.new_ones(len(batch), 1)], 1)
+                last = last + 1
+                out = model(input_ids=nxt, attention_mask=mask, position_ids=last, cache=cache, use_cache=True, logits_to_keep=1)
+                nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+            produced += len(batch) * new_tokens
+    return produced
+
+
+def timed(fn):
+    t0, c0 = time.perf_counter(), time.process_time()
+    value = fn()
+    return value, time.perf_counter() - t0, time.process_time() - c0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base", default="smollm2-135m")
+    ap.add_argument("--suite", default="general-knowledge")
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--pairs", type=int, default=1, help="alternating rounds of all contenders")
+    ap.add_argument("--lmeval-python", type=Path, default=LMEVAL_VENV / "bin" / "python")
+    ap.add_argument("--install-lmeval", action="store_true", help=f"create {LMEVAL_VENV} with lm-eval first")
+    ap.add_argument("--no-lmeval", action="store_true")
+    ap.add_argument("--skip-hf", action="store_true", help="skip the harness hf path (identity then unchecked)")
+    args = ap.parse_args()
+
+    import torch
+
+    from harness.generate import generate, render_prompt
+    from harness.models import load_base, resolve_base
+    from harness.suites import load_examples, load_suite, render_user_text
+
+    ref = resolve_base(args.base)
+    base = load_base(ref, device="cpu")
+    suite = load_suite(args.suite)
+    settings = suite.generation
+    examples = load_examples(suite, args.n)
+    texts = [render_user_text(suite, e) for e in examples]
+    prompts = [render_prompt(base.tokenizer, t, suite.prompt.system, suite.prompt.raw) for t in texts]
+    encoded = [base.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    n = len(prompts)
+    print(f"{n} prompts from {suite.name} ({min(map(len, encoded))}-{max(map(len, encoded))} tokens), "
+          f"batch {args.batch_size}, greedy, max_new_tokens={settings.max_new_tokens}, stop={list(settings.stop)}, "
+          f"{base.dtype}, torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+
+    py = args.lmeval_python
+    if args.install_lmeval:
+        py = install_lmeval(LMEVAL_VENV)
+    use_lmeval = not args.no_lmeval and py.exists()
+    if not args.no_lmeval and not use_lmeval:
+        print(f"lm-eval: {py} not found (run with --install-lmeval); skipped")
+
+    warm = prompts[: min(4, n)]
+    generate(base.model, base.tokenizer, warm, settings, args.batch_size, path="fast")
+    generate(base.model, base.tokenizer, warm, settings, args.batch_size, path="hf")
+
+    rows: dict[str, list[tuple[float, float, int]]] = {}
+    outputs: dict[str, list[str | None]] = {}
+    lm: dict | None = None
+
+    def fast():
+        g, w, c = timed(lambda: generate(base.model, base.tokenizer, prompts, settings, args.batch_size, path="fast"))
+        outputs["fast"] = [x.text for x in g]
+        rows.setdefault("harness fast", []).append((w, c, sum(x.n_new_tokens for x in g)))
+
+    def hf():
+        g, w, c = timed(lambda: generate(base.model, base.tokenizer, prompts, settings, args.batch_size, path="hf"))
+        outputs["hf"] = [x.text for x in g]
+        rows.setdefault("harness hf (model.generate)", []).append((w, c, sum(x.n_new_tokens for x in g)))
+
+    def fwd():
+        # the limit is the better of the default thread count and 1 thread (what the fast path may pick)
+        now = torch.get_num_threads()
+        for threads in sorted({now, 1}, reverse=True):
+            torch.set_num_threads(threads)
+            try:
+                k, w, c = timed(lambda: forward_limit(base.model, encoded, base.tokenizer.pad_token_id, args.batch_size,
+                                                      settings.max_new_tokens))
+            finally:
+                torch.set_num_threads(now)
+            rows.setdefault(f"forward limit, {threads} thread(s)", []).append((w, c, k))
+
+    def lmeval():
+        nonlocal lm
+        lm = run_lmeval(py, ref.path, texts, suite.prompt.system if not suite.prompt.raw else None, settings,
+                        args.batch_size, 1, torch.get_num_threads())
+        outs = lm["outputs"]
+        n_tok = sum(len(base.tokenizer(o, add_special_tokens=False)["input_ids"]) for o in outs)  # re-tokenised
+        rows.setdefault(f"lm-eval {lm['version']} HFLM", []).append((lm["runs"][0]["wall"], lm["runs"][0]["cpu"], n_tok))
+
+    contenders = [fast] + ([] if args.skip_hf else [hf]) + [fwd] + ([lmeval] if use_lmeval else [])
+    for k in range(args.pairs):
+        for fn in (contenders if k % 2 == 0 else contenders[::-1]):
+            fn()
+
+    if lm is not None:
+        same_text = sum(a == b for a, b in zip(lm["rendered"], prompts))
+        same_tok = sum(a == b for a, b in zip(lm["tokens"], encoded))
+        print(f"prompts: lm-eval's chat template gives the same text for {same_text}/{n}, the same tokens for {same_tok}/{n}")
+    print(f"\n{'path':44s} {'wall s':>8s} {'cpu s':>8s} {'prompts/s':>10s} {'tokens':>7s} {'tokens/s':>9s}")
+    best = {}
+    for name, rs in rows.items():
+        w = min(r[0] for r in rs)  # best of the pairs: the least disturbed by the machine's other load
+        r = min(rs)
+        best[name] = r
+        print(f"{name:44s} {w:8.1f} {r[1]:8.1f} {n / w:10.2f} {r[2]:7d} {r[2] / w:9.1f}"
+              + (f"   (walls: {', '.join(f'{x[0]:.1f}' for x in rs)})" if len(rs) > 1 else ""))
+    fast_w, _, fast_tok = best["harness fast"]
+    print()
+    for name, (w, _, tok) in best.items():
+        if name.startswith("lm-eval"):
+            print(f"harness fast vs {name}: {w / fast_w:.2f}x its throughput (prompts/s)")
+        if name.startswith("harness hf"):
+            print(f"harness fast vs harness hf: {w / fast_w:.2f}x")
+        if name.startswith("forward limit") and (w == min(v[0] for x, v in best.items() if x.startswith("forward limit"))):
+            print(f"harness fast tokens/s vs the forward limit ({name}): {(fast_tok / fast_w) / (tok / w):.2f}x "
+                  f"(useful tokens: rows stop at {list(settings.stop)} or an end token; the limit runs every row "
+                  f"to {settings.max_new_tokens})")
+    if "hf" in outputs:
+        print(f"fast == hf (the reference path): {sum(a == b for a, b in zip(outputs['fast'], outputs['hf']))}/{n} outputs identical")
+    if lm is not None:
+        lm_out = [cut.strip() for cut in lm["outputs"]]
+        print(f"harness fast == lm-eval: {sum((a or '').strip() == b for a, b in zip(outputs['fast'], lm_out))}/{n} "
+              "outputs agree (stripped)")
+        if "hf" in outputs:
+            print(f"harness hf == lm-eval: {sum((a or '').strip() == b for a, b in zip(outputs['hf'], lm_out))}/{n}")
+
+
+if __name__ == "__main__":
+    main()
