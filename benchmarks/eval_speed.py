@@ -63,16 +63,15 @@ json.dump({"rendered": rendered, "tokens": tokens, "outputs": outs, "runs": runs
 
 def install_lmeval(venv: Path) -> Path:
     """A throwaway venv with torch (CPU) and lm-eval[hf], the transformers of this venv pinned."""
-    import transformers
-
     import torch
+    import transformers
 
     py = venv / "bin" / "python"
     if not py.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(py), "-m", "pip", "install", "-q"]
-    subprocess.run(pip + [f"torch=={torch.__version__.split('+')[0]}", "--index-url", "https://download.pytorch.org/whl/cpu"], check=False)
-    subprocess.run(pip + ["lm-eval[hf]==0.4.*", f"transformers=={transformers.__version__}"], check=True)
+    subprocess.run([*pip, f"torch=={torch.__version__.split('+')[0]}", "--index-url", "https://download.pytorch.org/whl/cpu"], check=False)
+    subprocess.run([*pip, "lm-eval[hf]==0.4.*", f"transformers=={transformers.__version__}"], check=True)
     return py
 
 

@@ -57,12 +57,12 @@ class Generation:
     truncated: bool = False
 
 
-def render_prompt(tokenizer: "PreTrainedTokenizerBase", text: str, system: str | None = None, raw: bool = False) -> str:
+def render_prompt(tokenizer: PreTrainedTokenizerBase, text: str, system: str | None = None, raw: bool = False) -> str:
     """Render ``text`` as a user turn through the tokenizer's chat template (or pass it through raw)."""
     if raw or not getattr(tokenizer, "chat_template", None):
         return text
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -75,13 +75,13 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:cut]
 
 
-def _max_positions(model: "PreTrainedModel") -> int:
+def _max_positions(model: PreTrainedModel) -> int:
     return int(getattr(model.config, "max_position_embeddings", None) or 1 << 30)
 
 
 def generate(
-    model: "PreTrainedModel",
-    tokenizer: "PreTrainedTokenizerBase",
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     settings: GenerationSettings,
     batch_size: int = 16,
@@ -198,7 +198,7 @@ def _fast_unsupported(model: Any, settings: GenerationSettings) -> str | None:
     return None
 
 
-def _end_ids(model: Any, tokenizer: "PreTrainedTokenizerBase") -> list[int]:
+def _end_ids(model: Any, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     eos = [t for t in {tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)} if t is not None]
     ids: list[int] = []
     for t in eos:
@@ -206,7 +206,7 @@ def _end_ids(model: Any, tokenizer: "PreTrainedTokenizerBase") -> list[int]:
     return sorted(set(ids))
 
 
-def _finish(tokenizer: "PreTrainedTokenizerBase", row: Sequence[int], ends: set[int], n_prompt: int,
+def _finish(tokenizer: PreTrainedTokenizerBase, row: Sequence[int], ends: set[int], n_prompt: int,
             settings: GenerationSettings, seconds: float) -> Generation:
     """One result from a row of new tokens (both paths: the same cut, counts and truncation rule)."""
     n_new = len(row)
@@ -215,7 +215,7 @@ def _finish(tokenizer: "PreTrainedTokenizerBase", row: Sequence[int], ends: set[
         if tok in ends:
             n_new, ended = j, True
             break
-    text = tokenizer.decode(row[:n_new], skip_special_tokens=True)
+    text = str(tokenizer.decode(list(row[:n_new]), skip_special_tokens=True))
     cut = cut_at_stop(text, settings.stop)
     truncated = not ended and len(cut) == len(text) and n_new >= settings.max_new_tokens
     return Generation(cut, n_prompt, n_new, seconds, truncated=truncated)
@@ -413,6 +413,7 @@ class _FastLoop:
                 old = getattr(self.cache.layers[li], attr) if kept else None
                 new = getattr(new_cache.layers[li], attr) if new_rows else None
                 like = old if old is not None else new
+                assert like is not None  # rows is not empty
                 buf = like.new_zeros(len(rows), like.shape[1], capacity, like.shape[3])
                 if old is not None:
                     buf[: len(kept), :, width - old_w : width] = old.index_select(0, idx)[:, :, old.shape[2] - old_w :]

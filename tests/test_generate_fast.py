@@ -143,10 +143,11 @@ def test_slab_cache_attention_equals_concatenated_cache(base):
 
     slab = _slab_layer_class()(torch.zeros(2, 2, 8, 4), torch.zeros(2, 2, 8, 4), 0)
     plain = DynamicCache().layers[0] if DynamicCache().layers else None
-    ref_k = None
+    ref_k = ref_v = None
     for step in range(5):
         k, v = torch.randn(2, 2, 1 if step else 3, 4), torch.randn(2, 2, 1 if step else 3, 4)
         got_k, got_v = slab.update(k, v)
         ref_k = k if ref_k is None else torch.cat([ref_k, k], -2)
-        assert torch.equal(got_k, ref_k) and slab.get_seq_length() == ref_k.shape[-2]
+        ref_v = v if ref_v is None else torch.cat([ref_v, v], -2)
+        assert torch.equal(got_k, ref_k) and torch.equal(got_v, ref_v) and slab.get_seq_length() == ref_k.shape[-2]
     assert plain is None or plain.get_seq_length() == 0
