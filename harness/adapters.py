@@ -13,9 +13,10 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from harness.errors import AdapterConfigError, AdapterFileError, IncompatibleError, SafetyError
+from harness.safety import PICKLE_SUFFIXES
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -118,7 +119,7 @@ def adapter_id(path: Path) -> str:
     return h.hexdigest()
 
 
-def _hash_tensor(h: "hashlib._Hash", key: str, t: Any) -> None:
+def _hash_tensor(h: hashlib._Hash, key: str, t: Any) -> None:
     h.update(f"{key}|{str(t.dtype).removeprefix('torch.')}|{list(t.shape)}|".encode())
     t = t.detach().contiguous().cpu()
     h.update(t.view(-1).view(__import__("torch").uint8).numpy().tobytes() if t.numel() else b"")
@@ -139,7 +140,7 @@ def inspect_adapter(path: Path | str, allow_pickle: bool = False) -> AdapterInfo
             f"{CONFIG} and {WEIGHTS}"
         )
     if not (path / WEIGHTS).is_file():
-        pickles = [p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+        pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
         if pickles and not allow_pickle:
             raise SafetyError(
                 f"{path} has no {WEIGHTS}, only pickle weights ({', '.join(pickles)}), which can run code when "
@@ -290,7 +291,7 @@ def check_base_identity(info: AdapterInfo, base_model_id: str, base_name: str, a
     return message
 
 
-def check_against_base(info: AdapterInfo, model: "PreTrainedModel") -> None:
+def check_against_base(info: AdapterInfo, model: PreTrainedModel) -> None:
     """Check every LoRA tensor's shape against the base module it attaches to.
 
     Raises:
@@ -301,7 +302,7 @@ def check_against_base(info: AdapterInfo, model: "PreTrainedModel") -> None:
     modules = dict(model.named_modules())
     linear = linear_module_names(model)
     with safe_open(str(info.path / WEIGHTS), framework="pt") as f:
-        for key in f.keys():
+        for key in f.keys():  # noqa: SIM118 - a safetensors safe_open handle is not iterable
             if ".lora_A." not in key and ".lora_B." not in key:
                 continue
             module_path = key.split(".lora_")[0]
@@ -323,8 +324,8 @@ def check_against_base(info: AdapterInfo, model: "PreTrainedModel") -> None:
                 )
 
 
-def load_adapter(model: "PreTrainedModel", info: AdapterInfo, trainable: bool = False,
-                 adapter_name: str = ADAPTER_NAME) -> "PeftModel":
+def load_adapter(model: PreTrainedModel, info: AdapterInfo, trainable: bool = False,
+                 adapter_name: str = ADAPTER_NAME) -> PeftModel:
     """Attach a checked adapter to ``model``, reading the safetensors file ourselves.
 
     ``PeftModel.from_pretrained`` would resolve the path on its own (falling back to a pickle or the
@@ -351,13 +352,14 @@ def load_adapter(model: "PreTrainedModel", info: AdapterInfo, trainable: bool = 
     return peft_model
 
 
-def _load_state(peft_model: "PeftModel", info: AdapterInfo, adapter_name: str) -> None:
+def _load_state(peft_model: PeftModel, info: AdapterInfo, adapter_name: str) -> None:
     """Load the checked safetensors file into ``adapter_name``; refuse a partial load."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     state = load_file(str(info.path / WEIGHTS), device=str(next(peft_model.parameters()).device))
-    result = set_peft_model_state_dict(peft_model, state, adapter_name=adapter_name)
+    # peft annotates the return as `namedtuple`; it is torch's _IncompatibleKeys (missing/unexpected keys)
+    result: Any = set_peft_model_state_dict(peft_model, state, adapter_name=adapter_name)
     missing = [k for k in result.missing_keys if ".lora_" in k and f".{adapter_name}." in k]
     unexpected = list(result.unexpected_keys)
     if missing or unexpected:
@@ -368,11 +370,11 @@ def _load_state(peft_model: "PeftModel", info: AdapterInfo, adapter_name: str) -
         )
 
 
-def add_adapter(peft_model: "PeftModel", info: AdapterInfo, adapter_name: str) -> None:
+def add_adapter(peft_model: PeftModel, info: AdapterInfo, adapter_name: str) -> None:
     """Load one more checked adapter into ``peft_model`` under ``adapter_name`` (for mixed batches)."""
     from peft import LoraConfig
 
-    base = peft_model.base_model.model
+    base = cast("PreTrainedModel", peft_model.base_model.model)  # torch types it as Module.__getattr__'s Tensor | Module
     check_against_base(info, base)
     check_target_modules(info.config.get("target_modules"), base, str(info.path / CONFIG))
     config = LoraConfig.from_pretrained(str(info.path))
@@ -385,12 +387,12 @@ def add_adapter(peft_model: "PeftModel", info: AdapterInfo, adapter_name: str) -
     peft_model.eval()
 
 
-def linear_module_names(model: "PreTrainedModel") -> list[str]:
+def linear_module_names(model: PreTrainedModel) -> list[str]:
     """The short names (q_proj, down_proj, ...) of the base's linear and embedding modules."""
     return sorted({n.split(".")[-1] for n, m in model.named_modules() if n and hasattr(m, "in_features")})
 
 
-def check_target_modules(target_modules: Any, model: "PreTrainedModel", where: str) -> None:
+def check_target_modules(target_modules: Any, model: PreTrainedModel, where: str) -> None:
     """Refuse ``target_modules`` naming modules the base lacks, before PEFT raises NoMatchingPeftModuleError."""
     check_target_modules_names(target_modules, [n for n, _ in model.named_modules() if n], where,
                                linear_module_names(model))
@@ -427,7 +429,7 @@ def check_target_modules_names(target_modules: Any, names: list[str], where: str
         )
 
 
-def detach_adapter(peft_model: "PeftModel") -> "PreTrainedModel":
+def detach_adapter(peft_model: PeftModel) -> PreTrainedModel:
     """Remove the adapter and hand back the base modules as they were before it was attached.
 
     ``unload()`` alone is not enough: for a ``modules_to_save`` module it keeps the adapter's trained
@@ -436,7 +438,7 @@ def detach_adapter(peft_model: "PeftModel") -> "PreTrainedModel":
     """
     from peft.utils.other import AuxiliaryTrainingWrapper
 
-    inner = peft_model.base_model.model
+    inner = cast("PreTrainedModel", peft_model.base_model.model)  # torch types it as Module.__getattr__'s Tensor | Module
     for name, module in list(inner.named_modules()):
         if isinstance(module, AuxiliaryTrainingWrapper):
             parent_name, _, child = name.rpartition(".")
@@ -445,7 +447,7 @@ def detach_adapter(peft_model: "PeftModel") -> "PreTrainedModel":
     return peft_model.unload()
 
 
-def set_scale(model: "PeftModel", scale: float, adapter: str = ADAPTER_NAME) -> None:
+def set_scale(model: PeftModel, scale: float, adapter: str = ADAPTER_NAME) -> None:
     """Multiply the adapter's update by ``scale`` (1.0 = as trained; alpha/r or alpha/sqrt(r) times it)."""
     from peft.tuners.lora import LoraLayer
 

@@ -113,7 +113,7 @@ def _label(adapter_label: str | None, scale: float) -> str:
     return "base" if adapter_label is None or scale == 0 else f"{adapter_label}@{scale:g}"
 
 
-def adapter_labels(store: "Store", run_id: str) -> dict[str, str]:
+def adapter_labels(store: Store, run_id: str) -> dict[str, str]:
     """Unique display labels of the adapters in one run (adapter id -> label); ids stay the keys."""
     import json
 
@@ -130,7 +130,7 @@ def adapter_labels(store: "Store", run_id: str) -> dict[str, str]:
     return unique_labels({r["adapter_id"]: (r["name"], r["path"]) for r in rows}, names if isinstance(names, dict) else {})
 
 
-def suite_infos(store: "Store", run_id: str) -> dict[str, SuiteInfo]:
+def suite_infos(store: Store, run_id: str) -> dict[str, SuiteInfo]:
     """The role, headline and directions of every suite in one run (the newest version of each name)."""
     import json
 
@@ -154,7 +154,7 @@ def suite_infos(store: "Store", run_id: str) -> dict[str, SuiteInfo]:
     return out
 
 
-def build_comparison(store: "Store", run_id: str, title: str = "adapter-harness report", samples_per_suite: int = 5,
+def build_comparison(store: Store, run_id: str, title: str = "adapter-harness report", samples_per_suite: int = 5,
                      adapter_ids: Collection[str] | None = None) -> Comparison:
     """Read one run's per-example scores from the store and aggregate them for a report.
 
@@ -227,9 +227,9 @@ def build_comparison(store: "Store", run_id: str, title: str = "adapter-harness 
     )
     samples = []
     for suite in sorted({s for s, _ in texts}, key=lambda n: (ROLE_ORDER.index(infos[n].role), n)):
-        metric = infos[suite].headline
-        for (s, ex), t in list((k, v) for k, v in texts.items() if k[0] == suite)[:samples_per_suite]:
-            outs = tuple((lab, t["out"].get(lab), per_example.get((lab, suite, metric, ex))) for lab in targets)
+        shown = infos[suite].headline
+        for (_, ex), t in list((k, v) for k, v in texts.items() if k[0] == suite)[:samples_per_suite]:
+            outs = tuple((lab, t["out"].get(lab), per_example.get((lab, suite, shown, ex))) for lab in targets)
             samples.append(Sample(suite, ex, t["input"], t["target"], outs))
     prov = store.query("SELECT * FROM runs WHERE run_id = ?", [run_id])
     provenance = tuple((k, str(v)) for k, v in (prov[0].items() if prov else ()) if v is not None)
@@ -432,7 +432,7 @@ class Report:
     max_text: int = MAX_TEXT
 
 
-def resolve_adapters(store: "Store", run_ids: Sequence[str], wanted: Sequence[str]) -> list[str]:
+def resolve_adapters(store: Store, run_ids: Sequence[str], wanted: Sequence[str]) -> list[str]:
     """Adapter ids of the runs named by id, id prefix (6+ characters) or label; an InputError for a
     name that matches no adapter of any of the runs."""
     from harness.errors import InputError
@@ -453,7 +453,7 @@ def resolve_adapters(store: "Store", run_ids: Sequence[str], wanted: Sequence[st
     return out
 
 
-def build_report(store: "Store", run_ids: Sequence[str], adapter_ids: Collection[str] | None = None,
+def build_report(store: Store, run_ids: Sequence[str], adapter_ids: Collection[str] | None = None,
                  title: str = "adapter-harness report", max_examples: int = 100,
                  baseline: str | None = None) -> Report:
     """Everything the HTML report shows, read from the store.
@@ -504,7 +504,7 @@ def _chosen_scale(points: Sequence, recommended: float | None) -> float:
     return min(scales, key=lambda s: (abs(s - 1.0), s))
 
 
-def _run_report(store: "Store", run_id: str, c: Comparison, max_examples: int, baseline: str | None) -> RunReport:
+def _run_report(store: Store, run_id: str, c: Comparison, max_examples: int, baseline: str | None) -> RunReport:
     from harness import sweep
 
     ids = list(dict.fromkeys(x.adapter_id for x in c.cells if x.adapter_id))
@@ -529,9 +529,9 @@ def _run_report(store: "Store", run_id: str, c: Comparison, max_examples: int, b
     overview = []
     for t in c.targets:
         first = next(x for x in c.cells if x.target == t)
-        aid = first.adapter_id if t != "base" else None
+        row_aid = first.adapter_id if t != "base" else None
         cells = tuple(_overview_cell(c, t, col) for col in columns)
-        overview.append(OverviewRow(t, aid, first.scale if aid else 0.0, (aid, first.scale) in recommended, cells,
+        overview.append(OverviewRow(t, row_aid, first.scale if row_aid else 0.0, (row_aid, first.scale) in recommended, cells,
                                     tuple(g for g in gates if g.target == t)))
     examples = _examples(store, run_id, c, sweeps, max_examples, baseline)
     return RunReport(c, columns, tuple(overview), gates, tuple(sweeps), examples)
@@ -582,7 +582,7 @@ def _verdict(value: float | None, base: float | None, higher_is_better: bool) ->
     return "better" if (value > base) == higher_is_better else "worse"
 
 
-def _gates(store: "Store", run_id: str, c: Comparison) -> tuple[Gate, ...]:
+def _gates(store: Store, run_id: str, c: Comparison) -> tuple[Gate, ...]:
     rows = store.query("SELECT * FROM gate_results WHERE run_id = ? ORDER BY seq", [run_id])
     out = []
     labels = {(x.adapter_id, x.scale): x.target for x in c.cells if x.adapter_id}
@@ -602,7 +602,7 @@ def _finite(v: float | None) -> float | None:
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
-def _examples(store: "Store", run_id: str, c: Comparison, sweeps: Sequence[AdapterSweep], max_examples: int,
+def _examples(store: Store, run_id: str, c: Comparison, sweeps: Sequence[AdapterSweep], max_examples: int,
               baseline: str | None) -> tuple[ExampleTable, ...]:
     if not sweeps:
         return ()
@@ -635,7 +635,8 @@ def _examples(store: "Store", run_id: str, c: Comparison, sweeps: Sequence[Adapt
         texts.setdefault(key, (r["input"] or "", r["target"], r["category"]))
         who = r["adapter_id"] if r["adapter_id"] and r["scale"] != 0 else None
         label = "base" if who is None else by_id[who].label + f"@{r['scale']:g}"
-        answers[(who, *key)] = Answer(label, _clip(r["output"]), r["value"], _clip(r["error"]))
+        answer_key = (who, *key)  # built first: mypy 2.4 misreads d[(a, *b)] as Python 3.11's d[a, *b]
+        answers[answer_key] = Answer(label, _clip(r["output"]), r["value"], _clip(r["error"]))
     tables = []
     for s in sweeps:
         base_line = chosen_baseline if chosen_baseline and chosen_baseline != s.adapter_id else None
@@ -686,7 +687,7 @@ def _clip(text: str | None) -> str | None:
     return text
 
 
-def _training(store: "Store", ids: Sequence[str], labels: dict[str, str]) -> tuple[TrainingCurve, ...]:
+def _training(store: Store, ids: Sequence[str], labels: dict[str, str]) -> tuple[TrainingCurve, ...]:
     import math
 
     if not ids:
@@ -711,7 +712,7 @@ def _training(store: "Store", ids: Sequence[str], labels: dict[str, str]) -> tup
                                tuple(found.get((a, run), ())), bad.get((a, run), 0)) for a, run in keys)
 
 
-def _lineage(store: "Store", ids: Sequence[str], labels: dict[str, str]) -> tuple[LineageNode, ...]:
+def _lineage(store: Store, ids: Sequence[str], labels: dict[str, str]) -> tuple[LineageNode, ...]:
     """The reported adapters with their ancestors, as a forest in depth-first order."""
     known: dict[str, tuple[str | None, str | None]] = {}
     todo = list(ids)
@@ -726,7 +727,7 @@ def _lineage(store: "Store", ids: Sequence[str], labels: dict[str, str]) -> tupl
                     todo.append(r["parent_adapter_id"])
     if not any(p for p, _ in known.values()):
         return ()  # no continued fine-tune: nothing to draw
-    for aid, (parent, _) in list(known.items()):
+    for parent, _ in list(known.values()):
         if parent and parent not in known:
             known[parent] = (None, None)  # a parent the store never saw: shown by its id
     children: dict[str | None, list[str]] = defaultdict(list)
@@ -747,7 +748,7 @@ def _lineage(store: "Store", ids: Sequence[str], labels: dict[str, str]) -> tupl
     return tuple(out)
 
 
-def _provenance(store: "Store", run_id: str) -> RunProvenance:
+def _provenance(store: Store, run_id: str) -> RunProvenance:
     import json
 
     rows = store.query("SELECT * FROM runs WHERE run_id = ?", [run_id])

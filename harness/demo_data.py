@@ -82,7 +82,7 @@ def generate_orders(n: int, seed: int) -> list[OrderExample]:
     rnd = random.Random(seed)
     out = []
     for k in range(n):
-        order = {
+        order: dict[str, Any] = {
             "item": rnd.choice(sorted(ITEMS)),
             "quantity": rnd.choices(range(1, 7), weights=[5, 4, 3, 2, 1, 1])[0],
             "size": rnd.choice(sorted(SIZES)),

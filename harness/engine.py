@@ -38,7 +38,7 @@ def adapter_name(index: int, scale: float) -> str:
     return f"a{index}_s{round(scale * 100):03d}" if round(scale * 100) == scale * 100 else f"a{index}_s{scale:g}".replace(".", "p").replace("-", "m")
 
 
-def is_dora(target: "Target") -> bool:
+def is_dora(target: Target) -> bool:
     return bool(target.adapter is not None and target.adapter.config.get("use_dora"))
 
 
@@ -48,13 +48,13 @@ class Group:
 
     model: Any
     mixed: bool
-    names: dict["Target", str] = field(default_factory=dict)
+    names: dict[Target, str] = field(default_factory=dict)
 
-    def route(self, targets: Sequence["Target"]) -> list[str] | None:
+    def route(self, targets: Sequence[Target]) -> list[str] | None:
         return [self.names[t] for t in targets] if self.mixed else None
 
 
-def plan_groups(targets: Sequence["Target"]) -> list[list["Target"]]:
+def plan_groups(targets: Sequence[Target]) -> list[list[Target]]:
     """The mixable targets (base and non-DoRA adapters) together; each DoRA target alone."""
     mixable = [t for t in targets if not is_dora(t)]
     groups = [mixable] if mixable else []
@@ -63,7 +63,7 @@ def plan_groups(targets: Sequence["Target"]) -> list[list["Target"]]:
 
 
 @contextlib.contextmanager
-def attached(base: LoadedBase, targets: Sequence["Target"], checks: list[GateRow] | None = None) -> Iterator[Group]:
+def attached(base: LoadedBase, targets: Sequence[Target], checks: list[GateRow] | None = None) -> Iterator[Group]:
     """Attach every adapter target of one group; on exit detach and verify the base is unchanged.
 
     ``checks`` collects the self-check rows (one pair per adapter); None skips the self-checks.
@@ -113,7 +113,7 @@ def _encode(base: LoadedBase) -> tuple[Any, Any]:
     return ids.to(device), mask.to(device)
 
 
-def _probe_reference(base: LoadedBase, adapters: Sequence["Target"]) -> dict[str, Any]:
+def _probe_reference(base: LoadedBase, adapters: Sequence[Target]) -> dict[str, Any]:
     """Logits of the plain base and of each adapter loaded the plain PEFT way, before the engine attaches."""
     import torch
     from peft import PeftModel
@@ -143,7 +143,7 @@ def _verify_base(base: LoadedBase, adapters: Sequence[Any]) -> None:
         )
 
 
-def _self_check(base: LoadedBase, group: Group, adapters: Sequence["Target"], ref: dict[str, Any]) -> list[GateRow]:
+def _self_check(base: LoadedBase, group: Group, adapters: Sequence[Target], ref: dict[str, Any]) -> list[GateRow]:
     import torch
 
     ids, mask = _encode(base)

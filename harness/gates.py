@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING
 from harness.store import GateRow
 
 if TYPE_CHECKING:
-    from harness.stats import Interval
+    from harness.comparison import Comparison
+    from harness.stats import Interval, PairedTest
     from harness.store import Store
     from harness.suites import Suite
 
@@ -148,8 +149,8 @@ def threshold_gate(
     values: Sequence[float | None],
     n_expected: int,
     n_errored: int = 0,
-    min: float | None = None,  # noqa: A002 - the suite spec's own key
-    max: float | None = None,  # noqa: A002
+    min: float | None = None,  # shadows the builtin: the suite spec's own key
+    max: float | None = None,
     baseline: float | None = None,
     interval: Interval | None = None,
     what: str = "",
@@ -269,8 +270,10 @@ def _read_run(store: Store, run_id: str) -> _RunData:
     for r in store.query("SELECT adapter_id, scale, suite_name, example_id, metric, value, input, target, output "
                          "FROM v_scores WHERE run_id = ?", [run_id]):
         t = (r["adapter_id"], float(r["scale"]) if r["adapter_id"] else 0.0)
-        d.values[(*t, r["suite_name"], r["metric"])][r["example_id"]] = r["value"]
-        d.outputs[(*t, r["suite_name"], r["example_id"])] = r["output"]
+        # keys built first: mypy 2.4 misreads d[(*t, x)] as Python 3.11's d[*t, x]
+        metric_key, output_key = (*t, r["suite_name"], r["metric"]), (*t, r["suite_name"], r["example_id"])
+        d.values[metric_key][r["example_id"]] = r["value"]
+        d.outputs[output_key] = r["output"]
         d.texts[(r["suite_name"], r["example_id"])] = (r["input"], r["target"])
     for r in store.query(
             "SELECT g.adapter_id, g.scale, s.name AS suite, g.example_id, g.error FROM run_results rr "
@@ -278,7 +281,8 @@ def _read_run(store: Store, run_id: str) -> _RunData:
         t = (r["adapter_id"], float(r["scale"]) if r["adapter_id"] else 0.0)
         d.targets.add(t)
         if r["error"] is not None:
-            d.errors[(*t, r["suite"])] += 1
+            error_key = (*t, r["suite"])
+            d.errors[error_key] += 1
     for r in store.query(
             "SELECT s.name AS suite, count(DISTINCT g.example_id) AS n FROM run_results rr JOIN generations g USING (cache_key) "
             "JOIN suites s ON s.suite_id = g.suite_id WHERE rr.run_id = ? GROUP BY s.name", [run_id]):
@@ -385,7 +389,7 @@ class _Ctx:
     store: Store
     run_id: str
     data: _RunData
-    comparison: object  # harness.comparison.Comparison
+    comparison: Comparison
     labels: dict
     suites: dict
     project: ProjectGates
@@ -414,6 +418,8 @@ def _worst(ctx: _Ctx, t: tuple, suite: str, metric: str, vals: dict[str, float |
 
 def _threshold(ctx: _Ctx, g: PlannedGate, t: tuple) -> GateOutcome:
     from harness.stats import mean_interval
+
+    assert g.suite is not None  # plan_gates gives every threshold gate its suite
 
     vals = ctx.data.values.get((*t, g.suite, g.metric), {})
     finite = [v for v in vals.values() if v is not None and math.isfinite(v)]
@@ -450,7 +456,7 @@ def _retention(ctx: _Ctx, g: PlannedGate, t: tuple) -> GateOutcome:
     ret = kept / base_correct
     ok = (g.min is None or ret >= g.min) and (g.max is None or ret <= g.max)
     interval = wilson(kept, base_correct)
-    lost = []
+    lost: list[Example] = []
     for suite, metric in metrics:
         base_vals = ctx.data.values.get((None, 0.0, suite, metric), {})
         mine = ctx.data.values.get((*t, suite, metric), {})
@@ -465,6 +471,7 @@ def _leakage(ctx: _Ctx, g: PlannedGate, t: tuple) -> GateOutcome:
     from harness.stats import wilson
     from harness.sweep import curve
 
+    assert g.max is not None  # plan_gates gives the leakage gate its max_leakage
     label = ctx.label(t)
     points = {p.scale: p for p in curve(ctx.comparison, t[0])}
     point = next((p for s, p in points.items() if math.isclose(s, t[1])), None)
@@ -490,11 +497,13 @@ def _gain(ctx: _Ctx, g: PlannedGate, t: tuple) -> GateOutcome:
     of every task suite for ``task_gain``, one suite metric for ``gain``."""
     from harness.stats import paired_test
 
+    assert g.min is not None  # plan_gates gives every gain gate its min_gain / min_task_gain
     label = ctx.label(t)
     if g.kind == "task_gain":
         pairs_of = [(s.name, s.headline) for s in ctx.comparison.suites if s.role == "task" and s.headline]
         where = f"{label} task gain over base ({', '.join(f'{s}:{m}' for s, m in pairs_of) or 'no task suite'})"
     else:
+        assert g.suite is not None  # plan_gates gives every gain gate its suite
         pairs_of = [(g.suite, g.metric)]
         where = f"{label} {g.suite} {g.metric} gain over base"
     mine, base, worst = [], [], []
@@ -503,10 +512,11 @@ def _gain(ctx: _Ctx, g: PlannedGate, t: tuple) -> GateOutcome:
         a = ctx.data.values.get((*t, suite, metric), {})
         b = ctx.data.values.get((None, 0.0, suite, metric), {})
         for ex in sorted(set(a) & set(b)):
-            if a[ex] is not None and b[ex] is not None:
-                mine.append(sign * a[ex])
-                base.append(sign * b[ex])
-                worst.append((sign * (a[ex] - b[ex]), ctx.example(t, suite, ex, a[ex], b[ex])))
+            va, vb = a[ex], b[ex]
+            if va is not None and vb is not None:
+                mine.append(sign * va)
+                base.append(sign * vb)
+                worst.append((sign * (va - vb), ctx.example(t, suite, ex, va, vb)))
     if not mine:
         return GateOutcome(GateResult(g.name, g.metric, None, g.min, None, False,
                                       f"{where}: no example scored for both the adapter and the base model (run the base too); "
@@ -531,16 +541,20 @@ def _regressions(ctx: _Ctx, todo: Sequence[tuple[PlannedGate, tuple]]) -> list[G
         return []
     bt = (ctx.baseline_id, ctx.baseline_scale)
     blabel = ctx.labels.get(bt, f"{(ctx.baseline_id or '?')[:8]}@{ctx.baseline_scale:g}")
-    tests, out = [], []
+    tests: list[tuple[PlannedGate, tuple, list[str], dict[str, float], dict[str, float], bool, PairedTest | None]] = []
+    out: list[GateOutcome] = []
     for g, t in todo:
+        assert g.suite is not None  # plan_gates gives every regression gate its suite
         hib = ctx.higher_is_better(g.suite, g.metric)
-        a = ctx.data.values.get((*t, g.suite, g.metric), {})
-        b = ctx.data.values.get((*bt, g.suite, g.metric), {})
-        keys = sorted(ex for ex in set(a) & set(b) if a[ex] is not None and b[ex] is not None)
+        # the scored examples (None is no score) of the candidate and the baseline
+        a = {ex: v for ex, v in ctx.data.values.get((*t, g.suite, g.metric), {}).items() if v is not None}
+        b = {ex: v for ex, v in ctx.data.values.get((*bt, g.suite, g.metric), {}).items() if v is not None}
+        keys = sorted(set(a) & set(b))
         tests.append((g, t, keys, a, b, hib, paired_test([a[k] for k in keys], [b[k] for k in keys], hib) if keys else None))
     family = [x[-1].p_value for x in tests if x[-1] is not None]
     adjusted = iter(holm(family, ctx.project.alpha))
     for g, t, keys, a, b, hib, test in tests:
+        assert g.suite is not None and g.max is not None  # plan_gates: its suite and max_drop / max_regression
         label = ctx.label(t)
         where = f"{label} {g.suite} {g.metric} vs baseline {blabel}"
         if test is None:
@@ -549,7 +563,7 @@ def _regressions(ctx: _Ctx, todo: Sequence[tuple[PlannedGate, tuple]]) -> list[G
                                               f"allowed drop {g.max:g}: FAIL"), g.kind, label, t[0], t[1], g.suite, source=g.source))
             continue
         reject, p_adj = next(adjusted)
-        mean_a, mean_b = _mean([a[k] for k in keys]), _mean([b[k] for k in keys])
+        mean_a, mean_b = sum(a[k] for k in keys) / len(keys), sum(b[k] for k in keys) / len(keys)
         ok = not (reject and test.drop > g.max)
         threshold = mean_b - g.max if hib else mean_b + g.max
         counts = f", {test.n_worse} worse, {test.n_better} better" if test.test == "exact McNemar" else ""

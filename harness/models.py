@@ -20,9 +20,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from harness.errors import IncompatibleError, ModelNotFoundError, SafetyError, UsageError
+from harness.files import sha256_file, write_text_atomic
+from harness.safety import PICKLE_SUFFIXES
 
 if TYPE_CHECKING:
     import torch
@@ -38,7 +40,6 @@ EMBEDDED = {
 EMBEDDED_HUB_IDS = {"smollm2-135m": ("HuggingFaceTB/SmolLM2-135M-Instruct",)}
 # Bump when the conversion changes, so caches made by an older harness are rebuilt.
 CONVERT_VERSION = 2
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
 def harness_home() -> Path:
@@ -78,14 +79,6 @@ def _embedded_gguf(name: str) -> Path:
     )
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def weights_hash(files: list[Path]) -> str:
     """SHA-256 over the weights files, cached by (path, size, mtime) so it is computed once."""
     cache_path = harness_home() / "hash-cache.json"
@@ -99,14 +92,12 @@ def weights_hash(files: list[Path]) -> str:
         st = f.stat()
         key = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
         if key not in cache:
-            cache[key] = _file_sha256(f)
+            cache[key] = sha256_file(f)
             changed = True
         h.update(cache[key].encode())
     if changed:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache, indent=0))
-        os.replace(tmp, cache_path)
+        write_text_atomic(cache_path, json.dumps(cache, indent=0))
     return h.hexdigest()
 
 
@@ -131,7 +122,7 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
         model.config.save_pretrained(tmp)
         model.generation_config.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        (tmp / "harness-source.json").write_text(json.dumps({"gguf": str(gguf), "sha256": _file_sha256(gguf)}))
+        (tmp / "harness-source.json").write_text(json.dumps({"gguf": str(gguf), "sha256": sha256_file(gguf)}))
         if out_dir.exists():  # another process finished first
             return
         os.replace(tmp, out_dir)
@@ -166,7 +157,7 @@ def _check_local_dir(path: Path, allow_pickle: bool) -> list[Path]:
             )
     weights = sorted(path.glob("*.safetensors"))
     if not weights:
-        pickles = [p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES]
+        pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
         if pickles and not allow_pickle:
             raise SafetyError(
                 f"{path} holds only pickle weights ({', '.join(pickles)}); loading them can run code. "
@@ -221,7 +212,7 @@ def module_names(ref: BaseModelRef) -> list[str]:
     names: set[str] = set()
     for f in sorted(ref.path.glob("*.safetensors")):
         with safe_open(str(f), framework="pt") as st:
-            for key in st.keys():
+            for key in st.keys():  # noqa: SIM118 - a safetensors safe_open handle is not iterable
                 module = key.rpartition(".")[0]
                 parts = module.split(".")
                 names.update(".".join(parts[: i + 1]) for i in range(len(parts)))
@@ -261,7 +252,7 @@ def pick_device(requested: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def pick_dtype(device: str) -> "torch.dtype":
+def pick_dtype(device: str) -> torch.dtype:
     """bf16 on a GPU that supports it, else fp32: CPU bf16 matmuls are slow and inexact."""
     import torch
 
@@ -277,14 +268,17 @@ class LoadedBase:
     never the weights; ``load_base(lazy=True)`` defers them until something is left to generate.
     """
 
-    def __init__(self, model: "PreTrainedModel | None", tokenizer: "PreTrainedTokenizerBase", ref: BaseModelRef,
-                 device: str, seconds: float, dtype: "torch.dtype | None" = None) -> None:
+    def __init__(self, model: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase, ref: BaseModelRef,
+                 device: str, seconds: float, dtype: torch.dtype | None = None) -> None:
         self._model = model
         self.tokenizer = tokenizer
         self.ref = ref
         self.device = device
         self.seconds = seconds
-        self.dtype = dtype if dtype is not None else next(model.parameters()).dtype
+        if dtype is None:
+            assert model is not None, "a lazy LoadedBase is given its dtype"
+            dtype = next(model.parameters()).dtype
+        self.dtype = dtype
         #: ``weights_fingerprint`` of the clean base, taken before the first adapter is attached
         self.fingerprint: str | None = None
 
@@ -293,7 +287,7 @@ class LoadedBase:
         return self._model is not None
 
     @property
-    def model(self) -> "PreTrainedModel":
+    def model(self) -> PreTrainedModel:
         if self._model is None:
             t0 = time.perf_counter()
             self._model = _load_weights(self.ref, self.tokenizer, self.device, self.dtype)
@@ -301,11 +295,11 @@ class LoadedBase:
         return self._model
 
     @model.setter
-    def model(self, value: "PreTrainedModel") -> None:
+    def model(self, value: PreTrainedModel) -> None:
         self._model = value
 
 
-def weights_fingerprint(model: "PreTrainedModel") -> str:
+def weights_fingerprint(model: PreTrainedModel) -> str:
     """SHA-256 of every parameter and buffer (name, dtype, shape, bytes) of a loaded model.
 
     Taken before an adapter is attached and compared after it is detached: a base-model row is only
@@ -314,7 +308,7 @@ def weights_fingerprint(model: "PreTrainedModel") -> str:
     import torch
 
     h = hashlib.sha256()
-    tensors = dict(model.named_parameters(remove_duplicate=False))
+    tensors: dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))
     tensors.update(dict(model.named_buffers()))
     for name in sorted(tensors):
         t = tensors[name].detach()
@@ -324,7 +318,7 @@ def weights_fingerprint(model: "PreTrainedModel") -> str:
     return h.hexdigest()
 
 
-def load_base(ref: BaseModelRef, device: str | None = None, dtype: "torch.dtype | None" = None,
+def load_base(ref: BaseModelRef, device: str | None = None, dtype: torch.dtype | None = None,
               lazy: bool = False) -> LoadedBase:
     """Load a resolved base model and its tokenizer (left padding, a pad token set).
 
@@ -346,13 +340,13 @@ def load_base(ref: BaseModelRef, device: str | None = None, dtype: "torch.dtype 
     return LoadedBase(model, tok, ref, device, time.perf_counter() - t0, dtype)
 
 
-def _load_weights(ref: BaseModelRef, tok: "PreTrainedTokenizerBase", device: str, dtype: "torch.dtype") -> "PreTrainedModel":
+def _load_weights(ref: BaseModelRef, tok: PreTrainedTokenizerBase, device: str, dtype: torch.dtype) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM
 
     # Pickle weights only after an explicit --allow-pickle; transformers then reads them with torch's
     # weights_only=True loader (tensors only, no code), which check_torch made sure is on.
     model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=dtype, use_safetensors=not ref.pickle_weights)
-    n_embed = model.get_input_embeddings().num_embeddings
+    n_embed = cast("torch.nn.Embedding", model.get_input_embeddings()).num_embeddings
     if len(tok) > n_embed:
         # A token id past the embedding table is an IndexError on the CPU and a device assert on a GPU,
         # in the middle of a run: refuse before any forward pass (FAULTS.md 27).
@@ -360,6 +354,7 @@ def _load_weights(ref: BaseModelRef, tok: "PreTrainedTokenizerBase", device: str
             f"{ref.path}: the tokenizer has {len(tok)} tokens but the model's embedding table has {n_embed} rows; "
             "resize the base model's embeddings to the tokenizer (model.resize_token_embeddings) before loading"
         )
-    model.to(device).eval()
+    # functools.wraps on PreTrainedModel.to hides from mypy that it is a bound method
+    model.to(device).eval()  # type: ignore[arg-type]
     return model
 

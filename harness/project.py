@@ -26,10 +26,15 @@ All problems are reported together, each naming the file and key.
 from __future__ import annotations
 
 import math
-import tomllib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # tomllib joined the standard library in 3.11; tomli is the same parser (a 3.10 dependency)
+    import tomli as tomllib
 
 from harness.errors import InputError
 from harness.gates import ProjectGates, RoleThreshold

@@ -22,12 +22,16 @@ every environment that has the package, including the harness's own tests.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from _pytest._code.code import TerminalRepr  # what Item.repr_failure returns; pytest does not export it
 
 BASELINE_FILE = "harness-baseline.json"
 _PROJECT_NAMES = ("harness.toml", "gates.toml", "pyproject.toml")
@@ -115,10 +119,10 @@ class HarnessSession:
                 gates_file=str(project.path) if project else None, limit=opt("harness_limit"),
                 command="pytest --adapter " + self.adapter)
             try:
-                if self.baseline_id is not None:
+                if self.baseline is not None and self.baseline_id is not None:  # both read from the baseline file
                     check_baseline_id(self.baseline, self.baseline_id, self.baseline_file)
                 self.result = run_check(req, plan=self.plan, require_gates=False)
-            except Exception as exc:  # noqa: BLE001 - shown once per item, by name, without a traceback
+            except Exception as exc:  # shown once per item, by name, without a traceback
                 self.error = exc
         if self.error is not None:
             raise HarnessUnavailable(self.error)
@@ -154,7 +158,7 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 
 
 def _has_tool_harness(path: Path) -> bool:
-    import tomllib
+    from harness.project import tomllib
 
     try:
         return "harness" in (tomllib.loads(path.read_text(encoding="utf-8")).get("tool") or {})
@@ -207,10 +211,8 @@ class GatesFile(pytest.File):
         nearby = []
         for path in sorted(self.path.parent.rglob("suite.yaml")):
             if not any(part.startswith(".") for part in path.relative_to(self.path.parent).parts) and _under_args(self.config, path):
-                try:
+                with contextlib.suppress(HarnessError):  # its own SuiteFile reports it
                     nearby.append(load_suite(path))
-                except HarnessError:
-                    pass  # its own SuiteFile reports it
         names = {s.name for s in listed}
         bare = [replace(s, gates=()) for s in listed + [s for s in nearby if s.name not in names]]
         for planned in plan_gates(bare, cfg.gates, with_baseline=state.with_baseline, provenance=True):
@@ -238,6 +240,7 @@ class GateItem(pytest.Item):
 
     def runtest(self) -> None:
         state = _session(self.config)
+        assert state is not None  # gate items are collected only with --adapter, which creates the session
         result = state.evaluate()
         skipped = dict(result.report.skipped)
         if self.planned.name in skipped:
@@ -249,7 +252,7 @@ class GateItem(pytest.Item):
         if failed:
             raise GateFailed(failed)
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str | TerminalRepr:
         if isinstance(excinfo.value, GateFailed):
             return "\n\n".join(failure_table(o) for o in excinfo.value.outcomes)
         if isinstance(excinfo.value, HarnessUnavailable):
@@ -326,9 +329,9 @@ def write_baseline(path: Path, result: Any) -> None:
     data = {"format_version": 1, "adapter_id": ctx["adapter_id"], "adapter_path": shown, "scale": ctx["scale"],
             "base_model_id": ctx["base_model_id"], "run_id": report.run_id,
             "gates": {"passed": len(report.outcomes) - len(report.failures), "failed": len(report.failures)}}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    from harness.files import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -336,10 +339,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if state is None or not state.update:
         return
     if state.result is None and state.error is None and state.plan:
-        try:
+        with contextlib.suppress(HarnessUnavailable):
             state.evaluate()
-        except HarnessUnavailable:
-            pass
     if state.result is not None:
         write_baseline(state.baseline_file, state.result)
 
@@ -387,7 +388,7 @@ class HarnessResults:
             "AND scale = ?", [self.run_id, suite, metric, aid, sc])
         return {r["example_id"]: r["value"] for r in rows}
 
-    def gate(self, suite: str, metric: str, min: float | None = None, max: float | None = None) -> Any:  # noqa: A002
+    def gate(self, suite: str, metric: str, min: float | None = None, max: float | None = None) -> Any:
         from harness.gates import threshold_gate
 
         n = self.store.query("SELECT count(DISTINCT example_id) AS n FROM v_scores WHERE run_id = ? AND suite_name = ?",

@@ -14,6 +14,10 @@ from harness.errors import SafetyError
 
 MIN_TORCH = (2, 6)
 
+#: file suffixes of pickled weights (torch.save, PEFT's adapter_model.bin, Lightning's .ckpt): refused
+#: unless --allow-pickle, wherever weights are looked for
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
 
 def check_torch() -> None:
     """Raise SafetyError (exit 4) when torch's pickle guard is missing or switched off."""

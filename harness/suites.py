@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from harness.errors import SafetyError, SuiteError
+from harness.files import update_with_file
 from harness.generate import GenerationSettings
 from harness.scorers import Example, check_scorer_args, get_scorer, scorer_names
 from harness.yamlsafe import compose_bounded, read_spec_text
@@ -117,11 +118,12 @@ class _Lines:
             out = {}
             for k, v in node.value:
                 key = yaml.safe_load(yaml.serialize(k))
-                self.lines[at + (key,)] = k.start_mark.line + 1
-                out[key] = self._build(v, at + (key,))
+                here = (*at, key)  # a name first: mypy 2.4 misreads d[(*a, b)] as Python 3.11's d[*a, b]
+                self.lines[here] = k.start_mark.line + 1
+                out[key] = self._build(v, here)
             return out
         if isinstance(node, yaml.SequenceNode):
-            return [self._build(v, at + (i,)) for i, v in enumerate(node.value)]
+            return [self._build(v, (*at, i)) for i, v in enumerate(node.value)]
         return yaml.safe_load(yaml.serialize(node))
 
     def where(self, *at: Any) -> str:
@@ -327,12 +329,13 @@ def load_suite(name_or_path: str | Path) -> Suite:
 
             columns = _first_row_columns(data_path)
             if columns is not None:
-                unknown = sorted(meta.find_undeclared_variables(template_ast) - set(columns) - {"input", "target", "category"})
-                for name_ in unknown:
+                undeclared = sorted(meta.find_undeclared_variables(template_ast) - set(columns) - {"input", "target", "category"})
+                for name_ in undeclared:
                     err(f"prompt.template uses {{{{ {name_} }}}}, which is neither a suite field (input, target, category) "
                         f"nor a data column ({', '.join(sorted(columns))})", "prompt", "template")
     if errors:
         raise SuiteError(f"{len(errors)} problem(s) in suite {path}:\n  " + "\n  ".join(errors))
+    assert isinstance(name, str)  # a missing or malformed name is one of the errors above
     return Suite(
         name=name, version=str(spec["version"]), description=str(spec.get("description", "")), path=path,
         data_path=data_path, split=split, fields=fields, prompt=prompt, generation=generation,
@@ -453,7 +456,7 @@ def _suite_hash(spec: Path, data: Path) -> str:
     h = hashlib.sha256(spec.read_bytes())
     files = [data] if data.is_file() else sorted(p for p in data.rglob("*") if p.is_file())
     for f in files:
-        h.update(f.read_bytes())
+        update_with_file(h, f)
     return h.hexdigest()
 
 

@@ -9,6 +9,7 @@ roles, never from their names. Nothing here generates or queries: ``harness/comm
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -74,10 +75,10 @@ def curve(c: Comparison, adapter_id: str) -> list[ScalePoint]:
             labels[cell.scale] = cell.target
     points = []
     for scale, label in sorted(labels.items()):
-        task_cells = [x for x in c.cells if x.target == label and x.suite in roles and roles[x.suite].role == "task"
-                      and x.metric == roles[x.suite].headline and x.mean is not None]
-        n_task = sum(x.n_scored for x in task_cells)
-        task = sum(x.mean * x.n_scored for x in task_cells) / n_task if n_task else None
+        task_cells = [(x.mean, x.n_scored) for x in c.cells if x.target == label and x.suite in roles
+                      and roles[x.suite].role == "task" and x.metric == roles[x.suite].headline and x.mean is not None]
+        n_task = sum(n for _, n in task_cells)
+        task = sum(mean * n for mean, n in task_cells) / n_task if n_task else None
         if label == "base":
             general = [x for x in c.cells if x.target == "base" and x.suite in roles and roles[x.suite].role == "general"
                        and x.metric == roles[x.suite].headline]
@@ -87,10 +88,10 @@ def curve(c: Comparison, adapter_id: str) -> list[ScalePoint]:
             rets = [r for r in c.retention if r.target == label]
             base_correct, kept = sum(r.base_correct for r in rets), sum(r.kept for r in rets)
             retention = kept / base_correct if base_correct else None
-        leak_cells = [x for x in c.cells if x.target == label and x.metric == "format_leakage" and x.suite in roles
-                      and roles[x.suite].role in ("general", "leakage") and x.mean is not None]
-        n_leak = sum(x.n_scored for x in leak_cells)
-        n_leaked = sum(round(x.mean * x.n_scored) for x in leak_cells)
+        leak_cells = [(x.mean, x.n_scored) for x in c.cells if x.target == label and x.metric == "format_leakage"
+                      and x.suite in roles and roles[x.suite].role in ("general", "leakage") and x.mean is not None]
+        n_leak = sum(n for _, n in leak_cells)
+        n_leaked = sum(round(mean * n) for mean, n in leak_cells)
         leakage = n_leaked / n_leak if n_leak else None
         points.append(ScalePoint(scale, task, retention, leakage, n_task, kept, base_correct, n_leak, n_leaked))
     return points
@@ -165,7 +166,7 @@ def refine_scales(points: Sequence[ScalePoint], min_retention: float = MIN_RETEN
     """The midpoint between the last passing and the first failing scale (bisection step), or None
     when there is no boundary to refine (all pass, none pass, or they are already close)."""
     ordered = sorted((p for p in points if p.scale > 0), key=lambda p: p.scale)
-    for lo, hi in zip(ordered, ordered[1:]):
+    for lo, hi in itertools.pairwise(ordered):
         if passes(lo, min_retention, max_leakage) and not passes(hi, min_retention, max_leakage):
             mid = round((lo.scale + hi.scale) / 2, 4)
             return mid if hi.scale - lo.scale > 0.01 else None

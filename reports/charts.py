@@ -98,7 +98,7 @@ def loss_chart(t: TrainingCurve, name: str) -> Chart:
     """Training and eval loss against step, each anomaly finding a rule at its step (colour = severity)."""
     values = [{"step": p.step, "series": series, "value": v}
               for p in t.points for series, v in (("loss", p.loss), ("eval_loss", p.eval_loss)) if v is not None]
-    marks = [{"step": f.step, "severity": shown(f.severity), "kind": shown(f.kind)} for f in t.findings if f.step is not None]
+    marks: list[dict[str, Any]] = [{"step": f.step, "severity": shown(f.severity), "kind": shown(f.kind)} for f in t.findings if f.step is not None]
     x = {"field": "step", "type": "quantitative", "title": "step"}
     layers: list[dict[str, Any]] = [
         {"mark": {"type": "line", "strokeWidth": 1.5},
@@ -170,7 +170,7 @@ def check_svg(svg: str) -> None:
             raise ChartError(f"chart SVG holds a <{tag}> element")
         for attr, value in el.attrib.items():
             local = attr.rsplit("}", 1)[-1].lower()
-            if local.startswith("on") or local in ("href", "src", "style") and re.search(r"(?i)(javascript|url\()", value):
+            if local.startswith("on") or (local in ("href", "src", "style") and re.search(r"(?i)(javascript|url\()", value)):
                 raise ChartError(f"chart SVG holds a {local}= attribute on <{tag}>")
             if local == "href":
                 raise ChartError(f"chart SVG holds a link on <{tag}>")

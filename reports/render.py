@@ -15,13 +15,13 @@ import base64
 import hashlib
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import jinja2
 from markupsafe import Markup
 
 from harness.comparison import RAW_METRICS, Report
+from harness.files import write_text_atomic
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 SCRIPT = "filter.js"
@@ -124,24 +124,12 @@ def write_report(report: Report, path: Path) -> Path:
     path = Path(path)
     check_out_path(path)
     html = render_html(report)
-    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        # mkstemp makes the file private (0600); a report is for sharing: the usual mode under the umask
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        # errors="replace": a lone surrogate anywhere cannot stop the report (it shows as "?")
-        with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:
-            f.write(html)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        # a report is for sharing: the usual mode under the umask. errors="replace": a lone surrogate
+        # anywhere cannot stop the report (it shows as "?")
+        write_text_atomic(path, html, errors="replace")
     except OSError as exc:
         # A full disk (or a path that went away) leaves the previous report as it was (FAULTS.md 32).
         raise StorageError(f"cannot write report {path}: {exc.strerror or exc}; the previous file is untouched") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
     return path

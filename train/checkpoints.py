@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import InputError
+from harness.files import write_text_atomic
 
 MARKER = "harness-complete.json"
 QUARANTINE = "quarantine"
@@ -61,12 +62,7 @@ def write_marker(checkpoint: Path, identity: RunIdentity, step: int) -> Path:
     """Mark ``checkpoint`` complete: fsync its files, then write the marker atomically."""
     _fsync_tree(checkpoint)
     marker = checkpoint / MARKER
-    tmp = marker.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(identity.to_marker(step), f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, marker)
+    write_text_atomic(marker, json.dumps(identity.to_marker(step), indent=2, default=str))
     return marker
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import DatasetError
+from harness.files import write_text_atomic
 
 if TYPE_CHECKING:
     from harness.models import LoadedBase
@@ -157,7 +157,7 @@ def check_supervision(tokenizer, rows: Sequence[Conversation], max_length: int) 
     return TokenCheck(len(rows), truncated, supervised, max_length)
 
 
-def replay_rows(base: "LoadedBase", n: int, seed: int, log: Callable[[str], None] = print) -> list[Conversation]:
+def replay_rows(base: LoadedBase, n: int, seed: int, log: Callable[[str], None] = print) -> list[Conversation]:
     """``n`` general examples: the base model's own greedy answers to prompts of the built-in pool.
 
     Training on them pulls the adapter towards what the base model already does on general input,
@@ -190,10 +190,8 @@ def replay_rows(base: "LoadedBase", n: int, seed: int, log: Callable[[str], None
         gens = generate(base.model, base.tokenizer, [render_prompt(base.tokenizer, p) for p in missing], settings, batch_size=16)
         answers.update({p: (g.text or "").strip() for p, g in zip(missing, gens)})
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text("".join(json.dumps({"prompt": p, "answer": a}, ensure_ascii=False) + "\n" for p, a in answers.items()),
-                       encoding="utf-8")
-        tmp.replace(cache)
+        write_text_atomic(cache, "".join(json.dumps({"prompt": p, "answer": a}, ensure_ascii=False) + "\n"
+                                         for p, a in answers.items()))
     usable = [p for p in wanted if answers.get(p)]
     if not usable:
         raise DatasetError("the base model gave no usable answer to any replay prompt; mix in your own general data instead")

@@ -170,7 +170,7 @@ def coerce_value(key: str, value: Any, where: str = "spec") -> Any:
         # a string would reach PEFT as a regex over module names: always a tuple of names here
         return tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) else tuple(value)
     kind = int if key in _OPTIONAL_INT else _FIELD_TYPES.get(key)
-    if value is None or kind is None or isinstance(value, bool) and kind is bool:
+    if value is None or kind is None or (isinstance(value, bool) and kind is bool):
         return value
     try:
         if kind is float and not isinstance(value, bool):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -293,10 +294,9 @@ def _read_dir(path: Path) -> StepLog:
         log.note = f"the training log of the adapter in {path}"
         record = path / "harness.json"  # its spec names the clipping threshold
         if record.is_file():
-            try:
+            # the record is checked elsewhere; the log is still usable without it
+            with contextlib.suppress(OSError, UnicodeDecodeError, json.JSONDecodeError):
                 log.max_grad_norm = max_grad_norm_of(json.loads(record.read_text(encoding="utf-8")))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-                pass  # the record is checked elsewhere; the log is still usable without it
         return log
     checkpoints = sorted((p for p in path.glob("checkpoint-*") if p.is_dir() and _checkpoint_number(p) >= 0),
                          key=_checkpoint_number, reverse=True)

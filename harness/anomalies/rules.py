@@ -138,7 +138,7 @@ def _col(rows: Sequence[Mapping[str, float]], key: str) -> tuple[np.ndarray, np.
 
 def _steps(rows: Sequence[Mapping[str, float]]) -> list[int | None]:
     out: list[int | None] = []
-    for i, r in enumerate(rows):
+    for r in rows:
         s = r.get("step")
         out.append(int(s) if s is not None and math.isfinite(s) else None)
     return out
@@ -225,7 +225,7 @@ def _rule_nonfinite(seg: Segment, tag: str, is_rl: bool) -> list[Finding]:
             cur = cur + 1 if j == prev + 1 else 1
             if cur > longest:
                 longest, start_of_longest = cur, int(j) - cur + 1
-            prev = j
+            prev = int(j)
         at_end = bool(rest[-1])
         first = int(idx[0])
         if longest >= NONFINITE_GRAD_RUN or at_end:
@@ -449,7 +449,7 @@ def _rule_grad_explosion(seg: Segment, tag: str, max_grad_norm: float | None = N
     limit = max(GRAD_EXPLOSION_FACTOR * ref, GRAD_EXPLOSION_MIN_ABS)
     clip = max_grad_norm if max_grad_norm is not None and max_grad_norm > 0 else None
     by_clip = clip is not None and GRAD_CLIP_FACTOR * clip < limit
-    if by_clip:
+    if by_clip and clip is not None:  # by_clip implies a clip
         limit = GRAD_CLIP_FACTOR * clip
     big = ok & (gn > limit)
     if not big.any():
@@ -460,7 +460,7 @@ def _rule_grad_explosion(seg: Segment, tag: str, max_grad_norm: float | None = N
         cur = cur + 1 if j == prev + 1 else 1
         if cur > longest:
             longest, start_longest = cur, int(j) - cur + 1
-        prev = j
+        prev = int(j)
     peak = int(idx[np.argmax(gn[idx])])
     last_ok = int(np.flatnonzero(ok)[-1])
     at_end = bool(big[last_ok])
@@ -470,7 +470,7 @@ def _rule_grad_explosion(seg: Segment, tag: str, max_grad_norm: float | None = N
         sustained = longest >= GRAD_EXPLOSION_RUN or at_end or gn[peak] > GRAD_EXPLOSION_HUGE_FACTOR * ref
     first = start_longest if longest >= GRAD_EXPLOSION_RUN else int(idx[0])
     scale = (f"{gn[peak] / clip:.0f}x your max_grad_norm of {_fmt(clip)} (the run's median {_fmt(med)} is "
-             f"{med / clip:.1f}x it)" if by_clip else
+             f"{med / clip:.1f}x it)" if by_clip and clip is not None else
              f"{gn[peak] / ref:.0f}x the run's {'early level' if ref < med else 'median'} of {_fmt(ref)}")
     what = (f"grad_norm reached {_fmt(float(gn[peak]))} at {_step_label(steps[peak])}{tag}, {scale}; {int(big.sum())} "
             f"logs above {_fmt(limit)}"

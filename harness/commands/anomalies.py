@@ -44,10 +44,9 @@ def _table(findings: list) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.anomalies import detect, has_errors, read_log
-
     import math
 
+    from harness.anomalies import detect, has_errors, read_log
     from harness.errors import UsageError
 
     if args.max_grad_norm is not None and not (math.isfinite(args.max_grad_norm) and args.max_grad_norm > 0):

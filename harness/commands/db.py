@@ -55,15 +55,15 @@ def run(args: argparse.Namespace) -> int:
     if not path.exists():
         raise InputError(f"no results database at {path}; pass --db")
     if args.action == "check":
-        rep = check(path, args.shards)
-        if rep.problems:
-            for p in rep.problems[:-1]:
+        found = check(path, args.shards)
+        if found.problems:
+            for p in found.problems[:-1]:
                 print(f"problem: {p}")
-            raise StorageError(f"{path}: {len(rep.problems)} problem(s) found by `harness db check`"
-                               + (f" (the others are listed above); {rep.problems[-1]}" if len(rep.problems) > 1
-                                  else f": {rep.problems[-1]}"))
-        print(f"{path}: healthy: every row of {len(rep.counts)} tables read ({_counts(rep.counts)}); "
-              f"all {rep.shards} shards match their manifests and are in the database")
+            raise StorageError(f"{path}: {len(found.problems)} problem(s) found by `harness db check`"
+                               + (f" (the others are listed above); {found.problems[-1]}" if len(found.problems) > 1
+                                  else f": {found.problems[-1]}"))
+        print(f"{path}: healthy: every row of {len(found.counts)} tables read ({_counts(found.counts)}); "
+              f"all {found.shards} shards match their manifests and are in the database")
         return 0
     if args.action == "quarantine-wal":
         q = quarantine_wal(path, args.shards)

@@ -48,10 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         raise UsageError(f"--out {out} exists; pick a new directory or pass --force to replace it")
     info = inspect_adapter(args.adapter)
-    if args.merge:
-        path = export_merged(info, args.scale, args.base, out)
-    else:
-        path = export_scaled(info, args.scale, out)
+    path = export_merged(info, args.scale, args.base, out) if args.merge else export_scaled(info, args.scale, out)
     print(path)
     return 0
 

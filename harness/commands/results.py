@@ -101,7 +101,8 @@ def _lineage(store, adapter_ids: list[str]) -> list[dict]:
     rows = {r["adapter_id"]: r for r in store.query("SELECT adapter_id, name, parent_adapter_id FROM adapters")}
     out = []
     for aid in adapter_ids:
-        chain, seen = [], set()
+        chain: list[dict] = []
+        seen: set[str] = set()
         cur = aid
         while cur and cur not in seen and len(chain) < 32:
             seen.add(cur)

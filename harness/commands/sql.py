@@ -25,11 +25,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import duckdb
+
     from harness.commands._common import existing_store
     from harness.errors import InputError
     from harness.summary import format_table
-
-    import duckdb
 
     try:
         statements = duckdb.extract_statements(args.query)

@@ -36,8 +36,8 @@ class NLLResult:
 
 
 def reference_nll(
-    model: "PreTrainedModel",
-    tokenizer: "PreTrainedTokenizerBase",
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     references: Sequence[str],
     batch_size: int = 8,

@@ -132,7 +132,7 @@ def json_field(fields: Sequence[str] | None = None) -> ScoreFn:
             ]
         per = [Score(f"json_field/{n}", float(n in obj and _canon(obj[n]) == _canon(target.get(n)))) for n in names]
         exact = all(s.value == 1.0 for s in per) and set(obj) == set(target)
-        return [Score("json_valid", 1.0), Score("json_exact", float(exact))] + per
+        return [Score("json_valid", 1.0), Score("json_exact", float(exact)), *per]
 
     return score
 

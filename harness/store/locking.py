@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import StorageError
+from harness.files import write_text_atomic
 from harness.store.errors import damaged, describe_pid, is_lock_conflict, lock_holder_pid, pid_alive
 from harness.store.rows import _now
 
@@ -45,9 +46,7 @@ def _read_owner(db: Path) -> dict[str, Any] | None:
 def _write_owner(db: Path, **extra: Any) -> None:
     record = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:200], "since": _now(), **extra}
     with suppress(OSError):
-        tmp = owner_file(db).with_name(owner_file(db).name + f".{os.getpid()}")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, owner_file(db))
+        write_text_atomic(owner_file(db), json.dumps(record))
 
 
 def _drop_owner(db: Path) -> None:

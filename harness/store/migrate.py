@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import IncompatibleError, StorageError
-from harness.store.errors import damaged, is_damage, is_disk_full, disk_full
+from harness.store.errors import damaged, disk_full, is_damage, is_disk_full
 
 SCHEMA = Path(__file__).with_name("schema.sql")
 MIGRATIONS = Path(__file__).with_name("migrations")

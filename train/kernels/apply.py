@@ -35,6 +35,10 @@ from train.kernels.rms_norm import rms_norm
 from train.kernels.rope import rope
 from train.kernels.swiglu import swiglu
 
+#: A PEFT LoRA layer or a transformers module, read by attribute name (lora_A, base_layer, q_proj,
+#: config, ...). torch types ``Module.__getattr__`` as ``Tensor | Module``, which fits none of them.
+DuckModule = Any
+
 logger = logging.getLogger("train.kernels")
 
 FAMILIES = ("Llama", "Qwen2", "Mistral")  # share RMSNorm, SwiGLU MLP, rotary attention and the causal-LM head
@@ -94,7 +98,7 @@ class KernelsHandle:
             else:
                 del module.forward
 
-    def __enter__(self) -> "KernelsHandle":
+    def __enter__(self) -> KernelsHandle:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -115,7 +119,7 @@ def _is_lora_linear(module: torch.nn.Module) -> bool:
             and hasattr(module, "lora_A") and hasattr(module, "base_layer"))
 
 
-def _lora_blocker(layer: torch.nn.Module, name: str) -> str | None:
+def _lora_blocker(layer: DuckModule, name: str) -> str | None:
     """Why the fused path cannot compute adapter ``name`` of ``layer`` exactly, or None."""
     if name not in layer.lora_A:
         return f"adapter {name!r} has no LoRA weights here"
@@ -136,7 +140,7 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
 
 
-def _mixed_batch(layer: torch.nn.Module, x: torch.Tensor, adapter_names: list[str], use_triton: bool) -> torch.Tensor | str:
+def _mixed_batch(layer: DuckModule, x: torch.Tensor, adapter_names: list[str], use_triton: bool) -> torch.Tensor | str:
     """PEFT's mixed-adapter batch (one adapter name per sequence, "__base__" for none) in one BGMV launch;
     or why it cannot be (then PEFT's own per-adapter loop runs)."""
     names = sorted({n for n in adapter_names if n != "__base__"})
@@ -164,7 +168,7 @@ def _mixed_batch(layer: torch.nn.Module, x: torch.Tensor, adapter_names: list[st
     return multi_scale_lora(x, base_out, lora_a, lora_b, scaling, rows, use_triton=use_triton)
 
 
-def _lora_forward(layer: torch.nn.Module, handle: KernelsHandle, use_triton: bool, where: str) -> Callable[..., Any]:
+def _lora_forward(layer: DuckModule, handle: KernelsHandle, use_triton: bool, where: str) -> Callable[..., Any]:
     original = layer.forward
 
     def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -197,7 +201,7 @@ def _lora_forward(layer: torch.nn.Module, handle: KernelsHandle, use_triton: boo
     return forward
 
 
-def _attention_forward(attn: torch.nn.Module, use_triton: bool) -> Callable[..., Any]:
+def _attention_forward(attn: DuckModule, use_triton: bool) -> Callable[..., Any]:
     """The family's attention forward (transformers 5.x) with the rotary step replaced by ours."""
     ns = sys.modules[type(attn).__module__]
     sliding = _SLIDING.get(type(attn).__name__)
@@ -211,6 +215,8 @@ def _attention_forward(attn: torch.nn.Module, use_triton: bool) -> Callable[...,
         q = attn.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         k = attn.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         v = attn.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        if position_embeddings is None:  # transformers 5 passes them to every attention layer
+            raise TypeError("position_embeddings is required: the rotary step needs (cos, sin)")
         cos, sin = position_embeddings
         q, k = rope(q, k, cos, sin, use_triton=use_triton)
         if cache is not None:
@@ -236,7 +242,7 @@ def _attention_blocker(attn: torch.nn.Module) -> str | None:
     return None
 
 
-def _causal_lm_blocker(lm: torch.nn.Module) -> str | None:
+def _causal_lm_blocker(lm: DuckModule) -> str | None:
     cfg = lm.config
     for attr in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
         if getattr(cfg, attr, None) not in (None, 1.0):
@@ -246,7 +252,7 @@ def _causal_lm_blocker(lm: torch.nn.Module) -> str | None:
     return None
 
 
-def _causal_lm_forward(lm: torch.nn.Module, use_triton: bool) -> Callable[..., Any]:
+def _causal_lm_forward(lm: DuckModule, use_triton: bool) -> Callable[..., Any]:
     original = lm.forward
     ns = sys.modules[type(lm).__module__]
 
@@ -259,6 +265,7 @@ def _causal_lm_forward(lm: torch.nn.Module, use_triton: bool) -> Callable[..., A
         outputs = getattr(lm, lm.base_model_prefix)(*args, **kwargs)
         hidden = outputs.last_hidden_state
         if shift_labels is None:
+            assert labels is not None  # both None returned above
             hidden, targets = hidden[:, :-1], labels[:, 1:]
         else:
             targets = shift_labels
@@ -338,7 +345,7 @@ def apply_kernels(model: torch.nn.Module, rms_norm: bool = True, rope: bool = Tr
     return handle
 
 
-def _rms(module: torch.nn.Module, x: torch.Tensor, use_triton: bool) -> torch.Tensor:
+def _rms(module: DuckModule, x: torch.Tensor, use_triton: bool) -> torch.Tensor:
     return rms_norm(x, module.weight, module.variance_epsilon, use_triton=use_triton)
 
 

@@ -190,11 +190,11 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
             sl = slice(i, i + ctx.chunk_size)
             d = grad_of(_logits(hidden[sl], weight, bias), labels[sl], lse[sl], grad_nll[sl].to(lse.dtype))
             d_low = d.to(hidden.dtype)  # the gradient of HF's `.float()` upcast: back to the activations' dtype
-            if need_h:
+            if dh is not None:  # None exactly when not need_h
                 dh[sl] = d_low @ weight
-            if need_w:
+            if dw is not None:
                 dw += (d_low.t() @ hidden[sl]).to(acc)
-            if need_b:
+            if db is not None:
                 db += d.sum(0)
         return (dh, None if dw is None else dw.to(weight.dtype), None if db is None else db.to(bias.dtype),
                 None, None, None)

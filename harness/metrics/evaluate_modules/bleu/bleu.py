@@ -8,9 +8,8 @@ effective order, per-sentence scores (``sentence_scores=True``) as ``sacrebleu.s
 """
 
 import datasets
-import sacrebleu as scb
-
 import evaluate
+import sacrebleu as scb
 
 from harness.scorers.text import corpus_result  # one definition of the corpus numbers and signature
 

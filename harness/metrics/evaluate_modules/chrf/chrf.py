@@ -6,9 +6,8 @@ scorer. Examples may have different numbers of references (padded with None).
 """
 
 import datasets
-import sacrebleu as scb
-
 import evaluate
+import sacrebleu as scb
 
 from harness.scorers.text import corpus_result  # one definition of the corpus numbers and signature
 

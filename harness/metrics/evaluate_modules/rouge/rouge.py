@@ -10,9 +10,8 @@ references per prediction ``RougeScorer.score_multi`` (the max F-measure per rou
 """
 
 import datasets
-from rouge_score import rouge_scorer
-
 import evaluate
+from rouge_score import rouge_scorer
 
 _CITATION = """\
 @inproceedings{lin-2004-rouge,
