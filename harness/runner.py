@@ -43,6 +43,8 @@ class EvalStats:
     generated: int = 0
     cached: int = 0
     errors: int = 0
+    #: results scored from stored outputs (a scorer or answer-key change): no model work
+    rescored: int = 0
     first_error: str | None = None
     seconds: float = 0.0
     per_target: dict[str, int] = field(default_factory=dict)
@@ -54,6 +56,8 @@ class _Request:
     example: Example
     prompt: str
     key: str
+    #: what changes the output alone; a result missing only because scorers changed reuses it
+    gen_key: str | None = None
 
 
 def expand_targets(adapters: Sequence[AdapterInfo], scales: Sequence[float], include_base: bool = True) -> list[Target]:
@@ -161,6 +165,11 @@ def run_eval(
                     # never reuses a row it should not.
                     suite=suite.name, example=e.id, answer=[e.target, list(e.aliases), list(e.references)],
                     scorer_args={s.name: dict(s.args) for s in scorers},
+                ), cache_key(
+                    base_model_id=base.ref.model_id,
+                    adapter_id=None if target.adapter is None else target.adapter.adapter_id,
+                    scale=target.scale, prompt=p, settings=suite.generation.to_json(), dtype=dtype,
+                    suite=suite.name, example=e.id,
                 ))
                 for e, p in zip(suite_examples, prompts)
             ]
@@ -175,7 +184,15 @@ def run_eval(
             if lead:
                 run.use_cached([r.key for r in reqs if r.key in hits])
             stats.cached += len(reqs) - len(missing)
-            log(f"  {suite.name} × {target.label}: {len(reqs)} examples, {len(reqs) - len(missing)} cached, {len(missing)} to generate")
+            # A result can miss only because its scorers or answer key changed: its output is then in the
+            # store under the same gen_key, and it is re-scored here with no model work (issue 16.4).
+            rescored = _rescore(store, run, target, suite, scorers, base, missing) if (lead and not wants_ppl and missing) else set()
+            if shared:
+                rescored = distributed.broadcast(rescored if lead else None)
+            missing = [r for r in missing if r.key not in rescored]
+            stats.rescored += len(rescored)
+            log(f"  {suite.name} × {target.label}: {len(reqs)} examples, {len(reqs) - len(missing) - len(rescored)} cached, "
+                + (f"{len(rescored)} re-scored from stored outputs, " if rescored else "") + f"{len(missing)} to generate")
             todo.extend((target, r) for r in missing)
         if not todo:
             continue
@@ -215,6 +232,7 @@ def run_eval(
                             key, base.ref.model_id, None if target.adapter is None else target.adapter.adapter_id,
                             target.scale, suite.suite_id, r.example.id, r.prompt, g.text, suite.generation.to_json(),
                             g.n_prompt_tokens, g.n_new_tokens, g.error, g.seconds, g.truncated,
+                            r.gen_key if g.error is None else None,
                         )])
                         scored = _score(scorers, g, r.example)
                         run.add_scores(ScoreRow(key, s.metric, s.value, s.reason, sc.name, sc.version) for sc, s in scored)
@@ -234,6 +252,36 @@ def run_eval(
         stats = _total(stats)
     stats.seconds = time.perf_counter() - t_start
     return stats
+
+
+def _rescore(store: Store, run, target: Target, suite: Suite, scorers: Sequence[BoundScorer], base: LoadedBase,
+             missing: Sequence[_Request]) -> set[str]:
+    """Score stored outputs for the ``missing`` results whose output (same gen_key) is already stored.
+
+    The new result gets its own generation row (a copy of the output under the new cache key, 0 s) and
+    its scores; the old result and its scores stay as they were. Returns the keys handled.
+    """
+    by_gen = {r.gen_key: r for r in missing if r.gen_key}
+    if not by_gen:
+        return set()
+    rows = store.query(
+        "SELECT gen_key, any_value(output) AS output, any_value(n_prompt_tokens) AS n_prompt, "
+        "any_value(n_new_tokens) AS n_new, bool_or(coalesce(truncated, false)) AS truncated FROM generations "
+        "WHERE gen_key IN (SELECT unnest(?)) AND error IS NULL AND output IS NOT NULL GROUP BY gen_key", [list(by_gen)])
+    done: set[str] = set()
+    for row in rows:
+        r = by_gen[row["gen_key"]]
+        g = Generation(row["output"], row["n_prompt"] or 0, row["n_new"] or 0, 0.0, truncated=bool(row["truncated"]))
+        run.add_generations([GenerationRow(
+            r.key, base.ref.model_id, None if target.adapter is None else target.adapter.adapter_id, target.scale,
+            suite.suite_id, r.example.id, r.prompt, g.text, suite.generation.to_json(), g.n_prompt_tokens,
+            g.n_new_tokens, None, 0.0, g.truncated, r.gen_key,
+        )])
+        run.add_scores(ScoreRow(r.key, s.metric, s.value, s.reason, sc.name, sc.version) for sc, s in _score(scorers, g, r.example))
+        done.add(r.key)
+    if done:
+        run.flush()
+    return done
 
 
 def _total(stats: EvalStats) -> EvalStats:

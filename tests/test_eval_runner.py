@@ -135,11 +135,12 @@ def test_a_corrected_answer_key_or_another_suite_never_reuses_rows(tiny_model_di
     run2, s2 = evaluate(base, [], [1.0], load_suite(other / "suite.yaml"), store)
     assert (s2.generated, s2.cached) == (3, 0)
     assert {r["suite_name"] for r in store.query("SELECT DISTINCT suite_name FROM v_scores WHERE run_id = ?", [run2])} == {"tiny-qa-copy"}
-    # a corrected target re-scores that example only
+    # a corrected target re-scores that example only, from its stored output (the output does not depend
+    # on the answer key): nothing is generated
     data = (other / "data.jsonl").read_text().replace('"answer": "Paris"', '"answer": "Paris, France"')
     (other / "data.jsonl").write_text(data)
     _, s3 = evaluate(base, [], [1.0], load_suite(other / "suite.yaml"), store)
-    assert (s3.generated, s3.cached) == (1, 2)
+    assert (s3.generated, s3.cached, s3.rescored) == (0, 2, 1)
 
 
 def test_progress_bar_counts_every_example(tiny_model_dir, suite_path, tmp_path, capsys):
@@ -171,3 +172,37 @@ def test_an_adapter_trained_on_another_base_of_the_same_shape_is_refused(tiny_mo
     allowed = subprocess.run(cmd + ["--allow-base-mismatch"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert allowed.returncode == 0, allowed.stderr[-2000:]
     assert "warning: " in allowed.stderr
+
+
+def test_changing_a_scorer_argument_rescores_stored_outputs_without_generating(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """Issue 16.4: scorer settings were part of the generation's key, so one argument regenerated every
+    output. Outputs are keyed by what changes them; a scorer change re-scores the stored outputs."""
+    import harness.models
+    from harness.cli import main
+
+    d = tmp_path / "s"
+    d.mkdir()
+    spec = SUITE.replace("  - name: alias_match\n", "  - name: alias_match\n    args: {mode: contains}\n")
+    (d / "suite.yaml").write_text(spec)
+    (d / "data.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "question": q, "answer": a}) + "\n" for i, (q, a) in
+                                          enumerate([("What is two plus two?", "four"), ("Capital of France?", "Paris")])))
+    db = tmp_path / "h.duckdb"
+    args = ["eval", "--base", str(tiny_model_dir), "--db", str(db), "--suite", str(d / "suite.yaml"), "--no-gates"]
+    assert main(args) == 0
+    capsys.readouterr()
+    (d / "suite.yaml").write_text(spec.replace("{mode: contains}", "{mode: exact}"))
+    monkeypatch.setattr(harness.models, "_load_weights", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model loaded")))
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "0 generated" in err and "2 re-scored" in err
+    con = duckdb.connect(str(db), read_only=True)
+    runs = [r[0] for r in con.execute("SELECT run_id FROM runs ORDER BY started_at").fetchall()]
+    per_run = {run: con.execute(
+        "SELECT g.output, s.scorer, s.metric FROM run_results rr JOIN generations g USING (cache_key) "
+        "JOIN scores s USING (cache_key) WHERE rr.run_id = ? AND s.metric = 'alias_match' ORDER BY g.example_id",
+        [run]).fetchall() for run in runs}
+    n_alias = con.execute("SELECT count(*) FROM scores WHERE metric = 'alias_match'").fetchone()[0]
+    con.close()
+    # the same outputs, scored twice: the old scores stay, the new ones are stored beside them
+    assert [o for o, _, _ in per_run[runs[0]]] == [o for o, _, _ in per_run[runs[1]]]
+    assert n_alias == 4

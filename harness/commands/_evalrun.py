@@ -139,7 +139,9 @@ def scorer_record(spec: Any) -> dict:
 
 
 def print_stats(run_id: str, stats: Any, base: Any) -> None:
-    print(f"run {run_id}: {stats.generated} generated, {stats.cached} cached, {stats.errors} errors, {stats.seconds:.1f}s"
+    print(f"run {run_id}: {stats.generated} generated, {stats.cached} cached, "
+          + (f"{stats.rescored} re-scored (no model work), " if getattr(stats, "rescored", 0) else "")
+          + f"{stats.errors} errors, {stats.seconds:.1f}s"
           + ("" if base.loaded else " (all cached: the model was not loaded)"), file=sys.stderr)
 
 

@@ -143,7 +143,9 @@ def _run(args: argparse.Namespace) -> int | None:
             run_writer.flush()  # cached results are buffered until a flush: the gates read the store
             gate_report = evaluate_gates(store, run_id, suites, project_gates=project_gates)
             run_writer.add_gate_results(gate_report.results)  # stored with the run, in its last shard
-    print(f"run {run_id}: {stats.generated} generated, {stats.cached} cached, {stats.errors} errors, {stats.seconds:.1f}s"
+    print(f"run {run_id}: {stats.generated} generated, {stats.cached} cached, "
+          + (f"{stats.rescored} re-scored (no model work), " if getattr(stats, "rescored", 0) else "")
+          + f"{stats.errors} errors, {stats.seconds:.1f}s"
           + ("" if base.loaded else " (all cached: the model was not loaded)"), file=sys.stderr)
     comparison = print_run_summary(store, run_id)
     if args.report:

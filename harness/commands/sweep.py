@@ -104,6 +104,7 @@ def _run(args: argparse.Namespace) -> int | None:
         total_cached += s.cached
     stats.generated, stats.cached = total_generated, total_cached
     stats.errors = sum(s.errors for s in all_stats)
+    stats.rescored = sum(s.rescored for s in all_stats)
     stats.first_error = next((s.first_error for s in all_stats if s.first_error), None)
     stats.seconds = sum(s.seconds for s in all_stats)
     print_stats(run_id, stats, base)

@@ -85,6 +85,8 @@ class GenerationRow:
     seconds: float | None
     #: cut by max_new_tokens before an end token or stop string
     truncated: bool = False
+    #: hash of what changes the output alone (base, adapter, scale, prompt, settings, dtype)
+    gen_key: str | None = None
 
 
 @dataclass(frozen=True)

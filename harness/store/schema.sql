@@ -1,4 +1,4 @@
--- adapter-harness results store: the current schema (version 5), for reading.
+-- adapter-harness results store: the current schema (version 6), for reading.
 -- The database is built by the numbered files in migrations/; a test checks that applying them to an
 -- empty database gives exactly this schema. Long format: one row per generation, one per
 -- (generation, metric) score. Open it yourself: duckdb harness.duckdb "SELECT * FROM v_runs"
@@ -34,8 +34,11 @@ CREATE TABLE generations (
     cache_key VARCHAR PRIMARY KEY, run_id VARCHAR, base_model_id VARCHAR, adapter_id VARCHAR, scale DOUBLE,
     suite_id VARCHAR, example_id VARCHAR, prompt VARCHAR, output VARCHAR, settings JSON,
     n_prompt_tokens INTEGER, n_new_tokens INTEGER, error VARCHAR, seconds DOUBLE,
-    truncated BOOLEAN
+    truncated BOOLEAN,
+    -- what changes the output alone (no answer key, no scorers): a scorer change re-scores this output
+    gen_key VARCHAR
 );
+CREATE INDEX generations_gen_key ON generations (gen_key);
 -- Scores are finite or NULL with a reason: DuckDB sorts NaN above every number.
 CREATE TABLE scores (
     cache_key VARCHAR, metric VARCHAR, value DOUBLE CHECK (value IS NULL OR isfinite(value)), reason VARCHAR,
