@@ -12,15 +12,21 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from harness import distributed
+from harness import distributed, taskformat
 from harness.adapters import AdapterInfo
 from harness.engine import attached, plan_groups
-from harness import taskformat
 from harness.generate import Generation, generate, render_prompt
 from harness.models import LoadedBase
 from harness.scorers import BoundScorer, Example, Score, get_scorer
 from harness.store import (
-    AdapterRow, BaseModelRow, ExampleRow, GenerationRow, ScoreRow, Store, SuiteRow, cache_key,
+    AdapterRow,
+    BaseModelRow,
+    ExampleRow,
+    GenerationRow,
+    ScoreRow,
+    Store,
+    SuiteRow,
+    cache_key,
 )
 from harness.suites import Suite, load_examples, render_user_text, suite_directions
 
@@ -175,20 +181,22 @@ def run_eval(
             ]
             # An error row is a record of a failure, never an answer: it is not served from the cache, so
             # a rerun retries it.
-            if not shared:
-                hits = {k: v for k, v in store.cached([r.key for r in reqs]).items() if v.error is None}
-            else:  # only the main process reads the store; every rank gets the same list of hits
-                hits = distributed.broadcast(
-                    {k for k, v in store.cached([r.key for r in reqs]).items() if v.error is None} if lead else None)
+            hits: set[str] = set()
+            if lead:
+                hits = {k for k, v in store.cached([r.key for r in reqs]).items() if v.error is None}
+            if shared:  # only the main process reads the store; every rank gets the same list of hits
+                hits = distributed.broadcast(hits)
             missing = [r for r in reqs if r.key not in hits]
             if lead:
                 run.use_cached([r.key for r in reqs if r.key in hits])
             stats.cached += len(reqs) - len(missing)
             # A result can miss only because its scorers or answer key changed: its output is then in the
             # store under the same gen_key, and it is re-scored here with no model work (issue 16.4).
-            rescored = _rescore(store, run, target, suite, scorers, base, missing) if (lead and not wants_ppl and missing) else set()
+            rescored: set[str] = set()
+            if lead and not wants_ppl and missing:
+                rescored = _rescore(store, run, target, suite, scorers, base, missing)
             if shared:
-                rescored = distributed.broadcast(rescored if lead else None)
+                rescored = distributed.broadcast(rescored)
             missing = [r for r in missing if r.key not in rescored]
             stats.rescored += len(rescored)
             log(f"  {suite.name} × {target.label}: {len(reqs)} examples, {len(reqs) - len(missing) - len(rescored)} cached, "
@@ -218,7 +226,7 @@ def run_eval(
                     checks.clear()
                 for start in range(0, len(items), flush_every):
                     chunk = items[start : start + flush_every]
-                    tick = (lambda done, at=start: bar.update(at + done - bar.n)) if bar is not None else None
+                    tick = (lambda done, at=start, b=bar: b.update(at + done - b.n)) if bar is not None else None
                     routes = group.route([t for t, _ in chunk])
                     gens = generate(group.model, base.tokenizer, [r.prompt for _, r in chunk], suite.generation,
                                     batch_size, tick, adapter_names=routes)
@@ -286,7 +294,7 @@ def _rescore(store: Store, run, target: Target, suite: Suite, scorers: Sequence[
 
 def _total(stats: EvalStats) -> EvalStats:
     """The counts of every rank, on every rank (cached counts are the same on every rank already)."""
-    every = distributed.broadcast(distributed.gather((stats.generated, stats.errors, stats.first_error)))
+    every = distributed.broadcast(distributed.gather((stats.generated, stats.errors, stats.first_error)) or [])
     stats.generated = sum(g for g, _, _ in every)
     stats.errors = sum(e for _, e, _ in every)
     stats.first_error = next((f for _, _, f in every if f), None)

@@ -147,11 +147,10 @@ def _run(args: argparse.Namespace) -> int | None:
           + (f"{stats.rescored} re-scored (no model work), " if getattr(stats, "rescored", 0) else "")
           + f"{stats.errors} errors, {stats.seconds:.1f}s"
           + ("" if base.loaded else " (all cached: the model was not loaded)"), file=sys.stderr)
-    comparison = print_run_summary(store, run_id)
+    print_run_summary(store, run_id)
     if args.report:
-        from reports.render import write_report
-
         from harness.comparison import build_report
+        from reports.render import write_report
 
         print(f"report: {write_report(build_report(store, [run_id]), args.report)}")
     gates_failed = False

@@ -77,7 +77,7 @@ def _run(args: argparse.Namespace) -> int | None:
         stats = run_eval(base, expand_targets(prep.adapters, scales), prep.suites, run_writer, store, **common)
         all_stats = [stats]
         for step in range(args.refine):
-            extra = []
+            choices: list[tuple[int, float]] = []
             if distributed.is_main():  # the main process reads the store; every rank gets its choice
                 run_writer.flush()
                 c = build_comparison(store, run_writer.run_id)
@@ -86,34 +86,33 @@ def _run(args: argparse.Namespace) -> int | None:
 
                     mid = refine_scales(curve(c, a.adapter_id), args.min_retention, args.max_leakage)
                     if mid is not None:
-                        extra.append((i, mid))
-            extra = [(prep.adapters[i], mid) for i, mid in distributed.broadcast(extra)]
+                        choices.append((i, mid))
+            extra = [(prep.adapters[i], mid) for i, mid in distributed.broadcast(choices)]
             if not extra:
                 log(f"  refine {step + 1}: no boundary left to bisect")
                 break
-            log(f"  refine {step + 1}: " + ", ".join(f"{a.path.name} at {s:g}" for a, s in extra))
-            for a, s in extra:
-                all_stats.append(run_eval(base, expand_targets([a], [s], include_base=False), prep.suites, run_writer,
-                                          store, **common))
+            log(f"  refine {step + 1}: " + ", ".join(f"{a.path.name} at {x:g}" for a, x in extra))
+            for a, scale in extra:
+                all_stats.append(run_eval(base, expand_targets([a], [scale], include_base=False), prep.suites,
+                                          run_writer, store, **common))
         run_id = run_writer.run_id
         if not distributed.is_main():
             return None  # every row of this rank is in the store (run_eval synced); the main process reports
         gate_reports = _apply_gates(args, store, run_writer, prep) if not args.no_gates else []
-    for s in all_stats:
-        total_generated += s.generated
-        total_cached += s.cached
+    for st in all_stats:
+        total_generated += st.generated
+        total_cached += st.cached
     stats.generated, stats.cached = total_generated, total_cached
-    stats.errors = sum(s.errors for s in all_stats)
-    stats.rescored = sum(s.rescored for s in all_stats)
-    stats.first_error = next((s.first_error for s in all_stats if s.first_error), None)
-    stats.seconds = sum(s.seconds for s in all_stats)
+    stats.errors = sum(st.errors for st in all_stats)
+    stats.rescored = sum(st.rescored for st in all_stats)
+    stats.first_error = next((st.first_error for st in all_stats if st.first_error), None)
+    stats.seconds = sum(st.seconds for st in all_stats)
     print_stats(run_id, stats, base)
     comparison = build_comparison(store, run_id)
     print(sweep_tables(comparison, [a.adapter_id for a in prep.adapters], args.min_retention, args.max_leakage))
     if args.report:
-        from reports.render import write_report
-
         from harness.comparison import build_report
+        from reports.render import write_report
 
         print(f"report: {write_report(build_report(store, [run_id]), args.report)}")
     failed = False
@@ -136,7 +135,7 @@ def _apply_gates(args, store, run_writer, prep) -> list:
     """The suites' and project gates, judged at each adapter's recommended scale (the scale to ship);
     stored with the run. A sweep whose adapter has no recommendable scale fails."""
     from harness.comparison import build_comparison
-    from harness.gates import ProjectGates, evaluate_gates
+    from harness.gates import GateReport, ProjectGates, evaluate_gates
     from harness.project import find_project_file, load_project
     from harness.sweep import curve, recommend
 
@@ -144,7 +143,7 @@ def _apply_gates(args, store, run_writer, prep) -> list:
     project_gates = load_project(gates_file).gates if gates_file else ProjectGates()
     run_writer.flush()  # the gates read the store
     c = build_comparison(store, run_writer.run_id)
-    out = []
+    out: list[tuple[str, GateReport | None]] = []
     for a in prep.adapters:
         rec = recommend(curve(c, a.adapter_id), args.min_retention, args.max_leakage)
         if rec.scale is None:
