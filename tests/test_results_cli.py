@@ -104,3 +104,17 @@ def test_sql_is_read_only_and_names_a_bad_query(tmp_path, capsys):
     assert "query failed" in capsys.readouterr().err
     assert main(["sql", "SELECT count(*) AS n FROM runs", "--db", str(db), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == [{"n": 1}]
+
+
+def test_a_training_run_starts_when_training_began_not_when_it_was_stored(tmp_path):
+    from datetime import datetime, timedelta
+
+    from harness.store import RunInfo, Store
+
+    db = tmp_path / "h.duckdb"
+    began = (datetime.utcnow() - timedelta(minutes=7)).isoformat(sep=" ")
+    with Store(db).run(RunInfo(kind="train", command="test", started_at=began)):
+        pass
+    [row] = Store(db).query("SELECT started_at, finished_at FROM runs")
+    assert str(row["started_at"])[:19] == began[:19]
+    assert (row["finished_at"] - row["started_at"]).total_seconds() >= 7 * 60 - 1

@@ -22,7 +22,8 @@ def store_training(store: Any, result: TrainResult, name: str, command: str, con
     info = inspect_adapter(result.adapter_dir)
     harness_json = json.dumps(info.harness, default=str) if info.harness is not None else None
     spec = (info.harness or {}).get("spec", {})
-    with store.run(RunInfo(kind="train", command=command, seed=spec.get("seed"), config=dict(config))) as run:
+    with store.run(RunInfo(kind="train", command=command, seed=spec.get("seed"), config=dict(config),
+                           started_at=_started(result))) as run:
         run.add_adapter(AdapterRow(
             adapter_id=info.adapter_id, base_model_id=result.base_model_id or "", path=str(info.path),
             config_json=json.dumps(info.config), parent_adapter_id=result.parent_adapter_id,
@@ -39,6 +40,14 @@ def store_training(store: Any, result: TrainResult, name: str, command: str, con
         return run.run_id
 
 
+def _started(result: TrainResult) -> str:
+    """When training began (the run is stored after it ended): now minus the training's own seconds."""
+    from datetime import datetime, timedelta, timezone
+
+    began = datetime.now(timezone.utc) - timedelta(seconds=max(0.0, float(result.seconds or 0.0)))
+    return began.replace(tzinfo=None).isoformat(sep=" ")
+
+
 def _num(v: Any) -> float | None:
     # kept as logged (a NaN loss stays NaN, as the anomaly detectors expect); only non-numbers become NULL
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
@@ -48,7 +57,8 @@ def store_stopped_training(store: Any, result: TrainResult, name: str, command: 
     """Record a run the anomaly check stopped: its step logs and findings, status 'stopped', no adapter."""
     from harness.store import FindingRow, RunInfo, StepLogRow
 
-    with store.run(RunInfo(kind="train", command=command, config={**config, "name": name, "stop_reason": result.stop_reason})) as run:
+    with store.run(RunInfo(kind="train", command=command, config={**config, "name": name, "stop_reason": result.stop_reason},
+                           started_at=_started(result))) as run:
         run.add_step_logs(
             StepLogRow(None, int(s.get("step", 0)), _num(s.get("epoch")), _num(s.get("loss")),
                        _num(s.get("grad_norm")), _num(s.get("learning_rate")), _num(s.get("eval_loss")))

@@ -303,7 +303,7 @@ class RunWriter:
             "config": json.dumps(dict(self.info.config), default=str), "git_commit": prov["git_commit"],
             "git_dirty": prov["git_dirty"], "packages": json.dumps(prov["packages"]),
             "device": self.info.config.get("device", prov["device"]), "python": prov["python"],
-            "started_at": _now(), "finished_at": None, "status": "running", "pid": os.getpid(),
+            "started_at": self.info.started_at or _now(), "finished_at": None, "status": "running", "pid": os.getpid(),
             "host": socket.gethostname(), "n_expected": None,
         }
         self.flush(force=True)

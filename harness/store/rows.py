@@ -24,6 +24,9 @@ class RunInfo:
     seed: int | None = None
     config: Mapping[str, Any] = field(default_factory=dict)
     run_id: str | None = None
+    #: when the work began, if before the run is opened (a training run is stored after it trained);
+    #: naive UTC "YYYY-MM-DD HH:MM:SS[.ffffff]"
+    started_at: str | None = None
 
 
 @dataclass(frozen=True)
