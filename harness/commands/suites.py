@@ -16,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "data, every template rendered against every example, every scorer built, the gates; all problems at once."
         ),
     )
-    ss = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ss = p.add_subparsers(dest="action", metavar="ACTION", required=True, help="list: the built-in suites; check: suite files")
     ss.add_parser("list", help="the built-in suites with role, headline and size")
     c = ss.add_parser("check", help="check suite files or names; exit 2 listing every problem, 0 when all are fine")
     c.add_argument("suites", nargs="+", metavar="NAME|PATH", help="suite names, directories or suite.yaml files")
