@@ -176,13 +176,16 @@ def main() -> None:
     lm: dict | None = None
 
     def fast():
-        g, w, c = timed(lambda: generate(base.model, base.tokenizer, prompts, settings, args.batch_size, path="fast"))
+        g, w, c = timed(lambda: generate(base.model, base.tokenizer, prompts, settings, args.batch_size, path="fast",
+                                         log=lambda line: print("  " + line, flush=True)))
+        print(f"  fast: {w:.1f}s wall", flush=True)
         outputs["fast"] = [x.text for x in g]
         rows.setdefault("harness fast", []).append((w, c, sum(x.n_new_tokens for x in g)))
 
     def hf():
         g, w, c = timed(lambda: generate(base.model, base.tokenizer, prompts, settings, args.batch_size, path="hf"))
         outputs["hf"] = [x.text for x in g]
+        print(f"  hf: {w:.1f}s wall", flush=True)
         rows.setdefault("harness hf (model.generate)", []).append((w, c, sum(x.n_new_tokens for x in g)))
 
     def fwd():
@@ -196,6 +199,7 @@ def main() -> None:
             finally:
                 torch.set_num_threads(now)
             rows.setdefault(f"forward limit, {threads} thread(s)", []).append((w, c, k))
+            print(f"  forward limit on {threads} thread(s): {w:.1f}s wall", flush=True)
 
     def lmeval():
         nonlocal lm
@@ -203,6 +207,7 @@ def main() -> None:
                         args.batch_size, 1, torch.get_num_threads())
         outs = lm["outputs"]
         n_tok = sum(len(base.tokenizer(o, add_special_tokens=False)["input_ids"]) for o in outs)  # re-tokenised
+        print(f"  lm-eval: {lm['runs'][0]['wall']:.1f}s wall", flush=True)
         rows.setdefault(f"lm-eval {lm['version']} HFLM", []).append((lm["runs"][0]["wall"], lm["runs"][0]["cpu"], n_tok))
 
     contenders = [fast] + ([] if args.skip_hf else [hf]) + [fwd] + ([lmeval] if use_lmeval else [])

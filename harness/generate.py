@@ -448,7 +448,7 @@ def _ended(row: _Row, tail: Sequence[int], tokenizer: Any, settings: GenerationS
     return any(text.find(s, max(0, start - len(s) + 1)) >= 0 for s in settings.stop)
 
 
-def decode_threads(model: Any, rows: int) -> tuple[int, str]:
+def decode_threads(model: Any, rows: int, reps: int = 12) -> tuple[int, str]:
     """The intra-op thread count the decode loop runs at, measured: a decode step is ~200 small matmuls
     (``rows`` x hidden), and on a shared CPU each one's thread barrier can cost more than the matmul
     (measured here: 16x576x1536 took 0.9 ms on 1 thread, 7-11 ms on 2 with other jobs on the cores).
@@ -470,11 +470,11 @@ def decode_threads(model: Any, rows: int) -> tuple[int, str]:
     def best(k: int) -> float:
         torch.set_num_threads(k)
         times = []
-        for _ in range(12):
+        for _ in range(reps):
             t0 = time.perf_counter()
             torch.nn.functional.linear(x, w)
             times.append(time.perf_counter() - t0)
-        return sorted(times)[3]
+        return sorted(times)[len(times) // 4]
 
     try:
         with torch.inference_mode():
@@ -552,6 +552,11 @@ def _generate_fast(model, tokenizer, encoded, order, results, settings, batch_si
                 dead = len(loop.rows) - live
                 if live == 0 or (dead >= refill_at and (queue or dead >= live)):
                     take, queue = queue[: batch_size - live], queue[batch_size - live :]
+                    if threads and not alone and loop.rows:
+                        # the load of a shared machine changes within a run: measure again at each refill
+                        torch.set_num_threads(was)
+                        threads = decode_threads(model, batch_size, reps=6)[0]
+                        torch.set_num_threads(threads)
                     cache, new_rows = admit(take) if take else (None, [])
                     loop.rebuild(cache, new_rows)
                     for r in new_rows:  # the first token comes from the prefill and may end the row already
