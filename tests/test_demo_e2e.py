@@ -21,7 +21,7 @@ def demo(tmp_path_factory):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run(
         [sys.executable, "-m", "harness", "demo", "--quick", "--out", str(out)],
-        cwd=out, env=env, capture_output=True, text=True, timeout=900,
+        cwd=out, env=env, capture_output=True, text=True, timeout=1800,  # ~3 min idle; generous for a busy machine
     )
     return out, proc
 
