@@ -73,7 +73,7 @@ class Prepared:
 def prepare(args: argparse.Namespace, scales: list[float], *, need_adapter: bool = False) -> Prepared:
     """Validate everything, then open the store and the base lazily (weights load only if needed)."""
     from harness import taskformat
-    from harness.adapters import check_base_identity, check_base_name, inspect_adapter
+    from harness.adapters import inspect_adapter
     from harness.models import check_device, load_base, resolve_base
     from harness.store import Store, default_db_path
     from harness.suites import check_suites
@@ -100,15 +100,7 @@ def prepare(args: argparse.Namespace, scales: list[float], *, need_adapter: bool
     keys, key_source = taskformat.resolve(suites, examples, adapters, args.task_format)
     suites = taskformat.with_leakage(suites, keys)  # a leakage suite with no known format is exit 2 here
     ref = resolve_base(args.base, allow_pickle=args.allow_pickle)
-    warnings: list[str] = []
-    for a in adapters:
-        warning = check_base_identity(a, ref.model_id, ref.name, args.allow_base_mismatch)
-        warnings.extend([warning] if warning else [])
-        warnings.extend(a.warnings)
-        name_warning = check_base_name(a, ref)
-        warnings.extend([name_warning] if name_warning else [])
-    for w in warnings:
-        print(f"warning: {w}", file=sys.stderr)
+    warnings = adapter_warnings(adapters, ref, args.allow_base_mismatch)
     from harness import distributed
 
     store = Store(args.db or default_db_path())
@@ -129,6 +121,21 @@ def prepare(args: argparse.Namespace, scales: list[float], *, need_adapter: bool
     return Prepared(suites, examples, adapters, names, keys, key_source, ref, warnings, store, base, config)
 
 
+def adapter_warnings(adapters: list[Any], ref: Any, allow_mismatch: bool) -> list[str]:
+    """One line per adapter problem that is not an error (another base recorded with --allow-base-mismatch,
+    unknown config keys, a base_model_name_or_path naming another model); printed here, stored with the run."""
+    from harness.adapters import check_base_identity, check_base_name
+
+    warnings: list[str] = []
+    for a in adapters:
+        for w in (check_base_identity(a, ref.model_id, ref.name, allow_mismatch), *a.warnings, check_base_name(a, ref)):
+            if w:
+                warnings.append(w)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    return warnings
+
+
 def scorer_record(spec: Any) -> dict:
     """name, version and arguments of one scorer, as stored with the run."""
     from harness.metrics import model_metric_names
@@ -140,7 +147,7 @@ def scorer_record(spec: Any) -> dict:
 
 def print_stats(run_id: str, stats: Any, base: Any) -> None:
     print(f"run {run_id}: {stats.generated} generated, {stats.cached} cached, "
-          + (f"{stats.rescored} re-scored (no model work), " if getattr(stats, "rescored", 0) else "")
+          + (f"{stats.rescored} re-scored (no model work), " if stats.rescored else "")
           + f"{stats.errors} errors, {stats.seconds:.1f}s"
           + ("" if base.loaded else " (all cached: the model was not loaded)"), file=sys.stderr)
 

@@ -138,7 +138,7 @@ def run_check(req: CheckRequest, plan: Sequence[Any] | None = None, require_gate
     (``plan``: these planned gates, else every gate of the suites and the project). The gate results
     are stored with the run."""
     from harness import taskformat
-    from harness.adapters import check_base_identity, check_base_name, inspect_adapter
+    from harness.adapters import inspect_adapter
     from harness.gates import evaluate_gates
     from harness.models import check_device, load_base, resolve_base
     from harness.runner import Target, run_eval
@@ -163,17 +163,9 @@ def run_check(req: CheckRequest, plan: Sequence[Any] | None = None, require_gate
     keys, key_source = taskformat.resolve(suites, examples, [a for a in (adapter, baseline) if a], req.task_format)
     suites = taskformat.with_leakage(suites, keys)
     ref = resolve_base(req.base, allow_pickle=req.allow_pickle)
-    warnings: list[str] = []
-    for a in (adapter, baseline):
-        if a is None:
-            continue
-        w = check_base_identity(a, ref.model_id, ref.name, req.allow_base_mismatch)
-        warnings.extend([w] if w else [])
-        warnings.extend(a.warnings)
-        w = check_base_name(a, ref)
-        warnings.extend([w] if w else [])
-    for w in warnings:
-        print(f"warning: {w}", file=sys.stderr)
+    from harness.commands._evalrun import adapter_warnings
+
+    warnings = adapter_warnings([a for a in (adapter, baseline) if a is not None], ref, req.allow_base_mismatch)
     db = Path(req.db or default_db_path())
     if req.recommended and not db.exists():
         raise UsageError(f"--recommended: no results database at {db}; run `harness sweep --adapter {req.adapter}` first")
