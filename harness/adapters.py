@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from harness.errors import AdapterConfigError, AdapterFileError, IncompatibleError, SafetyError
+from harness.records import AdapterRecord, read_adapter_record
 from harness.safety import PICKLE_SUFFIXES
 
 if TYPE_CHECKING:
@@ -36,15 +37,20 @@ class AdapterInfo:
         adapter_id: SHA-256 of the canonical config plus every tensor (the adapter's identity; see
             ``canonical_config``).
         config: the parsed ``adapter_config.json``.
-        harness: the parsed ``harness.json`` when the harness trained it, else None.
+        record: its ``harness.json`` when the harness trained (or exported) it, else None.
     """
 
     path: Path
     adapter_id: str
     config: dict[str, Any]
-    harness: dict[str, Any] | None
+    record: AdapterRecord | None
     #: one line each: unknown config keys and the like (shown and stored with the run)
     warnings: tuple[str, ...] = ()
+
+    @property
+    def harness(self) -> dict[str, Any] | None:
+        """The record as a JSON-ready dict (its current layout), for callers not yet on ``record``."""
+        return self.record.to_dict() if self.record is not None else None
 
     @property
     def base_model_name(self) -> str | None:
@@ -132,6 +138,7 @@ def inspect_adapter(path: Path | str, allow_pickle: bool = False) -> AdapterInfo
         AdapterFileError: missing directory or weights, unreadable safetensors, NaN/Inf or empty tensors.
         AdapterConfigError: malformed or invalid adapter_config.json.
         SafetyError: the weights exist only as a pickle (``adapter_model.bin``).
+        RecordError: a damaged ``harness.json`` (exit 2); RecordVersionError: one a newer harness wrote (exit 3).
     """
     path = Path(path).expanduser()
     if not path.is_dir():
@@ -155,15 +162,8 @@ def inspect_adapter(path: Path | str, allow_pickle: bool = False) -> AdapterInfo
         raise AdapterFileError(f"{path} has no {CONFIG}; fix: copy the adapter's config next to its weights")
     cfg = _read_config(path)
     digest = _check_tensors(path / WEIGHTS, cfg)
-    harness_json = None
-    if (path / "harness.json").is_file():
-        try:
-            harness_json = json.loads((path / "harness.json").read_text())
-        except (ValueError, UnicodeDecodeError):
-            harness_json = None
-        if not isinstance(harness_json, dict):
-            harness_json = None
-    return AdapterInfo(path.resolve(), digest, cfg, harness_json, tuple(_config_warnings(path / CONFIG, cfg)))
+    record = read_adapter_record(path)  # a damaged one is refused: it would skip the base-identity check
+    return AdapterInfo(path.resolve(), digest, cfg, record, tuple(_config_warnings(path / CONFIG, cfg)))
 
 
 def _known_config_keys() -> set[str]:
@@ -256,7 +256,7 @@ def check_base_name(info: AdapterInfo, ref: Any) -> str | None:
     named = info.base_model_name
     if not named:
         return None
-    trained_on = ((info.harness or {}).get("base_model") or {}).get("model_id")
+    trained_on = info.record.base_model_id if info.record else None
     if trained_on and trained_on == ref.model_id:
         return None
     from harness.models import EMBEDDED_HUB_IDS
@@ -277,10 +277,11 @@ def check_base_identity(info: AdapterInfo, base_model_id: str, base_name: str, a
     base (a hash of its weights), so the check is exact for our adapters; adapters from elsewhere
     carry no such record and are checked by shape only. Returns a warning when ``allow_mismatch``.
     """
-    trained_on = ((info.harness or {}).get("base_model") or {}).get("model_id")
-    if not trained_on or trained_on == base_model_id:
+    base = info.record.base_model if info.record else None
+    trained_on = base.model_id if base else None
+    if not base or not trained_on or trained_on == base_model_id:
         return None
-    trained_name = ((info.harness or {}).get("base_model") or {}).get("name")
+    trained_name = base.name
     message = (
         f"{info.path}: trained on base {trained_name!r} (weights {trained_on[:12]}), but the base given is "
         f"{base_name!r} (weights {base_model_id[:12]}); pass --base {trained_name} or, if this is intended, "

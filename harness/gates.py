@@ -24,7 +24,6 @@ not as a value to skip. Zero examples never pass, and a check with zero gates do
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -599,20 +598,19 @@ def _completeness(ctx: _Ctx, g: PlannedGate) -> GateOutcome:
 def _health(ctx: _Ctx, g: PlannedGate, adapter_id: str) -> GateOutcome | str:
     """No error-severity anomaly in harness.json's "anomalies" or the store's findings; a reason to skip
     (a str) when there is no training record at all."""
+    from harness.records import Finding, parse_adapter_record
+
     rows = ctx.store.query("SELECT harness FROM adapters WHERE adapter_id = ?", [adapter_id])
-    record = None
-    if rows and rows[0]["harness"]:
-        try:
-            record = json.loads(rows[0]["harness"])
-        except ValueError:
-            record = None
-    findings = ctx.store.query("SELECT kind, severity, step, message FROM findings WHERE adapter_id = ?", [adapter_id])
-    anomalies = [a for a in ((record or {}).get("anomalies") or []) if isinstance(a, dict)] + findings
+    where = f"{ctx.store.path}: the stored harness.json of adapter {adapter_id[:12]}"
+    record = parse_adapter_record(rows[0]["harness"], where) if rows and rows[0]["harness"] else None
+    findings = [Finding.from_dict(r, f"{ctx.store.path}: a stored finding of adapter {adapter_id[:12]}") for r in
+                ctx.store.query("SELECT kind, severity, step, message FROM findings WHERE adapter_id = ?", [adapter_id])]
+    anomalies = [*(record.anomalies if record is not None else ()), *findings]
     if record is None and not findings:
         return f"adapter {adapter_id[:12]} has no training record (harness.json) and no stored findings: nothing to judge"
-    errors = [a for a in anomalies if a.get("severity") == "error"]
+    errors = [a for a in anomalies if a.severity == "error"]
     ok = not errors
-    first = f"; first: {errors[0].get('kind')} at step {errors[0].get('step')}: {errors[0].get('message')}" if errors else ""
+    first = f"; first: {errors[0].kind} at step {errors[0].step}: {errors[0].message}" if errors else ""
     return GateOutcome(GateResult(g.name, "anomalies", float(len(errors)), 0.0, None, ok,
                                   f"training health of adapter {adapter_id[:12]}: {len(errors)} error-severity anomalies of "
                                   f"{len(anomalies)} recorded{first}; allowed 0: {_verdict(ok)}"),

@@ -12,6 +12,8 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
+from harness.records import TaskFormat
+
 #: a key is part of the format when at least this share of the answers carry it
 KEY_SHARE = 0.5
 
@@ -36,17 +38,10 @@ def json_keys(answers: Iterable[str | None]) -> tuple[str, ...]:
     return tuple(sorted(k for k, c in counts.items() if c >= KEY_SHARE * n_obj))
 
 
-def record(answers: Sequence[str]) -> dict | None:
+def record(answers: Sequence[str]) -> TaskFormat | None:
     """What ``harness.json`` stores as ``task_format`` for these training answers (None: not JSON)."""
     keys = json_keys(answers)
-    return {"kind": "json_keys", "keys": list(keys)} if keys else None
-
-
-def from_record(harness_json: dict | None) -> tuple[str, ...]:
-    fmt = (harness_json or {}).get("task_format") or {}
-    if isinstance(fmt, dict) and fmt.get("kind") == "json_keys" and isinstance(fmt.get("keys"), list):
-        return tuple(str(k) for k in fmt["keys"])
-    return ()
+    return TaskFormat("json_keys", tuple(keys)) if keys else None
 
 
 def parse_flag(value: str) -> tuple[str, ...]:
@@ -73,7 +68,7 @@ def resolve(suites: Sequence, examples: dict, adapters: Sequence, flag: str | No
                 return keys, f"targets of task suite {s.name}"
     found: set[str] = set()
     for a in adapters:
-        found.update(from_record(a.harness))
+        found.update(a.record.task_keys if a.record is not None else ())
     if found:
         return tuple(sorted(found)), "the adapters' harness.json (task_format)"
     return (), "unknown"

@@ -31,8 +31,8 @@ def test_same_spec_and_seed_give_identical_losses_and_weights(base, tiny_model_d
     before = {k: v.clone() for k, v in base.model.state_dict().items()}
     a = train_adapter(_spec(tiny_model_dir), tmp_path / "a", examples=ROWS, base=base, log=lambda s: None)
     b = train_adapter(_spec(tiny_model_dir), tmp_path / "b", examples=ROWS, base=base, log=lambda s: None)
-    assert a.n_steps == 3 and len([s for s in a.step_logs if "loss" in s]) == 3
-    assert [s["loss"] for s in a.step_logs] == [s["loss"] for s in b.step_logs]
+    assert a.n_steps == 3 and len([s for s in a.step_logs if s.loss is not None]) == 3
+    assert [s.loss for s in a.step_logs] == [s.loss for s in b.step_logs]
     assert a.adapter_id == b.adapter_id  # byte-identical weights
     # the shared base model is handed back untouched, without LoRA layers
     assert not any("lora" in n for n, _ in base.model.named_modules())
@@ -105,7 +105,7 @@ def _stop_at(stopper, step):
 
 
 def _losses(result):
-    return [(s["step"], s["loss"]) for s in result.step_logs if "loss" in s]
+    return [(s.step, s.loss) for s in result.step_logs if s.loss is not None]
 
 
 def test_stopped_then_resumed_run_matches_an_uninterrupted_one(base, tiny_model_dir, tmp_path):
@@ -230,9 +230,9 @@ def test_loftq_without_bitsandbytes_or_gpu_is_refused_clearly(base, tiny_model_d
 def test_warmup_steps_eval_split_and_fp16_warning_on_cpu(base, tiny_model_dir, tmp_path):
     r = train_adapter(_spec(tiny_model_dir, max_steps=4, warmup_steps=2, eval_split=0.25, eval_steps=2,
                             precision="fp16"), tmp_path / "w", examples=ROWS * 2, base=base, log=lambda s: None)
-    lrs = [s["learning_rate"] for s in r.step_logs if "loss" in s]
+    lrs = [s.learning_rate for s in r.step_logs if s.loss is not None]
     assert lrs[0] == 0 and lrs[1] == pytest.approx(5e-3) and lrs[2] == pytest.approx(1e-2)
-    assert [s["step"] for s in r.step_logs if "eval_loss" in s] == [2, 4]
+    assert [s.step for s in r.step_logs if s.eval_loss is not None] == [2, 4]
     assert any("fp16" in w and "cpu" in w for w in r.warnings)
     record = json.loads((tmp_path / "w" / "harness.json").read_text())
     assert record["precision"] == "fp32" and record["data"]["n_eval"] == 4

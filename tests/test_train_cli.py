@@ -110,13 +110,13 @@ def test_train_then_continue_records_parent_in_store(spec_file, tmp_path, capsys
     assert rows["orders"]["parent_adapter_id"] is None
 
 
-def test_sigterm_saves_a_marked_checkpoint_and_exits_143_with_resume_hint(spec_file, tmp_path):
-    out = tmp_path / "run"
+def _train_until_step_2(spec_file, tmp_path):
+    """`harness train` in a subprocess, returned once it has logged step 2 (with its stderr so far)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "harness", "train", str(spec_file), "--out", str(out), "--db", str(tmp_path / "h.duckdb"),
-         "--set", "max_steps=100000", "learning_rate=1e-4"],
+        [sys.executable, "-m", "harness", "train", str(spec_file), "--out", str(tmp_path / "run"),
+         "--db", str(tmp_path / "h.duckdb"), "--set", "max_steps=100000", "learning_rate=1e-4"],
         cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     lines = []
@@ -125,6 +125,20 @@ def test_sigterm_saves_a_marked_checkpoint_and_exits_143_with_resume_hint(spec_f
         lines.append(line)
         if "step 2/" in line or time.time() > deadline:
             break
+    return proc, lines
+
+
+def _train_runs(db, capsys):
+    capsys.readouterr()
+    assert main(["runs", "--db", str(db), "--json"]) == 0
+    return [r for r in json.loads(capsys.readouterr().out) if r["kind"] == "train"]
+
+
+def test_sigterm_saves_a_marked_checkpoint_and_exits_143_with_resume_hint(spec_file, tmp_path, capsys):
+    out, db = tmp_path / "run", tmp_path / "h.duckdb"
+    proc, lines = _train_until_step_2(spec_file, tmp_path)
+    # the run is in the store from its start, not only once it ends
+    assert [r["status"] for r in _train_runs(db, capsys)] == ["running"]
     proc.send_signal(signal.SIGTERM)
     rest, _ = proc.communicate(timeout=120)[1], None
     err = "".join(lines) + rest
@@ -133,6 +147,34 @@ def test_sigterm_saves_a_marked_checkpoint_and_exits_143_with_resume_hint(spec_f
     ckpts = sorted((out / "checkpoints").glob("checkpoint-*"))
     assert len(ckpts) == 1 and (ckpts[0] / "harness-complete.json").is_file()
     assert not (out / "adapter_model.safetensors").exists()
+    [run] = _train_runs(db, capsys)
+    assert run["status"] == "interrupted" and run["finished_at"] is not None and run["run_id"] in err
+    steps = Store(db).query("SELECT count(*) AS n, count(adapter_id) AS with_adapter FROM step_logs WHERE run_id = ?",
+                            [run["run_id"]])[0]
+    assert steps["n"] >= 2 and steps["with_adapter"] == 0  # the steps it took; no adapter was written
+
+
+def test_ctrl_c_marks_the_training_run_interrupted_in_harness_runs(spec_file, tmp_path, capsys):
+    db = tmp_path / "h.duckdb"
+    proc, lines = _train_until_step_2(spec_file, tmp_path)
+    proc.send_signal(signal.SIGINT)
+    err = "".join(lines) + proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err
+    [run] = _train_runs(db, capsys)
+    assert run["status"] == "interrupted" and run["finished_at"] is not None
+    assert main(["runs", "--db", str(db)]) == 0
+    [line] = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(run["run_id"])]
+    assert line.split()[1:3] == ["train", "interrupted"]
+    n = Store(db).query("SELECT count(*) AS n FROM step_logs WHERE run_id = ?", [run["run_id"]])[0]["n"]
+    assert n >= 2  # the steps logged before Ctrl-C
+
+
+def test_a_run_that_fails_after_it_started_is_listed_as_failed(spec_file, tmp_path, capsys):
+    """The data cannot be split for eval: the error comes after the run was registered."""
+    db = tmp_path / "h.duckdb"
+    assert main(["train", str(spec_file), "--out", str(tmp_path / "f"), "--db", str(db), "--set", "eval_split=0.99"]) == 2
+    assert "leaves no training rows" in capsys.readouterr().err
+    assert [r["status"] for r in _train_runs(db, capsys)] == ["failed"]
 
 
 def test_cli_resume_finishes_a_stopped_run_like_an_uninterrupted_one(spec_file, tiny_model_dir, tmp_path, capsys):
@@ -175,6 +217,7 @@ def test_a_run_that_blows_up_is_stopped_exits_1_writes_no_adapter_and_stores_its
     store = Store(db)
     run = store.query("SELECT run_id, status FROM runs WHERE kind = 'train'")
     assert [r["status"] for r in run] == ["stopped"]
+    assert [r["status"] for r in _train_runs(db, capsys)] == ["stopped"]
     kinds = {r["kind"] for r in store.query("SELECT kind FROM findings WHERE run_id = ? AND severity = 'error'", [run[0]["run_id"]])}
     assert kinds & {"nan_inf", "grad_explosion", "divergence"}
     steps = store.query("SELECT max(step) AS last FROM step_logs WHERE run_id = ?", [run[0]["run_id"]])[0]["last"]

@@ -3,8 +3,8 @@ and a SIGTERM handler that makes the Trainer save and stop cleanly.
 
 The HF Trainer's saves are not atomic, and its ``get_last_checkpoint`` picks the highest-numbered
 directory even when a kill left it half-written (FAULTS.md 31). So after every save we fsync the
-checkpoint's files and then write ``harness-complete.json`` (temporary name, fsync, rename); only a
-checkpoint with that marker is resumed from. The marker also holds the hashes of the spec, data,
+checkpoint's files and then write ``harness-complete.json`` (a ``harness.records.CheckpointMarker``:
+temporary name, fsync, rename); only a checkpoint with that marker is resumed from. The marker also holds the hashes of the spec, data,
 base model and parent adapter, so a resume with anything changed is refused (FAULTS.md 33).
 """
 
@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import InputError
-from harness.files import write_text_atomic
+from harness.records import MARKER_FILE, CheckpointMarker, RecordError, read_marker, write_marker_file
 
-MARKER = "harness-complete.json"
+MARKER = MARKER_FILE
 QUARANTINE = "quarantine"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Fields that change how often things are logged or saved, not the trajectory: a resume may change them.
@@ -45,10 +45,9 @@ class RunIdentity:
         kept = {k: v for k, v in self.spec.items() if k not in _RESUME_FREE_FIELDS}
         return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
 
-    def to_marker(self, step: int) -> dict[str, Any]:
-        return {"step": step, "spec_hash": self.spec_hash, "data_hash": self.data_hash,
-                "base_model_id": self.base_model_id, "parent_adapter_id": self.parent_adapter_id,
-                "spec": dict(self.spec), "written_at": time.time()}
+    def to_marker(self, step: int) -> CheckpointMarker:
+        return CheckpointMarker(step, self.spec_hash, self.data_hash, self.base_model_id, self.parent_adapter_id,
+                                dict(self.spec), time.time())
 
 
 def _fsync_tree(path: Path) -> None:
@@ -61,9 +60,7 @@ def _fsync_tree(path: Path) -> None:
 def write_marker(checkpoint: Path, identity: RunIdentity, step: int) -> Path:
     """Mark ``checkpoint`` complete: fsync its files, then write the marker atomically."""
     _fsync_tree(checkpoint)
-    marker = checkpoint / MARKER
-    write_text_atomic(marker, json.dumps(identity.to_marker(step), indent=2, default=str))
-    return marker
+    return write_marker_file(checkpoint, identity.to_marker(step))
 
 
 def checkpoints(root: Path) -> list[tuple[int, Path]]:
@@ -80,19 +77,19 @@ def find_resumable(root: Path, identity: RunIdentity, log: Callable[[str], None]
     Raises:
         InputError: no marked checkpoint, or the marked one was written for another spec, data set,
             base model or parent adapter.
+        RecordVersionError: the newest marker was written by a newer adapter-harness (exit 3; nothing is moved).
     """
-    marked: tuple[Path, dict[str, Any]] | None = None
+    marked: tuple[Path, CheckpointMarker] | None = None
     for _, path in checkpoints(root):
-        marker = path / MARKER
-        if marker.is_file():
+        if (path / MARKER).is_file():
             try:
-                data = json.loads(marker.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                data = None
-            if isinstance(data, dict) and marked is None:
+                data: CheckpointMarker | None = read_marker(path)
+            except RecordError:
+                data = None  # unreadable or malformed: not known to be complete
+            if data is not None and marked is None:
                 marked = (path, data)
                 continue
-            if isinstance(data, dict):
+            if data is not None:
                 continue  # an older complete checkpoint: keep it
         # no marker (or an unreadable one): a save that was cut off
         dest = root / QUARANTINE / f"{path.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -148,19 +145,19 @@ def check_checkpoint_files(path: Path) -> None:
             ) from None
 
 
-def _check_same_run(path: Path, data: Mapping[str, Any], identity: RunIdentity) -> None:
+def _check_same_run(path: Path, data: CheckpointMarker, identity: RunIdentity) -> None:
     problems = []
-    if data.get("spec_hash") != identity.spec_hash:
-        old = data.get("spec") or {}
+    if data.spec_hash != identity.spec_hash:
+        old = data.spec
         changed = sorted(k for k in set(old) | set(identity.spec)
                          if k not in _RESUME_FREE_FIELDS and old.get(k) != identity.spec.get(k))
         diff = ", ".join(f"{k}: {old.get(k)!r} -> {identity.spec.get(k)!r}" for k in changed) or "spec hash differs"
         problems.append(f"the spec changed ({diff})")
-    if data.get("data_hash") != identity.data_hash:
+    if data.data_hash != identity.data_hash:
         problems.append("the training data changed (hash differs)")
-    if data.get("base_model_id") != identity.base_model_id:
+    if data.base_model_id != identity.base_model_id:
         problems.append("the base model changed")
-    if data.get("parent_adapter_id") != identity.parent_adapter_id:
+    if data.parent_adapter_id != identity.parent_adapter_id:
         problems.append("the parent adapter changed")
     if problems:
         raise InputError(

@@ -1,5 +1,6 @@
 """Reading loss logs: trainer_state.json, checkpoint and output directories, CSV and JSONL, into a
-:class:`StepLog` split into segments at restarts; and the :class:`Finding` type."""
+:class:`StepLog` split into segments at restarts. :class:`Finding` is a record (``harness.records``),
+re-exported here."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import InputError
+from harness.records import STEP_LOG_FILE, Finding, RecordError, read_adapter_record, read_step_logs
+
+__all__ = ["Finding", "Segment", "StepLog", "from_history", "max_grad_norm_of", "read_log"]
 
 #: A new segment starts where the step goes back, or the epoch goes back by more than this.
 EPOCH_RESTART_TOL = 0.01
@@ -24,19 +28,6 @@ RL_PREFIXES = ("rewards/", "objective/", "policy/", "val/")
 
 #: Keys of the final summary row of a finished Trainer run.
 SUMMARY_KEYS = frozenset({"train_loss", "train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos"})
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One anomaly: what kind, how bad, at which logged step (None when it is about the whole run)."""
-
-    kind: str
-    severity: str  # "error" | "warning" | "info"
-    step: int | None
-    message: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -288,15 +279,15 @@ def _read_dir(path: Path) -> StepLog:
     state = path / "trainer_state.json"
     if state.is_file():
         return _read_state_file(state)
-    ours = path / "step_logs.jsonl"  # an adapter trained by the harness keeps its loss curve beside it
+    ours = path / STEP_LOG_FILE  # an adapter trained by the harness keeps its loss curve beside it
     if ours.is_file():
-        log = _read_jsonl(ours)
-        log.note = f"the training log of the adapter in {path}"
-        record = path / "harness.json"  # its spec names the clipping threshold
-        if record.is_file():
-            # the record is checked elsewhere; the log is still usable without it
-            with contextlib.suppress(OSError, UnicodeDecodeError, json.JSONDecodeError):
-                log.max_grad_norm = max_grad_norm_of(json.loads(record.read_text(encoding="utf-8")))
+        history = [{k: v for k, v in e.to_dict().items() if k != "format_version"} for e in read_step_logs(ours)]
+        log = _check_nonempty(ours, from_history(history, source=str(ours), note=f"the training log of the adapter in {path}"))
+        # its record's spec names the clipping threshold; a damaged record is refused where the adapter is
+        # loaded, and the log is still usable without it (a newer record's version is refused here too)
+        with contextlib.suppress(RecordError):
+            record = read_adapter_record(path)
+            log.max_grad_norm = _clip_value(record.max_grad_norm) if record is not None else None
         return log
     checkpoints = sorted((p for p in path.glob("checkpoint-*") if p.is_dir() and _checkpoint_number(p) >= 0),
                          key=_checkpoint_number, reverse=True)

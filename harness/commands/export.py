@@ -11,7 +11,6 @@ and are copied unchanged.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
@@ -19,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from harness.errors import StorageError, UsageError
+from harness.records import AdapterRecord, write_adapter_record
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -69,15 +69,17 @@ def _swap_in(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _record(info, scale: float, kind: str) -> dict:
-    parent_record = info.harness or {}
-    return {
-        "parent_adapter": {"adapter_id": info.adapter_id, "path": str(info.path)},
-        "export": {"kind": kind, "scale": scale},
+def _record(info, scale: float, kind: str) -> AdapterRecord:
+    from harness.records import ExportInfo, ParentRef
+
+    parent = info.record
+    return AdapterRecord(
+        parent_adapter=ParentRef(info.adapter_id, str(info.path)),
+        export=ExportInfo(kind, scale),
         # what the parent knew about its base and its task carries over (identity and leakage checks)
-        "base_model": parent_record.get("base_model"),
-        "task_format": parent_record.get("task_format"),
-    }
+        base_model=parent.base_model if parent is not None else None,
+        task_format=parent.task_format if parent is not None else None,
+    )
 
 
 def export_scaled(info, scale: float, out: Path) -> Path:
@@ -93,7 +95,7 @@ def export_scaled(info, scale: float, out: Path) -> Path:
     try:
         save_file(scaled, str(tmp / WEIGHTS), metadata={"format": "pt"})
         shutil.copyfile(info.path / CONFIG, tmp / CONFIG)
-        (tmp / "harness.json").write_text(json.dumps(_record(info, scale, "scaled adapter"), indent=2) + "\n")
+        write_adapter_record(tmp, _record(info, scale, "scaled adapter"))
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -122,7 +124,7 @@ def export_merged(info, scale: float, base_name: str, out: Path) -> Path:
     try:
         merged.save_pretrained(str(tmp), safe_serialization=True)
         base.tokenizer.save_pretrained(str(tmp))
-        (tmp / "harness.json").write_text(json.dumps(_record(info, scale, "merged model"), indent=2) + "\n")
+        write_adapter_record(tmp, _record(info, scale, "merged model"))
         _swap_in(tmp, out)
     except OSError as exc:
         raise StorageError(f"cannot write {out}: {exc.strerror or exc}; nothing was replaced") from None

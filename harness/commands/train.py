@@ -10,10 +10,10 @@ import dataclasses
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from harness.commands._common import add_db_argument
-from harness.errors import TrainingStopped, UsageError
+from harness.errors import UsageError
 
 if TYPE_CHECKING:
     from train.recipe import TrainResult
@@ -118,109 +118,29 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from harness import distributed
-    from harness.adapters import inspect_adapter
-    from harness.models import load_base, resolve_base
-    from harness.store import Store, default_db_path
-    from train.checkpoints import SaveAndStop
-    from train.grid import GridPoint, expand, parse_grid
-    from train.recipe import train_adapter
-    from train.spec import load_spec
+    from train.run import TrainRequest, plan_training, run_training
 
     main = distributed.is_main()
     log = (lambda m: print(m, file=sys.stderr)) if main else (lambda m: None)
-    # Everything cheap is checked before the model loads: spec, overrides, grid, parent adapter.
     overrides = _parse_sets(args.overrides)
     if args.data is not None:
         overrides["data"] = args.data
     if args.kernels:
         overrides["kernels"] = True
-    spec = load_spec(args.spec, overrides)
-    grid = parse_grid(args.grid)
-    if {"base", "data"} & set(grid):
-        raise UsageError("--grid over base or data is not supported; run one train command per base or data set")
-    shape = {"r", "lora_alpha", "target_modules", "init_lora_weights", "use_dora", "use_rslora", "bias", "lora_dropout"}
-    if args.from_adapter and shape & set(grid):
-        raise UsageError(f"--grid over {', '.join(sorted(shape & set(grid)))} with --from-adapter: a continued adapter keeps "
-                         "its parent's LoRA shape; grid over optimiser fields (learning_rate, max_steps, ...) instead")
-    points = expand(grid) if grid else [GridPoint("", {})]
-    specs = [(p, load_spec(args.spec, {**overrides, **p.overrides})) for p in points]
-    parent = inspect_adapter(args.from_adapter) if args.from_adapter else None
-    name = args.name or args.spec.stem
-    out = args.out or Path("adapters") / (name if not grid else "")
-    if not args.resume and not args.force:
-        taken = [out] if not grid else [out / f"{name}-{p.suffix}" for p in points]
-        for d in taken:
-            if (d / "adapter_model.safetensors").exists():
-                raise UsageError(f"{d} already holds an adapter; pass --out another directory, --force to replace it, "
-                                 "or --resume to continue its run")
-    from harness.adapters import check_target_modules_names
-    from harness.models import check_device, module_names
-
-    check_device(args.device)
-    from train.data import load_rows, map_fields, normalize_row
-
-    for path, fields in sorted({(str(ps.data), tuple(sorted(ps.data_fields.items()))) for _, ps in specs if ps.data}):
-        # the data is read and checked (format, bad values, shape of every row) before the model loads
-        for i, row in enumerate(map_fields(load_rows(path), dict(fields), path)):
-            normalize_row(row, f"{path} row {i + 1}")
-    ref = resolve_base(spec.base)
-    names = module_names(ref)  # from the safetensors headers: target_modules are checked before the model loads
-    if parent is None:
-        for _, point_spec in specs:
-            check_target_modules_names(point_spec.target_modules, names, f"training spec {args.spec or '(flags)'}")
-    base = load_base(ref, device=distributed.device(args.device))
-    store = Store(args.db or default_db_path())
-    stopper = SaveAndStop()
-    stopper.install()
-    command = shlex.join(["harness", *sys.argv[1:]])
-    results = []
-    try:
-        for point, point_spec in specs:
-            point_name = f"{name}-{point.suffix}" if point.suffix else name
-            point_out = out / point_name if grid else out
-            if grid and args.resume and distributed.broadcast(_finished(point_out)):
-                log(f"{point_name}: already trained in {point_out}, skipped")
-                continue
-            log(f"{point_name}: training into {point_out}")
-            resume = args.resume and (not grid or (point_out / "checkpoints").is_dir())
-            try:
-                result = train_adapter(point_spec, point_out, base=base, log=log,
-                                       from_adapter=parent.path if parent else None, resume=resume, stopper=stopper)
-            except TrainingStopped as exc:
-                from train.record import store_stopped_training
-
-                if not main:
-                    raise  # every rank stops at the same step (the logs they judge are reduced over ranks)
-                # the recipe raises it with its TrainResult (harness.errors cannot name train's types)
-                run_id = store_stopped_training(store, cast("TrainResult", exc.result), point_name, command,
-                                                {"spec": point_spec.to_dict(), "device": base.device})
-                raise TrainingStopped(f"{exc} (step logs and findings: store run {run_id})") from None
-            if result.interrupted:
-                if main:
-                    _print_interrupted(result, stopper, args)
-                # 128 + SIGTERM, the shell's convention (FAULTS.md 30): a scheduler sees the job was stopped,
-                # and the checkpoint it saved is complete and marked.
-                return 143 if stopper.signal_name == "SIGTERM" else 130
-            from train.record import store_training
-
-            if main:  # the adapter's rows are written once, by the main process
-                config: dict[str, Any] = {"spec": point_spec.to_dict(), "device": base.device,
-                                          "grid_point": dict(point.overrides)}
-                if distributed.is_distributed():
-                    config["world_size"] = distributed.world_size()
-                run_id = store_training(store, result, point_name, command, config)
-                assert result.adapter_id is not None  # None only for an interrupted run, which returned above
-                log(f"{point_name}: adapter {result.adapter_id[:12]} written to {result.adapter_dir} (store run {run_id})")
-            results.append((point_name, point, result))
-    finally:
-        stopper.uninstall()
+    req = TrainRequest(spec_path=args.spec, overrides=overrides, grid=tuple(args.grid), name=args.name, out=args.out,
+                       force=args.force, resume=args.resume, from_adapter=args.from_adapter, device=args.device,
+                       db=args.db, command=shlex.join(["harness", *sys.argv[1:]]))
+    plan = plan_training(req)  # everything cheap is checked before the model loads
+    outcome = run_training(plan, req, log)
     if not main:
-        return 0  # the main process prints, and its code is every rank's
-    if grid:
-        _print_table(results, list(grid))
-    else:
-        print(results[0][2].adapter_dir)
-    return 0
+        return outcome.exit_code  # the main process prints, and its code is every rank's
+    if outcome.interrupted is not None:
+        _print_interrupted(outcome.interrupted.result, outcome.signal_name, outcome.interrupted.run_id, args)
+    elif plan.grid_keys:
+        _print_table([(t.name, t.point, t.result) for t in outcome.trained], list(plan.grid_keys))
+    elif outcome.trained:
+        print(outcome.trained[0].result.adapter_dir)
+    return outcome.exit_code
 
 
 def _parse_sets(items: list[str]) -> dict[str, Any]:
@@ -233,16 +153,12 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _finished(adapter_dir: Path) -> bool:
-    return (adapter_dir / "adapter_model.safetensors").is_file() and (adapter_dir / "harness.json").is_file()
-
-
-def _print_interrupted(result: Any, stopper: Any, args: argparse.Namespace) -> None:
+def _print_interrupted(result: TrainResult, signal_name: str | None, run_id: str | None, args: argparse.Namespace) -> None:
     argv = [a for a in sys.argv[1:] if a != "--resume"] if sys.argv[1:2] == ["train"] else ["train", str(args.spec)]
     resume = shlex.join(["harness", *argv, "--resume"])
     print(
-        f"stopped by {stopper.signal_name or 'request'} after step {result.n_steps}; checkpoint saved to "
-        f"{result.checkpoint}. Resume with: {resume}",
+        f"stopped by {signal_name or 'request'} after step {result.n_steps}; checkpoint saved to "
+        f"{result.checkpoint} (store run {run_id}, interrupted). Resume with: {resume}",
         file=sys.stderr,
     )
 
@@ -251,7 +167,7 @@ def _print_table(results: list[tuple[str, Any, Any]], keys: list[str]) -> None:
     header = ["adapter", *keys, "steps", "final_loss", "eval_loss", "adapter_id", "dir"]
     rows = []
     for name, point, r in results:
-        evals = [s["eval_loss"] for s in r.step_logs if "eval_loss" in s]
+        evals = [s.eval_loss for s in r.step_logs if s.eval_loss is not None]
         rows.append([name, *(str(point.overrides[k]) for k in keys), str(r.n_steps),
                      f"{r.final_loss:.4f}" if r.final_loss is not None else "-",
                      f"{evals[-1]:.4f}" if evals else "-", r.adapter_id[:12], str(r.adapter_dir)])

@@ -27,6 +27,14 @@ class RunInfo:
     #: when the work began, if before the run is opened (a training run is stored after it trained);
     #: naive UTC "YYYY-MM-DD HH:MM:SS[.ffffff]"
     started_at: str | None = None
+    #: the torch device the run's model ran on (``cpu``, ``cuda:0``); None: the provenance default
+    #: (for callers that do not pass it yet, a ``device`` in ``config`` still counts)
+    device: str | None = None
+
+    def device_or(self, default: str) -> str:
+        """The device recorded in ``runs.device``: ``device``, else ``config["device"]``, else ``default``."""
+        legacy = self.config.get("device")
+        return self.device or (str(legacy) if legacy else default)
 
 
 @dataclass(frozen=True)
