@@ -1,6 +1,7 @@
 """`harness train`: train a LoRA adapter (or a grid of them) from a spec, record it in the store.
 
-Parse, build, run, print: the work lives in ``train/`` (spec, recipe, checkpoints, grid, record).
+Parse, build, run, print: the work lives in ``train/`` (``run``: the points of a grid, resume, the
+store run of each; ``recipe``: one adapter; spec, checkpoints, grid, record).
 """
 
 from __future__ import annotations
@@ -68,9 +69,10 @@ def _fields_epilog() -> str:
     lines += [
         "",
         "exit codes: 0 trained; 1 stopped by the anomaly check (NaN, divergence, no learning: no adapter written);",
-        "143 stopped by SIGTERM (130 by Ctrl-C) after saving a complete checkpoint (the message",
-        "says how to resume); 2 bad spec, flag or data; 3 adapter incompatible with the base; 4 refused for safety;",
-        "5 storage trouble.",
+        "143 stopped by SIGTERM after saving a complete checkpoint (the message says how to resume); 130 Ctrl-C",
+        "(no new checkpoint; --resume continues from the last save_steps one, if any); 2 bad spec, flag or data;",
+        "3 adapter (or a record) incompatible with this harness or the base; 4 refused for safety; 5 storage trouble.",
+        "Every run is in the store (`harness runs`) from its start: complete, stopped, interrupted or failed.",
     ]
     return "\n".join(lines)
 
