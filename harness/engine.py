@@ -1,26 +1,33 @@
 """The sweep engine: every (adapter, scale) of one base in one PEFT model, sharing generation batches.
 
-Each (adapter, scale) is loaded once under its own adapter name (``a0_s050``: no dots, PEFT forbids
-them), that name's scaling is set on every LoRA layer, and ``adapter_names=`` routes each row of a
-batch to its adapter (PEFT's mixed-adapter batches; ``__base__`` rows run the base model). So the
-scales of an adapter, the adapters of a base and the base itself share batches: the machine stays
-full and the adapter is never merged. DoRA cannot be mixed (PEFT refuses ``adapter_names`` with
-DoRA): each DoRA (adapter, scale) gets a group of its own.
+Each (adapter, scale) is a target with its own row name (``a0_s050``), and ``adapter_names=`` routes
+each row of a batch (``__base__`` rows run the base model): the scales of an adapter, the adapters
+of a base and the base itself share batches, and the adapter is never merged. Two routings:
+
+- ``rows`` (default where exact: plain LoRA in float32): each adapter is loaded once and every LoRA
+  layer multiplies its product by a per-row scale (harness.rowscale). Six scales cost what one does.
+- ``peft``: each (adapter, scale) is loaded under its own name with that scaling set, and PEFT's
+  mixed-adapter batches route the rows (half precision, ``modules_to_save``; ``HARNESS_SWEEP_ROUTING=peft``
+  forces it). DoRA cannot be mixed at all (PEFT refuses ``adapter_names`` with DoRA): each DoRA
+  (adapter, scale) gets a group of its own.
 
 Self-checks, run once per attached adapter and returned as gate rows for the run: scale 0 gives the
-base model's logits and scale 1 the logits of the plainly loaded adapter (``PeftModel.from_pretrained``).
-A failed self-check raises: the numbers of a broken scaling must never be stored.
+base model's logits and scale 1 the logits of the plainly loaded adapter (``PeftModel.from_pretrained``),
+under ``rows`` with the probes at both scales in one batch. A failed self-check raises: the numbers
+of a broken scaling must never be stored.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from harness import rowscale
 from harness.adapters import add_adapter, detach_adapter, load_adapter, set_scale
-from harness.errors import GateFailure, SafetyError
+from harness.errors import GateFailure, SafetyError, UsageError
 from harness.models import LoadedBase, weights_fingerprint
 from harness.store import GateRow
 
@@ -42,13 +49,22 @@ def is_dora(target: Target) -> bool:
     return bool(target.adapter is not None and target.adapter.config.get("use_dora"))
 
 
+#: ``rows`` (one copy per adapter, a scale per row: harness.rowscale) or ``peft`` (one copy per
+#: (adapter, scale), PEFT's mixed batches); unset: rows wherever it is exact
+ROUTING_ENV = "HARNESS_SWEEP_ROUTING"
+
+
 @dataclass
 class Group:
-    """Targets that share one model and its batches: ``names[target]`` routes each row."""
+    """Targets that share one model and its batches: ``names[target]`` routes each row.
+
+    ``how`` says which routing runs and why (logged by the runner).
+    """
 
     model: Any
     mixed: bool
     names: dict[Target, str] = field(default_factory=dict)
+    how: str = ""
 
     def route(self, targets: Sequence[Target]) -> list[str] | None:
         return [self.names[t] for t in targets] if self.mixed else None
@@ -62,6 +78,25 @@ def plan_groups(targets: Sequence[Target]) -> list[list[Target]]:
     return groups
 
 
+def _row_scale_refusal(base: LoadedBase, adapters: Sequence[Target]) -> str | None:
+    """Why this group's adapters cannot take a scale per row (before anything loads), or None."""
+    import torch
+
+    asked = os.environ.get(ROUTING_ENV) or None
+    if asked not in (None, "rows", "peft"):
+        raise UsageError(f"{ROUTING_ENV}={asked!r}: use rows or peft (or leave it unset)")
+    if asked == "peft":
+        return f"{ROUTING_ENV}=peft"
+    if base.dtype != torch.float32:
+        return f"{str(base.dtype).removeprefix('torch.')} weights (a scale per row is exact in float32 only)"
+    for t in adapters:
+        a = t.adapter
+        assert a is not None
+        if is_dora(t) or a.config.get("modules_to_save"):
+            return f"{a.path.name} has {'DoRA' if is_dora(t) else 'modules_to_save'}"
+    return None
+
+
 @contextlib.contextmanager
 def attached(base: LoadedBase, targets: Sequence[Target], checks: list[GateRow] | None = None) -> Iterator[Group]:
     """Attach every adapter target of one group; on exit detach and verify the base is unchanged.
@@ -70,29 +105,54 @@ def attached(base: LoadedBase, targets: Sequence[Target], checks: list[GateRow] 
     """
     adapters = [t for t in targets if t.adapter is not None]
     if not adapters:
-        yield Group(base.model, mixed=False, names={t: BASE_NAME for t in targets})
+        yield Group(base.model, mixed=False, names={t: BASE_NAME for t in targets}, how="the base model alone")
         return
     if base.fingerprint is None:
         base.fingerprint = weights_fingerprint(base.model)
-    index = {a.adapter_id: i for i, a in enumerate(dict.fromkeys(t.adapter for t in adapters))}  # type: ignore[union-attr]
+    infos = list(dict.fromkeys(t.adapter for t in adapters))
+    index = {a.adapter_id: i for i, a in enumerate(infos)}  # type: ignore[union-attr]
     names = {t: (BASE_NAME if t.adapter is None else adapter_name(index[t.adapter.adapter_id], t.scale)) for t in targets}
     probes = _probe_reference(base, adapters) if checks is not None else None
-    first = adapters[0]
-    peft_model = load_adapter(base.model, first.adapter, adapter_name=names[first])  # type: ignore[arg-type]
+    refusal = _row_scale_refusal(base, adapters)
+    peft_model = None
+    router = None
     try:
-        for t in adapters[1:]:
-            add_adapter(peft_model, t.adapter, names[t])  # type: ignore[arg-type]
-        for t in adapters:
-            set_scale(peft_model, t.scale, names[t])
-        mixed = not any(is_dora(t) for t in adapters)
-        if not mixed:
-            peft_model.set_adapter(names[first])
-        group = Group(peft_model, mixed=mixed, names=names)
+        if refusal is None:
+            # each adapter once, all active; a scale per row (harness.rowscale)
+            peft_model = load_adapter(base.model, infos[0], adapter_name=f"a{0}")  # type: ignore[arg-type]
+            for i, info in enumerate(infos[1:], start=1):
+                add_adapter(peft_model, info, f"a{i}")  # type: ignore[arg-type]
+            refusal = rowscale.unsupported(peft_model, base.dtype)
+            if refusal is not None:
+                base.model = detach_adapter(peft_model)
+                peft_model = None
+        if refusal is None:
+            assert peft_model is not None
+            peft_model.base_model.set_adapter([f"a{i}" for i in range(len(infos))], inference_mode=True)  # type: ignore[operator]
+            router = rowscale.RowScales(peft_model, {names[t]: (f"a{index[t.adapter.adapter_id]}", t.scale)  # type: ignore[union-attr]
+                                                     for t in adapters})
+            group = Group(peft_model, mixed=True, names=names,
+                          how=f"{len(infos)} adapter(s) loaded once, a LoRA scale per row")
+        else:
+            first = adapters[0]
+            peft_model = load_adapter(base.model, first.adapter, adapter_name=names[first])  # type: ignore[arg-type]
+            for t in adapters[1:]:
+                add_adapter(peft_model, t.adapter, names[t])  # type: ignore[arg-type]
+            for t in adapters:
+                set_scale(peft_model, t.scale, names[t])
+            mixed = not any(is_dora(t) for t in adapters)
+            if not mixed:
+                peft_model.set_adapter(names[first])
+            group = Group(peft_model, mixed=mixed, names=names,
+                          how=f"one copy per (adapter, scale), PEFT's mixed batches: {refusal}" if mixed else refusal)
         if probes is not None:
-            checks.extend(_self_check(base, group, adapters, probes))  # type: ignore[union-attr]
+            checks.extend(_self_check(base, group, adapters, probes, router))  # type: ignore[union-attr]
         yield group
     finally:
-        base.model = detach_adapter(peft_model)
+        if router is not None:
+            router.close()
+        if peft_model is not None:
+            base.model = detach_adapter(peft_model)
         # The base generates again after this (its own rows, or the next group's): verify that no
         # adapter left a trace in its weights before it does.
         _verify_base(base, [t.adapter for t in adapters])
@@ -143,7 +203,8 @@ def _verify_base(base: LoadedBase, adapters: Sequence[Any]) -> None:
         )
 
 
-def _self_check(base: LoadedBase, group: Group, adapters: Sequence[Target], ref: dict[str, Any]) -> list[GateRow]:
+def _self_check(base: LoadedBase, group: Group, adapters: Sequence[Target], ref: dict[str, Any],
+                router: rowscale.RowScales | None = None) -> list[GateRow]:
     import torch
 
     ids, mask = _encode(base)
@@ -161,15 +222,20 @@ def _self_check(base: LoadedBase, group: Group, adapters: Sequence[Target], ref:
         # modules_to_save copy (an lm_head, say) is not scaled at all.
         if not is_dora(t) and not a.config.get("modules_to_save"):
             checks.insert(0, (0.0, ref[BASE_NAME], "scale 0 == the base model"))
-        for scale, want, what in checks:
-            set_scale(model, scale, name)
-            try:
-                with torch.inference_mode():
-                    kwargs = {"adapter_names": [name] * len(ids)} if group.mixed else {}
-                    got = model(input_ids=ids, attention_mask=mask, **kwargs).logits.float()
-            finally:
-                set_scale(model, t.scale, name)
-            diff = float((got - want).abs().max())
+        if router is not None:
+            diffs = _mixed_row_diffs(model, router, router.targets[name][0], ids, mask, [(s, w) for s, w, _ in checks])
+        else:
+            diffs = []
+            for scale, want, _ in checks:
+                set_scale(model, scale, name)
+                try:
+                    with torch.inference_mode():
+                        kwargs = {"adapter_names": [name] * len(ids)} if group.mixed else {}
+                        got = model(input_ids=ids, attention_mask=mask, **kwargs).logits.float()
+                finally:
+                    set_scale(model, t.scale, name)
+                diffs.append(float((got - want).abs().max()))
+        for (scale, _, what), diff in zip(checks, diffs):
             ok = diff <= SELF_CHECK_ATOL
             msg = (f"self-check {a.path.name}: {what}: max |logit difference| {diff:.3g} (allowed {SELF_CHECK_ATOL:g}): "
                    + ("pass" if ok else "FAIL"))
@@ -177,3 +243,27 @@ def _self_check(base: LoadedBase, group: Group, adapters: Sequence[Target], ref:
             if not ok:
                 raise GateFailure(msg + "; the run-time scaling is broken, nothing from it was stored")
     return rows
+
+
+def _mixed_row_diffs(model: Any, router: rowscale.RowScales, loaded: str, ids: Any, mask: Any,
+                     checks: Sequence[tuple[float, Any]]) -> list[float]:
+    """Per check scale, the max logit difference of its rows when the probes run at every checked scale
+    in one batch (rotated so each probe meets each scale): the per-row routing itself is checked."""
+    import torch
+
+    temp = [f"__check{k}__" for k in range(len(checks))]
+    for k, (scale, _) in enumerate(checks):
+        router.targets[temp[k]] = (loaded, scale)
+    diffs = [0.0] * len(checks)
+    try:
+        for shift in range(len(checks)):
+            pick = [(row + shift) % len(checks) for row in range(len(ids))]
+            with torch.inference_mode():
+                got = model(input_ids=ids, attention_mask=mask, adapter_names=[temp[k] for k in pick]).logits.float()
+            for row, k in enumerate(pick):
+                d = float((got[row] - checks[k][1][row]).abs().max())
+                diffs[k] = d if (d != d or d > diffs[k]) else diffs[k]  # a NaN (an unrouted row) must fail, not vanish in max()
+    finally:
+        for name in temp:
+            router.targets.pop(name, None)
+    return diffs

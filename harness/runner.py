@@ -147,6 +147,7 @@ def run_eval(
     # self-check rows (scale 0 == base, scale 1 == plain PEFT load), taken when adapters first attach
     checks: list = [] if self_check else None  # type: ignore[assignment]
     checked: set[str] = set()  # adapters already self-checked in this call (once each, not once per suite)
+    work: list[_SuiteWork] = []
     for suite in suites:
         suite_examples = loaded[suite.name]
         if lead:
@@ -202,65 +203,110 @@ def run_eval(
             log(f"  {suite.name} × {target.label}: {len(reqs)} examples, {len(reqs) - len(missing) - len(rescored)} cached, "
                 + (f"{len(rescored)} re-scored from stored outputs, " if rescored else "") + f"{len(missing)} to generate")
             todo.extend((target, r) for r in missing)
-        if not todo:
-            continue
-        pending = list(dict.fromkeys(t for t, _ in todo))
-        # Every (adapter, scale) of this suite that has work, with the base, shares batches where PEFT
-        # allows it (harness.engine); the rows of one group are length-sorted together by generate().
-        for group_targets in plan_groups(pending):
-            items = [(t, r) for t, r in todo if t in group_targets]
+        if todo:
+            work.append(_SuiteWork(suite, scorers, wants_ppl, todo))
+    # Every (adapter, scale) with work, with the base, shares batches where PEFT allows it
+    # (harness.engine), and each group attaches once for every suite: an adapter is read and checked
+    # once per run, not once per suite. The rows of one group and suite are length-sorted together by
+    # generate() and stored as each one ends.
+    pending = list(dict.fromkeys(t for w in work for t, _ in w.todo))
+    for group_targets in plan_groups(pending):
+        shares = []
+        for w in work:
+            items = [(t, r) for t, r in w.todo if t in group_targets]
             if shared:
                 # this rank's contiguous share by global rank (the main process's is never empty when there
                 # is work, so it self-checks every group, as one process does)
                 items = distributed.split(items)
-                if not items:
-                    continue
-            who = group_targets[0].label if len(group_targets) == 1 else f"{len(group_targets)} models in shared batches"
-            bar = _bar(len(items), f"{suite.name} × {who}") if progress_bar else None
-            unchecked = {t.adapter.adapter_id for t in group_targets if t.adapter is not None} - checked
-            with attached(base, group_targets, checks if (checks is not None and unchecked) else None) as group:
-                checked.update(unchecked)
-                if checks:
-                    if lead:
-                        run.add_gate_results(checks)
-                    checks.clear()
-                for start in range(0, len(items), flush_every):
-                    chunk = items[start : start + flush_every]
-                    tick = (lambda done, at=start, b=bar: b.update(at + done - b.n)) if bar is not None else None
-                    routes = group.route([t for t, _ in chunk])
-                    gens = generate(group.model, base.tokenizer, [r.prompt for _, r in chunk], suite.generation,
-                                    batch_size, tick, adapter_names=routes)
-                    nll = _perplexity(group.model, base, [r for _, r in chunk], routes) if wants_ppl else [None] * len(chunk)
-                    for (target, r), g, ppl in zip(chunk, gens, nll):
-                        # An error row is this run's record of a failure, never a cached answer: it is stored
-                        # under its own key (cache key + run), so no later lookup finds it, a rerun retries the
-                        # example, and this run's own history keeps its error.
-                        key = r.key if g.error is None else f"{r.key}:error:{run.run_id}"
-                        run.add_generations([GenerationRow(
-                            key, base.ref.model_id, None if target.adapter is None else target.adapter.adapter_id,
-                            target.scale, suite.suite_id, r.example.id, r.prompt, g.text, suite.generation.to_json(),
-                            g.n_prompt_tokens, g.n_new_tokens, g.error, g.seconds, g.truncated,
-                            r.gen_key if g.error is None else None,
-                        )])
-                        scored = _score(scorers, g, r.example)
-                        run.add_scores(ScoreRow(key, s.metric, s.value, s.reason, sc.name, sc.version) for sc, s in scored)
-                        if ppl is not None and g.error is None:
-                            run.add_scores(ppl)
-                        if g.error is not None:
-                            stats.errors += 1
-                            stats.first_error = stats.first_error or f"{suite.name}/{r.example.id} at {target.label}: {g.error}"
-                    stats.generated += len(chunk)
-                    run.flush()
-                    if bar is None:
-                        log(f"    {min(start + flush_every, len(items))}/{len(items)} generated")
-            if bar is not None:
-                bar.close()
+            if items:
+                shares.append((w, items))
+        if not shares:
+            continue
+        unchecked = {t.adapter.adapter_id for t in group_targets if t.adapter is not None} - checked
+        with attached(base, group_targets, checks if (checks is not None and unchecked) else None) as group:
+            checked.update(unchecked)
+            if checks:
+                if lead:
+                    run.add_gate_results(checks)
+                checks.clear()
+            if len(group_targets) > 1:
+                log(f"  {len(group_targets)} models in shared batches: {group.how}")
+            for w, items in shares:
+                _generate_share(base, run, group, w, items, stats, batch_size=batch_size, flush_every=flush_every,
+                                log=log, progress_bar=progress_bar)
     if shared:
         run.sync()  # every rank's shards in the store before anyone reads it (gates, tables)
         stats = _total(stats)
     stats.seconds = time.perf_counter() - t_start
     return stats
 
+
+
+@dataclass(frozen=True)
+class _SuiteWork:
+    """What one suite still needs generated: its scorers and the (target, request) pairs."""
+
+    suite: Suite
+    scorers: Sequence[BoundScorer]
+    wants_ppl: bool
+    todo: list[tuple[Target, _Request]]
+
+
+def _generate_share(base: LoadedBase, run, group, w: _SuiteWork, items: Sequence[tuple[Target, _Request]],
+                    stats: EvalStats, *, batch_size: int, flush_every: int, log: Callable[[str], None],
+                    progress_bar: bool) -> None:
+    """Generate ``items`` of one suite on one attached group, storing each row as it ends."""
+    suite = w.suite
+    who = items[0][0].label if len({t for t, _ in items}) == 1 else f"{len({t for t, _ in items})} models"
+    bar = _bar(len(items), f"{suite.name} × {who}") if progress_bar else None
+    written = 0
+
+    def store(target: Target, r: _Request, g: Generation, ppl: list[ScoreRow] | None) -> None:
+        nonlocal written
+        # An error row is this run's record of a failure, never a cached answer: it is stored under its
+        # own key (cache key + run), so no later lookup finds it, a rerun retries the example, and this
+        # run's own history keeps its error.
+        key = r.key if g.error is None else f"{r.key}:error:{run.run_id}"
+        run.add_generations([GenerationRow(
+            key, base.ref.model_id, None if target.adapter is None else target.adapter.adapter_id,
+            target.scale, suite.suite_id, r.example.id, r.prompt, g.text, suite.generation.to_json(),
+            g.n_prompt_tokens, g.n_new_tokens, g.error, g.seconds, g.truncated,
+            r.gen_key if g.error is None else None,
+        )])
+        scored = _score(w.scorers, g, r.example)
+        run.add_scores(ScoreRow(key, s.metric, s.value, s.reason, sc.name, sc.version) for sc, s in scored)
+        if ppl is not None and g.error is None:
+            run.add_scores(ppl)
+        if g.error is not None:
+            stats.errors += 1
+            stats.first_error = stats.first_error or f"{suite.name}/{r.example.id} at {target.label}: {g.error}"
+        stats.generated += 1
+        written += 1
+        if bar is not None:
+            bar.update(1)
+        if written % flush_every == 0 or written == len(items):
+            run.flush()
+            if bar is None:
+                log(f"    {suite.name}: {written}/{len(items)} generated")
+
+    if w.wants_ppl:
+        # the reference NLL needs a forward of its own per chunk, after the chunk's answers
+        for start in range(0, len(items), flush_every):
+            chunk = items[start : start + flush_every]
+            routes = group.route([t for t, _ in chunk])
+            gens = generate(group.model, base.tokenizer, [r.prompt for _, r in chunk], suite.generation,
+                            batch_size, adapter_names=routes)
+            nll = _perplexity(group.model, base, [r for _, r in chunk], routes)
+            for (target, r), g, ppl in zip(chunk, gens, nll):
+                store(target, r, g, ppl)
+    else:
+        # one generate() call for the whole share: the batch refills from one queue until the end, and
+        # rows are stored (and flushed every ``flush_every``) as they end, so a killed run keeps them
+        generate(group.model, base.tokenizer, [r.prompt for _, r in items], suite.generation, batch_size,
+                 adapter_names=group.route([t for t, _ in items]),
+                 on_result=lambda i, g: store(items[i][0], items[i][1], g, None))
+    if bar is not None:
+        bar.close()
 
 def _rescore(store: Store, run, target: Target, suite: Suite, scorers: Sequence[BoundScorer], base: LoadedBase,
              missing: Sequence[_Request]) -> set[str]:

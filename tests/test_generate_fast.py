@@ -139,7 +139,7 @@ def test_slab_cache_attention_equals_concatenated_cache(base):
     """The preallocated cache returns the same keys/values model.generate's DynamicCache would."""
     from transformers import DynamicCache
 
-    from harness.generate import _slab_layer_class
+    from harness.fastdecode import _slab_layer_class
 
     slab = _slab_layer_class()(torch.zeros(2, 2, 8, 4), torch.zeros(2, 2, 8, 4), 0)
     plain = DynamicCache().layers[0] if DynamicCache().layers else None

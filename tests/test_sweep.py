@@ -125,18 +125,41 @@ def test_merged_export_is_within_tolerance(base, tiny_model_dir, tmp_path, capsy
     assert main(["export", "--adapter", str(info.path), "--scale", "0.5", "--out", str(tmp_path / "merged")]) == 2
 
 
-def test_a_broken_scaling_fails_the_self_check(base, tiny_model_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("routing", ["rows", "peft"])
+def test_a_broken_scaling_fails_the_self_check(base, tiny_model_dir, tmp_path, monkeypatch, routing):
     import harness.engine as engine
     from harness.adapters import inspect_adapter
     from harness.errors import GateFailure
+    from harness.rowscale import RowScales
     from harness.runner import Target
 
-    real = engine.set_scale
-    monkeypatch.setattr(engine, "set_scale", lambda m, s, name: real(m, s * 2 if s == 1.0 else s, name))
+    monkeypatch.setenv(engine.ROUTING_ENV, routing)
+    if routing == "peft":
+        real = engine.set_scale
+        monkeypatch.setattr(engine, "set_scale", lambda m, s, name: real(m, s * 2 if s == 1.0 else s, name))
+    else:
+        real_of = RowScales.scale_of
+        monkeypatch.setattr(RowScales, "scale_of", lambda self, n, a: 2 * real_of(self, n, a) if real_of(self, n, a) == 1.0 else real_of(self, n, a))
     info = inspect_adapter(make_adapter(tiny_model_dir, tmp_path / "a", 5))
     with pytest.raises(GateFailure, match="scale 1 == the adapter"):
         with engine.attached(base, [Target(info, 0.5)], checks=[]):
             pass
+
+
+def test_an_unrouted_forward_gives_nan_not_another_rows_answer(base, tiny_model_dir, tmp_path):
+    """Under the row-scale routing a forward with no adapter_names must not silently reuse old scales."""
+    from harness.adapters import inspect_adapter
+    from harness.engine import attached
+    from harness.runner import Target
+
+    info = inspect_adapter(make_adapter(tiny_model_dir, tmp_path / "a", 6))
+    targets = [Target(None, 0.0), Target(info, 0.5)]
+    ids = _ids(base).repeat(2, 1)
+    with torch.inference_mode(), attached(base, targets, checks=[]) as group:
+        assert "scale per row" in group.how
+        routed = group.model(input_ids=ids, adapter_names=group.route(targets)).logits
+        assert torch.isfinite(routed).all()
+        assert torch.isnan(group.model(input_ids=ids).logits).all()
 
 
 def test_sweep_command_stores_every_scale_and_a_rerun_does_no_model_work(tiny_model_dir, tmp_path, capsys, monkeypatch):
