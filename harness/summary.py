@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from harness.comparison import ROLE_ORDER, Comparison, build_comparison
+from harness.lineage import parents_first
 from harness.store import Store
 
 
@@ -66,8 +68,21 @@ def category_tables(c: Comparison) -> str:
     return "\n\n".join(out)
 
 
+def parents_before_children(c: Comparison, parent_of: Mapping[str, str | None]) -> Comparison:
+    """``c`` with its models reordered: the base, then each adapter's scales, a parent adapter before its
+    children (``parent_of``: adapter id -> parent id); otherwise in the order ``c`` has them."""
+    ids = {x.target: x.adapter_id for x in c.cells}
+    adapters = list(dict.fromkeys(i for i in (ids.get(t) for t in c.targets) if i is not None))
+    rank = {aid: n for n, aid in enumerate(parents_first(adapters, parent_of))}
+    pos = {t: n for n, t in enumerate(c.targets)}
+    order = sorted(c.targets, key=lambda t: (t != "base", rank.get(ids.get(t) or "", -1), pos[t]))
+    return replace(c, targets=tuple(order))
+
+
 def print_run_summary(store: Store, run_id: str) -> Comparison:
     c = build_comparison(store, run_id)
+    adapter_ids = sorted({x.adapter_id for x in c.cells if x.adapter_id})
+    c = parents_before_children(c, {a.adapter_id: a.parent_adapter_id for a in store.queries.lineage(adapter_ids)})
     print(summary_table(c))
     if c.categories:
         print()

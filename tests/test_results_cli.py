@@ -118,3 +118,98 @@ def test_a_training_run_starts_when_training_began_not_when_it_was_stored(tmp_pa
     [row] = Store(db).query("SELECT started_at, finished_at FROM runs")
     assert str(row["started_at"])[:19] == began[:19]
     assert (row["finished_at"] - row["started_at"]).total_seconds() >= 7 * 60 - 1
+
+
+def _parent_and_child(base_dir: Path, tmp: Path) -> tuple[Path, Path, str, str, Path]:
+    """A parent and its continued child, both in directories called ``final``; the child's path sorts first."""
+    from harness.adapters import inspect_adapter
+
+    d = tmp / "suite"
+    d.mkdir()
+    (d / "suite.yaml").write_text(SUITE)
+    (d / "data.jsonl").write_text("".join(json.dumps({"question": q, "answer": a}) + "\n"
+                                          for q, a in [("Two plus two?", "four"), ("Sky?", "blue"), ("Hot?", "cold")]))
+    parent = _adapter(base_dir, tmp / "z" / "final", 1)
+    child = _adapter(base_dir, tmp / "a" / "final", 2)
+    pid, cid = inspect_adapter(parent).adapter_id, inspect_adapter(child).adapter_id
+    (child / "harness.json").write_text(json.dumps({"parent_adapter": {"adapter_id": pid, "path": str(parent)}}))
+    return parent, child, pid, cid, d / "suite.yaml"
+
+
+def test_runs_and_results_show_lineage_and_list_parents_before_children(tiny_model_dir, tmp_path, capsys):
+    from harness.store import AdapterRow, RunInfo, StepLogRow, Store
+
+    parent, child, pid, cid, suite = _parent_and_child(tiny_model_dir, tmp_path)
+    db = tmp_path / "h.duckdb"
+    # the child is named first on the command line, and its label (a/final) sorts first too
+    assert main(["eval", "--base", str(tiny_model_dir), "--db", str(db), "--suite", str(suite), "--adapter", str(child),
+                 "--adapter", str(parent), "--no-gates"]) == 0
+    gid = "e" * 64  # a grandchild trained later, stored as train/record.py stores a training run
+    with Store(db).run(RunInfo(kind="train", command="harness train grandchild")) as w:
+        w.add_adapter(AdapterRow(gid, "b", str(tmp_path / "grandchild"), "{}", cid, None, "grandchild"))
+        w.add_step_logs([StepLogRow(gid, 1, 0.1, 2.0, 1.0, 1e-4, None)])
+    capsys.readouterr()
+
+    assert main(["runs", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "adapters (<- parent)" in lines[0]
+    [ev] = [x for x in lines if " eval " in x]
+    assert f"final [{pid[:8]}], final [{cid[:8]}] <- final [{pid[:8]}]" in ev and "9/9" in ev
+    [tr] = [x for x in lines if " train " in x]
+    assert f"grandchild [{gid[:8]}] <- final [{cid[:8]}]" in tr and " — " in tr  # a training run has no expected count
+
+    assert main(["runs", "--db", str(db), "--json"]) == 0
+    train_run, eval_run = json.loads(capsys.readouterr().out)  # newest first
+    assert [a["adapter_id"] for a in eval_run["adapters"]] == [pid, cid]
+    assert eval_run["adapters"][1] == {"adapter_id": cid, "name": "final", "parent_adapter_id": pid, "parent_name": "final"}
+    assert train_run["adapters"] == [{"adapter_id": gid, "name": "grandchild", "parent_adapter_id": cid, "parent_name": "final"}]
+    assert (eval_run["n_expected"], eval_run["n_results"], train_run["n_expected"]) == (9, 9, None)
+
+    # the run's table: base, then the parent's column, then the child's
+    assert main(["results", "--db", str(db)]) == 0
+    header = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("suite "))
+    assert header.index("base") < header.index("z/final@1") < header.index("a/final@1")
+
+    # every result of the adapters named "final": the parent's row before the child's in each group
+    assert main(["results", "--db", str(db), "--adapter", "final", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [r["adapter_id"] for r in shown["vs_base"]] == [pid, cid]
+    assert [x["adapter_id"] for x in shown["lineage"][0]["chain"]] == [cid, pid]
+    assert main(["results", "--db", str(db), "--adapter", "final"]) == 0
+    out = capsys.readouterr().out
+    assert out.index(f"final [{pid[:8]}]  1") < out.index(f"final [{cid[:8]}]  1")
+
+
+def test_an_eval_declares_its_whole_expected_count_in_its_first_results_shard(tiny_model_dir, tmp_path, capsys):
+    """`harness runs` never shows a running eval as complete: the count is fixed before any result lands."""
+    from harness.store import read_manifest
+
+    parent, child, _, _, suite = _parent_and_child(tiny_model_dir, tmp_path)
+    db = tmp_path / "h.duckdb"
+    assert main(["eval", "--base", str(tiny_model_dir), "--db", str(db), "--suite", str(suite), "--adapter", str(parent),
+                 "--adapter", str(child), "--scale", "0.5", "--scale", "1", "--flush-every", "1", "--no-gates"]) == 0
+    shards = sorted((tmp_path / "h.duckdb.shards").iterdir())
+    declared = []
+    for shard in shards:
+        assert read_manifest(shard).n_rows  # every shard is whole
+        [row] = [json.loads(x) for x in (shard / "runs.jsonl").read_text().splitlines()]
+        declared.append((row["n_expected"], (shard / "generations.jsonl").exists()))
+    # the run's opening shard holds no result and no count yet; every later one the whole count: 3 x (1 + 2 x 2)
+    assert declared[0] == (None, False) and len(declared) > 3
+    assert {n for n, _ in declared[1:]} == {15}
+    capsys.readouterr()
+    assert main(["runs", "--db", str(db), "--json"]) == 0
+    [run] = json.loads(capsys.readouterr().out)
+    assert (run["n_results"], run["n_expected"], run["incomplete"]) == (15, 15, False)
+
+
+def test_a_run_that_has_not_declared_its_count_shows_a_question_mark(tmp_path, capsys):
+    from harness.store import RunInfo, Store
+
+    db = tmp_path / "h.duckdb"
+    with Store(db).run(RunInfo(kind="eval", command="test")):
+        pass
+    assert main(["runs", "--db", str(db)]) == 0
+    assert "0/?" in capsys.readouterr().out
+    assert main(["runs", "--db", str(db), "--limit", "0"]) == 2

@@ -29,10 +29,10 @@ def existing_store(db: Path | None) -> Store:
 def pick_run(store: Store, run_id: str | None) -> str:
     """``run_id`` if the store has it, else (when None) the newest eval or demo run."""
     if run_id is None:
-        newest = store.query("SELECT run_id FROM runs WHERE kind IN ('eval', 'demo') ORDER BY started_at DESC LIMIT 1")
-        if not newest:
+        newest = store.queries.newest_run_id(("eval", "demo"))
+        if newest is None:
             raise InputError(f"no evaluation runs in {store.path}")
-        return newest[0]["run_id"]
-    if not store.query("SELECT 1 FROM runs WHERE run_id = ?", [run_id]):
+        return newest
+    if not store.queries.has_run(run_id):
         raise InputError(f"no run {run_id!r} in {store.path}; `harness runs` lists them")
     return run_id

@@ -174,7 +174,7 @@ def run_check(req: CheckRequest, plan: Sequence[Any] | None = None, require_gate
     store = Store(db)
     main = distributed.is_main()  # under a launcher only the main process opens the database
     if main:
-        store.query("SELECT 1")  # a damaged or locked database is exit 5 now, before the model loads
+        store.queries.ping()  # a damaged or locked database is exit 5 now, before the model loads
     scale = distributed.broadcast(recommended_scale(store, adapter.adapter_id, req.project, req.adapter)
                                   if req.recommended and main else (req.scale or 1.0))
     base = load_base(ref, device=distributed.device(req.device), lazy=True)
@@ -210,21 +210,18 @@ def recommended_scale(store: Any, adapter_id: str, pg: Any, adapter_path: str) -
     from harness.comparison import build_comparison
     from harness.sweep import MAX_LEAKAGE, MIN_RETENTION, curve, recommend
 
-    rows = store.query(
-        "SELECT rr.run_id, max(r.started_at) AS t FROM run_results rr JOIN generations g USING (cache_key) "
-        "JOIN runs r ON r.run_id = rr.run_id WHERE g.adapter_id = ? AND g.scale > 0 GROUP BY rr.run_id "
-        "HAVING count(DISTINCT g.scale) >= 2 ORDER BY t DESC LIMIT 1", [adapter_id])
-    if not rows:
+    run_id = store.queries.newest_sweep_run_id(adapter_id)
+    if run_id is None:
         raise UsageError(f"--recommended: {store.path} holds no sweep of adapter {adapter_path} over several scales; run "
                          f"`harness sweep --adapter {adapter_path}` (or `harness eval --adapter {adapter_path} --scale 0.5 "
                          "--scale 1 ...`) first")
-    c = build_comparison(store, rows[0]["run_id"], samples_per_suite=0)
+    c = build_comparison(store, run_id, samples_per_suite=0)
     rec = recommend(curve(c, adapter_id),
                     MIN_RETENTION if pg.min_retention is None else pg.min_retention,
                     MAX_LEAKAGE if pg.max_leakage is None else pg.max_leakage)
     if rec.scale is None:
-        raise GateFailure(f"no recommended scale for {adapter_path} (sweep run {rows[0]['run_id']}): {rec.sentence}")
-    print(f"recommended scale (sweep run {rows[0]['run_id']}): {rec.sentence}", file=sys.stderr)
+        raise GateFailure(f"no recommended scale for {adapter_path} (sweep run {run_id}): {rec.sentence}")
+    print(f"recommended scale (sweep run {run_id}): {rec.sentence}", file=sys.stderr)
     return rec.scale
 
 

@@ -83,12 +83,8 @@ def run(args: argparse.Namespace) -> int:
             print("lost: nothing (every row the WAL held is back from the shards)")
         return 0
     store = Store(path, shard_dir=args.shards, read_only=True)
-    counts = store.query(
-        "SELECT (SELECT max(version) FROM schema_migrations) AS schema_version, (SELECT count(*) FROM runs) AS runs, "
-        "(SELECT count(*) FROM generations) AS generations, (SELECT count(*) FROM scores) AS scores, "
-        "(SELECT count(*) FROM ingested_shards) AS shards"
-    )[0]
-    print(f"{path}: schema v{counts['schema_version']} (harness supports v{SCHEMA_VERSION}); " +
-          ", ".join(f"{counts[k]} {k}" for k in ("runs", "generations", "scores", "shards"))
-          + "; `harness db check` reads every row")
+    counts = store.queries.counts()
+    print(f"{path}: schema v{counts.schema_version} (harness supports v{SCHEMA_VERSION}); "
+          f"{counts.runs} runs, {counts.generations} generations, {counts.scores} scores, {counts.shards} shards"
+          "; `harness db check` reads every row")
     return 0

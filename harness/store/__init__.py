@@ -50,6 +50,7 @@ from harness.store.migrate import (
     refuse_newer,
     schema_version,
 )
+from harness.store.queries import Queries
 from harness.store.rows import (
     _COLUMN_RENAMES,
     _TABLES,
@@ -109,6 +110,8 @@ class Store:
         #: names of the shards this store moved in at its first open (the database did not hold them)
         self.recovered: list[str] = []
         self._ready = False
+        #: the named read queries, with typed rows (``harness/store/queries.py``)
+        self.queries = Queries(self)
 
     # -- opening: check against the shards, repair what can be repaired ------------------------------
 
