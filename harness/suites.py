@@ -14,14 +14,14 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from harness.errors import SafetyError, SuiteError
 from harness.files import update_with_file
 from harness.generate import GenerationSettings
-from harness.scorers import Example, check_scorer_args, get_scorer, scorer_names
+from harness.scorers import Example, check_scorer_args, get_scorer, scorer_names, unknown_scorer
 from harness.yamlsafe import compose_bounded, read_spec_text
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
@@ -260,7 +260,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
         err(f"bad generation settings: {exc}", "generation")
 
     scorers: list[ScorerSpec] = []
-    known = set(scorer_names()) | set(model_metric_names())
+    known = set(scorer_names())
     raw_scorers = spec.get("scorers")
     if role == "leakage" and raw_scorers in (None, []):
         raw_scorers = []  # scored for the task's format, added at run time (harness.taskformat)
@@ -274,11 +274,11 @@ def load_suite(name_or_path: str | Path) -> Suite:
                 continue
             args = s.get("args") or {}
             if s["name"] not in known:
-                err(f"unknown scorer {s['name']!r}; available: {', '.join(sorted(known))}", "scorers", i, "name")
+                err(unknown_scorer(s["name"]), "scorers", i, "name")
             elif not isinstance(args, dict):
                 err(f"scorer {s['name']!r}: args must be a mapping, not {type(args).__name__}", "scorers", i, "args")
                 continue
-            elif s["name"] in scorer_names():
+            elif s["name"] not in model_metric_names():  # a scorer of output text: its arguments bind and it builds
                 problems = check_scorer_args(s["name"], args)
                 for problem in problems:
                     err(problem, "scorers", i, "args")
@@ -468,8 +468,8 @@ def _as_tuple(v: Any) -> tuple[str, ...]:
     return tuple(str(x) for x in v if x is not None)
 
 
-def load_examples(suite: Suite, limit: int | None = None) -> list[Example]:
-    """Read the suite's data through `datasets` and map its columns to examples."""
+def load_examples(suite: Suite, limit: int | Limit | None = None) -> list[Example]:
+    """Read the suite's data through `datasets` and map its columns to examples (``limit``: see ``subsample``)."""
     import datasets
 
     datasets.disable_progress_bars()
@@ -541,22 +541,42 @@ def load_examples(suite: Suite, limit: int | None = None) -> list[Example]:
     return picked
 
 
-def subsample(examples: Sequence[Example], limit: int | None) -> list[Example]:
-    """The first ``limit`` examples taken round-robin across categories, in file order.
+@dataclass(frozen=True)
+class Limit:
+    """How many examples of each suite a run takes, and how they are picked (both the same every run).
 
-    A limited run of a suite sorted by category would otherwise see only its first category; this
-    keeps every category in (as evenly as ``limit`` allows) and is the same subset on every run.
+    ``stratified`` (``--limit``): round-robin across the suite's categories, each category's examples
+    in file order, so every category is in (as evenly as ``n`` allows); the picked examples keep their
+    file order. ``first`` (``--limit-per-suite``): the first ``n`` rows in file order, whatever their
+    categories (lm-evaluation-harness's ``--limit``).
     """
-    if limit is None or limit >= len(examples):
+
+    n: int
+    how: Literal["stratified", "first"] = "stratified"
+
+
+def subsample(examples: Sequence[Example], limit: int | Limit | None) -> list[Example]:
+    """``limit`` examples (an int: a stratified sample; see ``Limit``), in file order.
+
+    A limited run of a suite sorted by category would otherwise see only its first category; the
+    stratified sample keeps every category in (as evenly as the limit allows) and is the same subset
+    on every run.
+    """
+    if limit is None:
         return list(examples)
+    lim = limit if isinstance(limit, Limit) else Limit(limit)
+    if lim.n >= len(examples):
+        return list(examples)
+    if lim.how == "first":
+        return list(examples[: lim.n])
     groups: dict[object, list[int]] = {}
     for i, ex in enumerate(examples):
         groups.setdefault(ex.category, []).append(i)
     picked: list[int] = []
     queues = [list(reversed(g)) for g in groups.values()]
-    while len(picked) < limit:
+    while len(picked) < lim.n:
         for q in queues:
-            if q and len(picked) < limit:
+            if q and len(picked) < lim.n:
                 picked.append(q.pop())
     return [examples[i] for i in sorted(picked)]
 
@@ -583,7 +603,7 @@ def render_user_text(suite: Suite, example: Example) -> str:
 
 
 
-def check_suites(names_or_paths: Sequence[str | Path], limit: int | None = None) -> tuple[list[Suite], dict[str, list[Example]]]:
+def check_suites(names_or_paths: Sequence[str | Path], limit: int | Limit | None = None) -> tuple[list[Suite], dict[str, list[Example]]]:
     """Load and fully check every suite (spec, data, every template rendered against every example,
     every scorer built, gates), and raise one SuiteError listing the problems of all of them.
 

@@ -14,6 +14,34 @@ def test_registry_lists_builtins():
     assert {"exact_match", "alias_match", "json_field", "format_leakage"} <= set(scorer_names())
 
 
+def test_scorer_names_is_the_list_every_unknown_scorer_error_prints(tmp_path):
+    """Issue 16.7: perplexity was named in an error's list but missing from scorer_names()."""
+    from harness.metrics import model_metric_names
+    from harness.suites import load_suite
+
+    names = scorer_names()
+    assert "perplexity" in names and set(model_metric_names()) <= set(names) and names == sorted(set(names))
+    listed = "available: " + ", ".join(names)
+    with pytest.raises(SuiteError) as got:
+        get_scorer("nope")
+    assert str(got.value).endswith(listed)
+    (tmp_path / "data.jsonl").write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
+    (tmp_path / "suite.yaml").write_text("name: s\nversion: 1\ndata: {path: data.jsonl, fields: {input: question, "
+                                         "target: answer}}\nscorers:\n  - name: nope\n")
+    with pytest.raises(SuiteError) as got:
+        load_suite(tmp_path / "suite.yaml")
+    assert f"unknown scorer 'nope'; {listed}" in str(got.value)
+    # every listed name is usable in a suite; perplexity is computed by the runner, not built as a text scorer
+    for name in names:
+        (tmp_path / "suite.yaml").write_text(
+            "name: s\nversion: 1\ndata: {path: data.jsonl, fields: {input: question, target: answer}}\n"
+            f"scorers:\n  - name: {name}\n" + ("    args: {keys: [a]}\n" if name == "format_leakage" else "")
+            + ("    args: {pattern: a}\n" if name == "regex" else ""))
+        assert [sc.name for sc in load_suite(tmp_path / "suite.yaml").scorers] == [name]
+    with pytest.raises(SuiteError, match="'perplexity' is a model metric"):
+        get_scorer("perplexity")
+
+
 def test_unknown_scorer_and_bad_args_name_the_fix():
     with pytest.raises(SuiteError, match="available"):
         get_scorer("nope")

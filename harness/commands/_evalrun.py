@@ -12,10 +12,13 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.commands._common import add_db_argument
 from harness.errors import UsageError
+
+if TYPE_CHECKING:
+    from harness.suites import Limit
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,8 +32,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task-format", default=None, metavar="KEY,KEY",
                    help="the JSON keys of the task's answers, for format leakage on general and leakage suites "
                         "(default: from the run's task suite targets, else from the adapters' harness.json)")
-    p.add_argument("--limit", type=int, default=None,
-                   help="evaluate N examples of each suite: the first N taken round-robin across categories (the same subset every run)")
+    add_limit_arguments(p)
     p.add_argument("--batch-size", type=int, default=16, help="generation batch size (default: %(default)s)")
     p.add_argument("--flush-every", type=int, default=64, metavar="N",
                    help="make results durable every N examples (a killed run loses at most N; default: %(default)s)")
@@ -41,6 +43,29 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-base-mismatch", action="store_true",
                    help="evaluate an adapter on a base other than the one its harness.json records (a warning, not an error)")
     p.add_argument("--seed", type=int, default=0, help="seed recorded with the run (generation is greedy unless a suite samples)")
+
+
+def add_limit_arguments(p: argparse.ArgumentParser) -> None:
+    """--limit and --limit-per-suite (one or the other): how many examples of each suite, picked how."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="evaluate a stratified sample of N examples from each suite: taken round-robin across the "
+                        "suite's categories (each category's in file order), not the first N rows; the same subset every run")
+    g.add_argument("--limit-per-suite", type=int, default=None, metavar="N",
+                   help="evaluate the first N examples of each suite, in file order, whatever their categories (as "
+                        "lm-eval's --limit); the same N every run")
+
+
+def example_limit(limit: int | None, limit_per_suite: int | None) -> Limit | None:
+    """The parsed --limit / --limit-per-suite; a usage error unless positive."""
+    from harness.suites import Limit
+
+    for flag, n in (("--limit", limit), ("--limit-per-suite", limit_per_suite)):
+        if n is not None and n <= 0:
+            raise UsageError(f"{flag} {n}: must be a positive number of examples")
+    if limit is not None:
+        return Limit(limit, "stratified")
+    return Limit(limit_per_suite, "first") if limit_per_suite is not None else None
 
 
 def check_scales(scales: list[float]) -> list[float]:
@@ -82,8 +107,7 @@ def prepare(args: argparse.Namespace, scales: list[float], *, need_adapter: bool
         raise UsageError("pass at least one --suite (a built-in name such as general-knowledge, or a suite.yaml path)")
     if args.flush_every <= 0 or args.batch_size <= 0:
         raise UsageError("--flush-every and --batch-size must be positive")
-    if args.limit is not None and args.limit <= 0:
-        raise UsageError("--limit must be a positive number of examples")
+    limit = example_limit(args.limit, args.limit_per_suite)
     if need_adapter and not args.adapter:
         raise UsageError("pass at least one --adapter DIR to sweep")
     check_scales(scales)
@@ -92,7 +116,7 @@ def prepare(args: argparse.Namespace, scales: list[float], *, need_adapter: bool
         from reports.render import check_out_path
 
         check_out_path(args.report)
-    suites, examples = check_suites(args.suite, args.limit)  # every problem of every suite, at once
+    suites, examples = check_suites(args.suite, limit)  # every problem of every suite, at once
     if len(args.name) > len(args.adapter):
         raise UsageError(f"{len(args.name)} --name given for {len(args.adapter)} --adapter; give one name per adapter, in order")
     adapters = [inspect_adapter(a) for a in args.adapter]
@@ -112,6 +136,7 @@ def prepare(args: argparse.Namespace, scales: list[float], *, need_adapter: bool
     config = {"device": base.device, "base": args.base, "scales": scales, "suites": [s.name for s in suites],
               "warnings": warnings, "batch_size": args.batch_size, "names": names,
               "task_format": {"keys": list(keys), "source": key_source},
+              "limit": {"n": limit.n, "how": limit.how} if limit else None,
               "scorers": {s.name: [scorer_record(sc) for sc in s.scorers] for s in suites},
               # what the cache key leaves out on purpose: results reused across these are the same results
               # (greedy outputs do not depend on them, checked in tests)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.commands._common import add_db_argument
+from harness.commands._evalrun import add_limit_arguments
 from harness.errors import GateFailure, UsageError
 
 DEFAULT_BASE = "smollm2-135m"
@@ -49,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="suite to evaluate; repeatable (default: the project file's suites)")
     p.add_argument("--base", default=None, help=f"base model (default: the project file's, else {DEFAULT_BASE})")
     p.add_argument("--task-format", default=None, metavar="KEY,KEY", help="the JSON keys of the task's answers, for format leakage")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only N examples of each suite")
+    add_limit_arguments(p)
     p.add_argument("--batch-size", type=int, default=16, help="generation batch size (default: %(default)s)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
     add_db_argument(p)
@@ -76,7 +77,8 @@ class CheckRequest:
     baseline_scale: float = 1.0
     gates_file: str | None = None
     task_format: str | None = None
-    limit: int | None = None
+    limit: int | None = None  # --limit: a stratified sample of each suite
+    limit_per_suite: int | None = None  # --limit-per-suite: the first N of each suite
     batch_size: int = 16
     device: str | None = None
     allow_pickle: bool = False
@@ -106,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         base=args.base or (project.base if project and project.base else DEFAULT_BASE), db=args.db, scale=args.scale,
         recommended=args.recommended, baseline=args.baseline, baseline_scale=args.baseline_scale,
         gates_file=str(gates_file) if gates_file else None, task_format=args.task_format, limit=args.limit,
+        limit_per_suite=args.limit_per_suite,
         batch_size=args.batch_size, device=args.device, allow_pickle=args.allow_pickle,
         allow_base_mismatch=args.allow_base_mismatch, command=shlex.join(["harness", *sys.argv[1:]]))
     from harness import distributed
@@ -148,14 +151,17 @@ def run_check(req: CheckRequest, plan: Sequence[Any] | None = None, require_gate
     for sc in (req.scale, req.baseline_scale):
         if sc is not None and (not math.isfinite(sc) or sc <= 0):
             raise UsageError(f"scale {sc!r}: judge an adapter at a finite scale > 0 (scale 0 is the base model)")
-    if (req.limit is not None and req.limit <= 0) or req.batch_size <= 0:
-        raise UsageError("--limit and --batch-size must be positive")
+    if req.batch_size <= 0:
+        raise UsageError("--batch-size must be positive")
+    from harness.commands._evalrun import adapter_warnings, example_limit
+
+    limit = example_limit(req.limit, req.limit_per_suite)
     check_device(req.device)
     # Everything cheap is checked before the model loads: suites, data, adapters, base files, database.
     if not req.suites:
         raise UsageError("no suites to check: pass --suite, or list `suites = [...]` in harness.toml")
     suites = [load_suite(s) for s in req.suites]
-    examples = {s.name: load_examples(s, req.limit) for s in suites}
+    examples = {s.name: load_examples(s, limit) for s in suites}
     adapter = inspect_adapter(req.adapter)
     baseline = inspect_adapter(req.baseline) if req.baseline else None
     if baseline is not None and baseline.adapter_id == adapter.adapter_id:
@@ -163,8 +169,6 @@ def run_check(req: CheckRequest, plan: Sequence[Any] | None = None, require_gate
     keys, key_source = taskformat.resolve(suites, examples, [a for a in (adapter, baseline) if a], req.task_format)
     suites = taskformat.with_leakage(suites, keys)
     ref = resolve_base(req.base, allow_pickle=req.allow_pickle)
-    from harness.commands._evalrun import adapter_warnings
-
     warnings = adapter_warnings([a for a in (adapter, baseline) if a is not None], ref, req.allow_base_mismatch)
     db = Path(req.db or default_db_path())
     if req.recommended and not db.exists():
@@ -184,9 +188,10 @@ def run_check(req: CheckRequest, plan: Sequence[Any] | None = None, require_gate
                            "warnings": warnings, "batch_size": req.batch_size, "gates_file": req.gates_file,
                            "adapter_id": adapter.adapter_id, "baseline_id": baseline.adapter_id if baseline else None,
                            "baseline_scale": req.baseline_scale if baseline else None,
-                           "task_format": {"keys": list(keys), "source": key_source}})
+                           "task_format": {"keys": list(keys), "source": key_source},
+                           "limit": {"n": limit.n, "how": limit.how} if limit else None})
     with store.run(info, ranks=True) as writer:
-        stats = run_eval(base, targets, suites, writer, store, batch_size=req.batch_size, limit=req.limit,
+        stats = run_eval(base, targets, suites, writer, store, batch_size=req.batch_size,
                          task_format=",".join(keys) or None, examples=examples, log=lambda m: print(m, file=sys.stderr))
         if not main:
             return CheckResult(None, {}, stats)  # this rank's rows are stored (run_eval synced)

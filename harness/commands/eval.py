@@ -49,7 +49,7 @@ def _run(args: argparse.Namespace) -> int | None:
     store, base = prep.store, prep.base
     targets = expand_targets(prep.adapters, scales, include_base=not args.no_base)
     with store.run(prep.run_info("eval", args), ranks=True) as run_writer:
-        stats = run_eval(base, targets, prep.suites, run_writer, store, batch_size=args.batch_size, limit=args.limit,
+        stats = run_eval(base, targets, prep.suites, run_writer, store, batch_size=args.batch_size,
                          task_format=",".join(prep.keys) or None,
                          flush_every=args.flush_every, progress_bar=sys.stderr.isatty(), examples=prep.examples,
                          log=lambda m: print(m, file=sys.stderr))

@@ -70,7 +70,7 @@ def _run(args: argparse.Namespace) -> int | None:
                               "max_leakage": args.max_leakage})
     store, base = prep.store, prep.base
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    common = dict(batch_size=args.batch_size, limit=args.limit, task_format=",".join(prep.keys) or None,
+    common = dict(batch_size=args.batch_size, task_format=",".join(prep.keys) or None,
                   flush_every=args.flush_every, progress_bar=sys.stderr.isatty(), examples=prep.examples, log=log)
     total_generated = total_cached = 0
     with store.run(prep.run_info("sweep", args), ranks=True) as run_writer:

@@ -104,15 +104,34 @@ def register_scorer(name: str, version: str = "1") -> Callable[[Callable[..., Sc
 
 
 def scorer_names() -> list[str]:
+    """Every name a suite's ``scorers:`` may list: the registered scorers of output text, and the metrics
+    the runner computes with the model itself (``harness.metrics.model_metric_names``: perplexity).
+
+    The one list: "unknown scorer" errors print it.
+    """
+    from harness.metrics import model_metric_names
+
     _load_builtins()
-    return sorted(_REGISTRY)
+    return sorted(set(_REGISTRY) | set(model_metric_names()))
+
+
+def unknown_scorer(name: str) -> str:
+    """The message for a scorer name that is not one of ``scorer_names()``."""
+    return f"unknown scorer {name!r}; available: {', '.join(scorer_names())}"
 
 
 def scorer_info(name: str) -> ScorerInfo:
+    """The registered scorer of output text called ``name`` (a model metric such as perplexity has none:
+    the runner computes it with the model)."""
+    from harness.metrics import model_metric_names
+
     _load_builtins()
-    if name not in _REGISTRY:
-        raise SuiteError(f"unknown scorer {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name in model_metric_names():
+        raise SuiteError(f"{name!r} is a model metric (the runner computes it with the model, from the reference "
+                         "answer's likelihood), not a scorer of output text")
+    raise SuiteError(unknown_scorer(name))
 
 
 def check_scorer_args(name: str, args: Mapping[str, Any]) -> list[str]:
