@@ -100,6 +100,21 @@ def test_a_shard_whose_writer_died_before_ingest_is_ingested_once_by_the_next_pr
         assert fresh.query("SELECT cache_key FROM generations") == [{"cache_key": "k1"}]
 
 
+def test_runs_device_comes_from_run_info(tmp_path):
+    """RunInfo.device is the runs.device column; a caller that still puts it in config keeps working."""
+    from harness.provenance import provenance
+    from harness.store import RunInfo
+
+    store = Store(tmp_path / "h.duckdb")
+    for info in (RunInfo(kind="eval", command="a", device="cuda:7", config={"device": "cpu"}),
+                 RunInfo(kind="eval", command="b", config={"device": "mps"}),
+                 RunInfo(kind="eval", command="c")):
+        with store.run(info):
+            pass
+    got = {r["command"]: r["device"] for r in store.query("SELECT command, device FROM runs")}
+    assert got == {"a": "cuda:7", "b": "mps", "c": provenance()["device"]}
+
+
 def test_nan_scores_are_stored_as_null_with_a_reason_and_the_table_refuses_nan(tmp_path):
     s = ScoreRow("k", "rouge1", float("nan"), None, "rouge", "1")
     assert s.value is None and "non-finite" in s.reason

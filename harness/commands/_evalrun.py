@@ -92,7 +92,8 @@ class Prepared:
     def run_info(self, kind: str, args: argparse.Namespace) -> Any:
         from harness.store import RunInfo
 
-        return RunInfo(kind=kind, command=shlex.join(["harness", *sys.argv[1:]]), seed=args.seed, config=self.config)
+        return RunInfo(kind=kind, command=shlex.join(["harness", *sys.argv[1:]]), seed=args.seed, config=self.config,
+                       device=str(self.base.device))
 
 
 def prepare(args: argparse.Namespace, scales: list[float], *, need_adapter: bool = False) -> Prepared:

@@ -183,7 +183,7 @@ def run_check(req: CheckRequest, plan: Sequence[Any] | None = None, require_gate
                                   if req.recommended and main else (req.scale or 1.0))
     base = load_base(ref, device=distributed.device(req.device), lazy=True)
     targets = [Target(None, 0.0), Target(adapter, scale)] + ([Target(baseline, req.baseline_scale)] if baseline else [])
-    info = RunInfo(kind="check", command=req.command,
+    info = RunInfo(kind="check", command=req.command, device=str(base.device),
                    config={"device": base.device, "base": req.base, "scales": [scale], "suites": [s.name for s in suites],
                            "warnings": warnings, "batch_size": req.batch_size, "gates_file": req.gates_file,
                            "adapter_id": adapter.adapter_id, "baseline_id": baseline.adapter_id if baseline else None,

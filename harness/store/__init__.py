@@ -305,7 +305,7 @@ class RunWriter:
             "run_id": self.run_id, "kind": self.info.kind, "command": self.info.command, "seed": self.info.seed,
             "config": json.dumps(dict(self.info.config), default=str), "git_commit": prov["git_commit"],
             "git_dirty": prov["git_dirty"], "packages": json.dumps(prov["packages"]),
-            "device": self.info.config.get("device", prov["device"]), "python": prov["python"],
+            "device": self.info.device_or(prov["device"]), "python": prov["python"],
             "started_at": self.info.started_at or _now(), "finished_at": None, "status": "running", "pid": os.getpid(),
             "host": socket.gethostname(), "n_expected": None,
         }
