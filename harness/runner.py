@@ -128,11 +128,10 @@ def run_eval(
         run.add_base_model(BaseModelRow(base.ref.model_id, base.ref.name, str(base.ref.path)))
     for t in targets:
         if t.adapter is not None and lead:
-            # harness.json writes the parent as {"parent_adapter": {"adapter_id": ...}} (train/recipe.py)
-            parent = ((t.adapter.harness or {}).get("parent_adapter") or {}).get("adapter_id")
+            record = t.adapter.record  # harness.json, through its one reader (harness.records)
             run.add_adapter(AdapterRow(
                 t.adapter.adapter_id, base.ref.model_id, str(t.adapter.path), json.dumps(t.adapter.config, sort_keys=True),
-                parent, json.dumps(t.adapter.harness) if t.adapter.harness else None, t.adapter.path.name,
+                record.parent_adapter_id if record else None, record.to_json() if record else None, t.adapter.path.name,
             ))
     loaded = {s.name: (examples or {}).get(s.name) or load_examples(s, limit) for s in suites}
     # general and leakage suites are scored for leakage of this run's task format (idempotent when the
@@ -302,9 +301,17 @@ def _generate_share(base: LoadedBase, run, group, w: _SuiteWork, items: Sequence
     else:
         # one generate() call for the whole share: the batch refills from one queue until the end, and
         # rows are stored (and flushed every ``flush_every``) as they end, so a killed run keeps them
-        generate(group.model, base.tokenizer, [r.prompt for _, r in items], suite.generation, batch_size,
-                 adapter_names=group.route([t for t, _ in items]),
-                 on_result=lambda i, g: store(items[i][0], items[i][1], g, None))
+        stored: set[int] = set()
+
+        def one(i: int, g: Generation) -> None:
+            stored.add(i)
+            store(items[i][0], items[i][1], g, None)
+
+        gens = generate(group.model, base.tokenizer, [r.prompt for _, r in items], suite.generation, batch_size,
+                        adapter_names=group.route([t for t, _ in items]), on_result=one)
+        for i, g in enumerate(gens):  # whatever was not reported as it ended (every result is stored once)
+            if i not in stored:
+                one(i, g)
     if bar is not None:
         bar.close()
 
