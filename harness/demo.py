@@ -21,7 +21,7 @@ from harness.models import load_base, resolve_base
 from harness.runner import expand_targets, run_eval
 from harness.scorers import Example
 from harness.store import RunInfo, Store
-from harness.suites import load_suite, render_user_text
+from harness.suites import load_examples, load_suite, render_user_text
 from harness.summary import print_run_summary
 
 TRAIN_SEED = 1  # the held-out order-task suite was generated with another seed (see suites/order-task)
@@ -116,10 +116,12 @@ def run_demo(out_dir: Path, quick: bool, base_name: str, device: str | None, log
     targets = expand_targets(adapters, list(plan.scales))  # a sweep: every scale shares the batches
     info = RunInfo(kind="demo", command=shlex.join(["harness", *sys.argv[1:]]), seed=3407,
                    config={"device": base.device, "quick": quick, "plan": plan.__dict__})
+    examples = {s.name: load_examples(s, plan.limits[s.name]) for s in suites}
     with store.run(info) as run:
-        for i, suite in enumerate(suites):
-            # the adapters' self-checks (scale 0 == base, scale 1 == plain PEFT load) once, with the first suite
-            run_eval(base, targets, [suite], run, store, limit=plan.limits[suite.name], log=log, self_check=i == 0)
+        # One call for every suite: the run's whole expected count is declared before anything is
+        # generated (`harness runs` shows a fixed count while it runs), and the adapters' self-checks
+        # (scale 0 == base, scale 1 == plain PEFT load) run once.
+        run_eval(base, targets, suites, run, store, examples=examples, log=log)
         run_id = run.run_id
     phases("evaluate base + adapters", t)
 
