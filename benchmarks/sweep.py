@@ -33,7 +33,9 @@ def main() -> int:
     ap.add_argument("--scales", default="0.1,0.25,0.5,0.75,1")
     ap.add_argument("--suite", action="append", default=None)
     ap.add_argument("--limit", type=int, default=16, help="examples per suite (default: %(default)s)")
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=16, help="rows per model, both paths (default: %(default)s)")
+    ap.add_argument("--max-batch", type=int, default=None,
+                    help="rows of the harness's shared batches (default: the harness's own default)")
     args = ap.parse_args()
     suites_arg = args.suite or ["order-task", "general-knowledge", "format-leakage"]
     scales = [float(s) for s in args.scales.split(",")]
@@ -42,7 +44,7 @@ def main() -> int:
     from harness.adapters import inspect_adapter, load_adapter, set_scale
     from harness.generate import generate, render_prompt
     from harness.models import load_base, resolve_base
-    from harness.runner import expand_targets, run_eval
+    from harness.runner import DEFAULT_MAX_BATCH, expand_targets, run_eval
     from harness.store import RunInfo, Store
     from harness.suites import load_examples, load_suite, render_user_text
 
@@ -85,14 +87,18 @@ def main() -> int:
     # -- the harness sweep, cold then warm ----------------------------------------------------------
     store = Store(tmp / "h.duckdb")
     targets = expand_targets([info], scales)
+    max_batch = args.max_batch or DEFAULT_MAX_BATCH
+    shared = max(args.batch_size, min(max_batch, args.batch_size * len(targets)))
     t0, c0 = time.perf_counter(), time.process_time()
     with store.run(RunInfo(kind="sweep", command="benchmark")) as run:
-        run_eval(base, targets, suites, run, store, batch_size=args.batch_size, examples=examples, log=lambda m: None)
+        run_eval(base, targets, suites, run, store, batch_size=args.batch_size, max_batch=max_batch, examples=examples,
+                 log=lambda m: None)
         run_id = run.run_id
     cold_wall, cold_cpu = time.perf_counter() - t0, time.process_time() - c0
     t0 = time.perf_counter()
     with store.run(RunInfo(kind="sweep", command="benchmark (re-run)")) as run:
-        run_eval(base, targets, suites, run, store, batch_size=args.batch_size, examples=examples, log=lambda m: None)
+        run_eval(base, targets, suites, run, store, batch_size=args.batch_size, max_batch=max_batch, examples=examples,
+                 log=lambda m: None)
     warm_wall = time.perf_counter() - t0
 
     rows = store.query(
@@ -102,6 +108,9 @@ def main() -> int:
     agree = sum(naive.get((r["scale"], r["suite"], index[r["suite"]][r["example_id"]])) == r["output"] for r in rows)
     shutil.rmtree(tmp, ignore_errors=True)
 
+    per_model = sorted({min(args.batch_size, len(v)) for v in prompts.values()})
+    print(f"batches: naive {'/'.join(map(str, per_model))} rows (one model's suite); harness up to {shared} rows "
+          f"({len(targets)} models x {args.batch_size}, --max-batch {max_batch})")
     print(f"naive (merge + save + load + evaluate per scale): {naive_wall:7.1f} s wall, {naive_cpu:7.1f} s CPU")
     print(f"harness sweep, cold:                              {cold_wall:7.1f} s wall, {cold_cpu:7.1f} s CPU"
           f"   ratio {cold_wall / naive_wall:.2f}x naive (target <= 0.40x)")

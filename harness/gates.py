@@ -24,6 +24,7 @@ not as a value to skip. Zero examples never pass, and a check with zero gates do
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -130,6 +131,12 @@ class GateReport:
     @property
     def results(self) -> list[GateResult]:
         return [o.result for o in self.outcomes]
+
+    def rows(self) -> list[GateRow]:
+        """The results as stored: each with its interval and p-value as numbers."""
+        return [dataclasses.replace(o.result, interval_low=o.interval.low if o.interval else None,
+                                    interval_high=o.interval.high if o.interval else None, p_value=o.p_value)
+                for o in self.outcomes]
 
     @property
     def failures(self) -> list[GateOutcome]:

@@ -30,6 +30,11 @@ from harness.store import (
 )
 from harness.suites import Suite, load_examples, render_user_text, suite_directions
 
+#: the most rows a batch shared by several models holds by default: on the 2-core CPU a decode step's
+#: cost per row fell from 7.4 ms at 16 rows to 3.8 ms at 96 (one thread; 5.6 to 3.0 on two), and
+#: little more past that (benchmarks/sweep.py); ``--max-batch`` lowers it where memory is short
+DEFAULT_MAX_BATCH = 96
+
 
 @dataclass(frozen=True)
 class Target:
@@ -95,6 +100,7 @@ def run_eval(
     store: Store,
     *,
     batch_size: int = 16,
+    max_batch: int = DEFAULT_MAX_BATCH,
     limit: int | None = None,
     flush_every: int = 64,
     log: Callable[[str], None] = print,
@@ -104,6 +110,10 @@ def run_eval(
     self_check: bool = True,
 ) -> EvalStats:
     """Evaluate every target on every suite, writing rows through ``run`` as they are produced.
+
+    ``batch_size`` is rows per model: a batch shared by several (adapter, scale) targets holds that many
+    for each of them, up to ``max_batch`` rows (never fewer than ``batch_size``), since one model's
+    suite alone often has too few examples to fill a batch that size.
 
     ``examples`` (suite name -> examples) passes examples already loaded (and so validated) by the
     caller; suites not in it are loaded here.
@@ -229,9 +239,12 @@ def run_eval(
                     run.add_gate_results(checks)
                 checks.clear()
             if len(group_targets) > 1:
-                log(f"  {len(group_targets)} models in shared batches: {group.how}")
+                log(f"  {len(group_targets)} models in shared batches of up to "
+                    f"{max(batch_size, min(max_batch, batch_size * len(group_targets)))} rows: {group.how}")
             for w, items in shares:
-                _generate_share(base, run, group, w, items, stats, batch_size=batch_size, flush_every=flush_every,
+                n_models = len({t for t, _ in items})
+                rows = max(batch_size, min(max_batch, batch_size * n_models))
+                _generate_share(base, run, group, w, items, stats, batch_size=rows, flush_every=flush_every,
                                 log=log, progress_bar=progress_bar)
     if shared:
         run.sync()  # every rank's shards in the store before anyone reads it (gates, tables)

@@ -61,6 +61,20 @@ def test_check_passes_a_kept_adapter_and_fails_a_forgetful_one_naming_every_gate
                          "ORDER BY r.started_at DESC, g.seq").fetchall()
     con.close()
     assert ("retention", False) in stored and ("retention", True) in stored
+    # ... with the interval and p-value as numbers (migration 0007), the same the JSON output gave
+    assert check(setup, tiny_model_dir, "bad", "--json", str(out["json"])) == 1
+    capsys.readouterr()
+    given = {g["gate"]: g for g in json.loads(out["json"].read_text())["gates"]}
+    con = duckdb.connect(str(setup["db"]), read_only=True)
+    rows = con.execute("SELECT gate, interval_low, interval_high, p_value FROM gate_results WHERE run_id = ?",
+                       [json.loads(out["json"].read_text())["run_id"]]).fetchall()
+    con.close()
+    assert {r[0] for r in rows} == set(given)
+    for gate, low, high, p in rows:
+        interval = given[gate]["interval"]
+        assert (low, high) == ((interval["low"], interval["high"]) if interval else (None, None)), gate
+        assert p == given[gate]["p_value"], gate
+    assert any(low is not None for _, low, _, _ in rows)  # retention carries its Wilson interval
 
 
 def test_a_second_check_is_served_from_the_store(setup, tiny_model_dir, capsys):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.commands._common import add_db_argument
 from harness.errors import UsageError
+from harness.runner import DEFAULT_MAX_BATCH
 
 if TYPE_CHECKING:
     from harness.suites import Limit
@@ -33,7 +34,12 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="the JSON keys of the task's answers, for format leakage on general and leakage suites "
                         "(default: from the run's task suite targets, else from the adapters' harness.json)")
     add_limit_arguments(p)
-    p.add_argument("--batch-size", type=int, default=16, help="generation batch size (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="generation batch rows per model (default: %(default)s); the models of a sweep share batches "
+                        "of this many rows for each of them, up to --max-batch")
+    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="ROWS",
+                   help="the most rows a shared batch of several models holds (default: %(default)s; lower it if "
+                        "a sweep runs out of memory)")
     p.add_argument("--flush-every", type=int, default=64, metavar="N",
                    help="make results durable every N examples (a killed run loses at most N; default: %(default)s)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
@@ -106,8 +112,8 @@ def prepare(args: argparse.Namespace, scales: list[float], *, need_adapter: bool
 
     if not args.suite:
         raise UsageError("pass at least one --suite (a built-in name such as general-knowledge, or a suite.yaml path)")
-    if args.flush_every <= 0 or args.batch_size <= 0:
-        raise UsageError("--flush-every and --batch-size must be positive")
+    if args.flush_every <= 0 or args.batch_size <= 0 or args.max_batch <= 0:
+        raise UsageError("--flush-every, --batch-size and --max-batch must be positive")
     limit = example_limit(args.limit, args.limit_per_suite)
     if need_adapter and not args.adapter:
         raise UsageError("pass at least one --adapter DIR to sweep")
@@ -130,18 +136,18 @@ def prepare(args: argparse.Namespace, scales: list[float], *, need_adapter: bool
 
     store = Store(args.db or default_db_path())
     if distributed.is_main():  # under a launcher only the main process opens the database
-        store.query("SELECT 1")  # a damaged or locked database is exit 5 now, before the tokenizer or model loads
+        store.queries.ping()  # a damaged or locked database is exit 5 now, before the tokenizer or model loads
     # The weights load only when something is left to generate (a fully cached re-run needs the
     # tokenizer alone: prompts are part of the cache key).
     base = load_base(ref, device=distributed.device(args.device), lazy=True)
     config = {"device": base.device, "base": args.base, "scales": scales, "suites": [s.name for s in suites],
-              "warnings": warnings, "batch_size": args.batch_size, "names": names,
+              "warnings": warnings, "batch_size": args.batch_size, "max_batch": args.max_batch, "names": names,
               "task_format": {"keys": list(keys), "source": key_source},
               "limit": {"n": limit.n, "how": limit.how} if limit else None,
               "scorers": {s.name: [scorer_record(sc) for sc in s.scorers] for s in suites},
               # what the cache key leaves out on purpose: results reused across these are the same results
               # (greedy outputs do not depend on them, checked in tests)
-              "cache_key_excludes": ["batch_size", "flush_every", "device", "library versions"]}
+              "cache_key_excludes": ["batch_size", "max_batch", "flush_every", "device", "library versions"]}
     if distributed.is_distributed():
         config["world_size"] = distributed.world_size()
     return Prepared(suites, examples, adapters, names, keys, key_source, ref, warnings, store, base, config)

@@ -200,7 +200,7 @@ def run_check(req: CheckRequest, plan: Sequence[Any] | None = None, require_gate
                                 baseline_adapter_id=baseline.adapter_id if baseline else None,
                                 baseline_scale=req.baseline_scale, project_gates=req.project, plan=plan,
                                 require_gates=require_gates)
-        writer.add_gate_results(report.results)
+        writer.add_gate_results(report.rows())
     print(f"run {report.run_id}: {stats.generated} generated, {stats.cached} cached, {stats.errors} errors", file=sys.stderr)
     context = {"adapter": str(req.adapter), "adapter_id": adapter.adapter_id, "scale": scale,
                "baseline": str(req.baseline) if baseline else None, "baseline_id": baseline.adapter_id if baseline else None,

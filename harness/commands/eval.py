@@ -49,7 +49,7 @@ def _run(args: argparse.Namespace) -> int | None:
     store, base = prep.store, prep.base
     targets = expand_targets(prep.adapters, scales, include_base=not args.no_base)
     with store.run(prep.run_info("eval", args), ranks=True) as run_writer:
-        stats = run_eval(base, targets, prep.suites, run_writer, store, batch_size=args.batch_size,
+        stats = run_eval(base, targets, prep.suites, run_writer, store, batch_size=args.batch_size, max_batch=args.max_batch,
                          task_format=",".join(prep.keys) or None,
                          flush_every=args.flush_every, progress_bar=sys.stderr.isatty(), examples=prep.examples,
                          log=lambda m: print(m, file=sys.stderr))
@@ -65,7 +65,7 @@ def _run(args: argparse.Namespace) -> int | None:
             project_gates = load_project(gates_file).gates if gates_file else ProjectGates()
             run_writer.flush()  # cached results are buffered until a flush: the gates read the store
             gate_report = evaluate_gates(store, run_id, prep.suites, project_gates=project_gates)
-            run_writer.add_gate_results(gate_report.results)  # stored with the run, in its last shard
+            run_writer.add_gate_results(gate_report.rows())  # stored with the run, in its last shard
     print_stats(run_id, stats, base)
     print_run_summary(store, run_id)
     if args.report:

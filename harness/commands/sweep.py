@@ -70,7 +70,7 @@ def _run(args: argparse.Namespace) -> int | None:
                               "max_leakage": args.max_leakage})
     store, base = prep.store, prep.base
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    common = dict(batch_size=args.batch_size, task_format=",".join(prep.keys) or None,
+    common = dict(batch_size=args.batch_size, max_batch=args.max_batch, task_format=",".join(prep.keys) or None,
                   flush_every=args.flush_every, progress_bar=sys.stderr.isatty(), examples=prep.examples, log=log)
     total_generated = total_cached = 0
     with store.run(prep.run_info("sweep", args), ranks=True) as run_writer:
@@ -151,7 +151,7 @@ def _apply_gates(args, store, run_writer, prep) -> list:
             continue
         report = evaluate_gates(store, run_writer.run_id, prep.suites, adapter_id=a.adapter_id, scale=rec.scale,
                                 project_gates=project_gates)
-        run_writer.add_gate_results(report.results)
+        run_writer.add_gate_results(report.rows())
         out.append((f"{a.path.name}@{rec.scale:g} (recommended)", report))
     return out
 

@@ -144,6 +144,11 @@ class GateRow:
     baseline: float | None
     passed: bool
     message: str
+    #: the interval the verdict rests on (a paired bootstrap of the difference, a Wilson interval of a
+    #: rate), and a test's p-value (exact McNemar, Holm-adjusted); None where the gate has none
+    interval_low: float | None = None
+    interval_high: float | None = None
+    p_value: float | None = None
 
 
 @dataclass(frozen=True)

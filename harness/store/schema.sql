@@ -58,7 +58,7 @@ CREATE TABLE findings (
 );
 CREATE TABLE gate_results (
     run_id VARCHAR, gate VARCHAR, metric VARCHAR, observed DOUBLE, threshold DOUBLE, baseline DOUBLE,
-    passed BOOLEAN, message VARCHAR, seq INTEGER,
+    passed BOOLEAN, message VARCHAR, seq INTEGER, interval_low DOUBLE, interval_high DOUBLE, p_value DOUBLE,
     PRIMARY KEY (run_id, seq)
 );
 -- Shard files already moved into the database (an ingest never happens twice).
