@@ -18,9 +18,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 
 echo "== 1. correctness: compiled kernels vs the references (fp32, fp16, bf16) and apply_kernels on a GPU"
-HARNESS_TEST_GPU=1 timeout 600 $PY -m pytest -q -m gpu tests/test_kernels_rms_norm.py tests/test_kernels_rope.py \
-  tests/test_kernels_swiglu.py tests/test_kernels_lora_linear.py tests/test_kernels_linear_cross_entropy.py \
-  tests/test_kernels_multi_scale_lora.py tests/test_kernels_apply.py
+HARNESS_TEST_GPU=1 timeout 600 $PY -m pytest -q -m gpu tests/train/kernels/test_rms_norm.py tests/train/kernels/test_rope.py \
+  tests/train/kernels/test_swiglu.py tests/train/kernels/test_lora_linear.py tests/train/kernels/test_linear_cross_entropy.py \
+  tests/train/kernels/test_multi_scale_lora.py tests/train/kernels/test_apply.py
 
 echo "== 2. per op, SmolLM2-135M shapes, bf16, 8 x 2048 tokens: each Triton kernel vs its reference and HF"
 timeout 600 $PY benchmarks/kernels.py --tokens 16384 --reps 20

@@ -1,7 +1,7 @@
 """Text-overlap scorers: ``regex``, ``rouge``, ``bleu`` and ``chrf``, plus corpus-level helpers.
 
 Every number here is the number the reference library gives with the settings below; the tests in
-``tests/test_scorers_text.py`` check that to 1e-9 against ``rouge_score`` and ``sacrebleu`` called
+``tests/scorers/test_scorers_text.py`` check that to 1e-9 against ``rouge_score`` and ``sacrebleu`` called
 directly, and against the offline evaluate modules in ``harness/metrics/evaluate_modules``.
 
 Settings

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from harness.store import Store, write_shard
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 COUNT = r"""
 import json, sys, duckdb

@@ -4,7 +4,7 @@ odd vocabularies, ignored labels, chunk sizes from one token to all of them, on 
 import pytest
 import torch
 
-from tests.kernel_support import DTYPES, assert_close, compare, gpu, leaves, needs_cuda, require_triton
+from tests.train.kernels.kernel_support import DTYPES, assert_close, compare, gpu, leaves, needs_cuda, require_triton
 from train.kernels.linear_cross_entropy import (
     default_chunk_size,
     linear_cross_entropy,

@@ -12,7 +12,7 @@ import pytest
 
 from harness.cli import main
 from harness.suites import Limit, load_examples, load_suite, subsample
-from tests.test_results_cli import _adapter
+from tests.commands.test_results_cli import _adapter
 
 SUITE = """\
 name: cats

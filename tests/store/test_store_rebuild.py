@@ -10,7 +10,7 @@ import pytest
 
 from harness.errors import StorageError
 from harness.store import Store, read_manifest, write_shard
-from tests.test_store_support import counts, fill, harness, shard_tables
+from tests.store.test_store_support import counts, fill, harness, shard_tables
 
 
 def _backups(db):

@@ -15,13 +15,13 @@ import harness.anomalies as anomalies
 from harness.anomalies import Finding, detect, from_history, read_log
 from harness.errors import InputError
 
-ROOT = Path(__file__).resolve().parents[1]
-CORPUS = Path(__file__).resolve().parent / "data" / "anomaly_logs"
+ROOT = Path(__file__).resolve().parents[2]
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "anomaly_logs"
 LABELS: dict[str, list[str]] = json.loads((CORPUS / "labels.json").read_text())
 HEALTHY = sorted(f for f, kinds in LABELS.items() if not kinds)
 ANOMALOUS = sorted(f for f, kinds in LABELS.items() if kinds)
 #: Held-out logs of real HF Trainer runs (tiny random-weight Llama, CPU), made once by make_real_runs.py.
-REAL = Path(__file__).resolve().parent / "data" / "anomaly_logs_real"
+REAL = Path(__file__).resolve().parents[1] / "data" / "anomaly_logs_real"
 REAL_LABELS: dict[str, list[str]] = json.loads((REAL / "labels.json").read_text())
 #: The severity each kind must have on the real runs.
 REAL_SEVERITY = {"nan_inf": "error", "no_learning": "error", "divergence": "error", "grad_explosion": "error",
@@ -557,7 +557,7 @@ def test_callback_judges_grad_norm_against_the_runs_max_grad_norm() -> None:
 def test_cli_max_grad_norm_flag_judges_grad_norms_against_the_clip(capsys):
     from harness.cli import main
 
-    real = Path(__file__).parent / "data" / "anomaly_logs_real"
+    real = Path(__file__).resolve().parents[1] / "data" / "anomaly_logs_real"
     assert main(["anomalies", str(real / "healthy__linear_eval.json"), "--max-grad-norm", "1.0"]) == 0
     capsys.readouterr()
     assert main(["anomalies", str(real / "divergence__lr1_constant.json"), "--max-grad-norm", "1.0", "--json"]) == 1

@@ -15,9 +15,9 @@ import pytest
 from harness.cli import main
 from harness.store import AdapterRow, RunInfo, StepLogRow, Store
 from harness.store.queries import AdapterLineage, DbCounts, RunAdapter, RunState, SuiteSummaryRow, VsBaseRow, VsParentRow
-from tests.test_results_cli import _adapter
+from tests.commands.test_results_cli import _adapter
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SUITE = """\
 name: facts
 version: 1

@@ -15,7 +15,7 @@ from harness.cli import main
 from harness.store import Store
 
 ROWS = [{"prompt": f"Order {i} red hoodies, size M.", "completion": f'{{"item": "hoodie", "quantity": {i}}}'} for i in range(1, 9)]
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -179,7 +179,7 @@ def test_a_run_that_fails_after_it_started_is_listed_as_failed(spec_file, tmp_pa
 
 def test_cli_resume_finishes_a_stopped_run_like_an_uninterrupted_one(spec_file, tiny_model_dir, tmp_path, capsys):
     from harness.models import load_base, resolve_base
-    from tests.test_train import _stop_at
+    from tests.train.test_train import _stop_at
     from train.checkpoints import SaveAndStop
     from train.recipe import train_adapter
     from train.spec import load_spec

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from harness.errors import StorageError
 from harness.store import RunInfo, Store, write_shard
 from harness.store.locking import owner_file
-from tests.test_store_support import COUNT, ROOT, counts, env, fill, gen, harness, shard_tables
+from tests.store.test_store_support import COUNT, ROOT, counts, env, fill, gen, harness, shard_tables
 
 # -- damaged database files ---------------------------------------------------------------------------
 
@@ -122,7 +122,7 @@ import os, sys, duckdb
 from pathlib import Path
 from harness.store import write_shard
 from harness.store.ingest import ingest
-from tests.test_store_support import shard_tables
+from tests.store.test_store_support import shard_tables
 db, shards = Path(sys.argv[1]), Path(sys.argv[2])
 con = duckdb.connect(str(db))
 con.execute("PRAGMA disable_checkpoint_on_shutdown")
@@ -376,7 +376,7 @@ import json, secrets, sys
 from pathlib import Path
 from harness.errors import StorageError
 from harness.store import Store, write_shard
-from tests.test_store_support import counts, shard_tables
+from tests.store.test_store_support import counts, shard_tables
 db, shards = Path(sys.argv[1]), Path(sys.argv[2])
 store = Store(db, shard_dir=shards)
 with store.connect():

@@ -12,7 +12,7 @@ import torch
 
 from harness.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SUITE = """\
 name: facts
 version: 1

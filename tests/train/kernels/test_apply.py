@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 
-import tests.kernel_support  # noqa: F401  (Triton's interpreter on before train.kernels is imported)
-from tests.kernel_support import require_triton
+import tests.train.kernels.kernel_support  # noqa: F401  (Triton's interpreter on before train.kernels is imported)
+from tests.train.kernels.kernel_support import require_triton
 from train.kernels import KernelPathError, apply_kernels, choose_path
 from train.kernels import _path
 

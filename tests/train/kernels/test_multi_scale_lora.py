@@ -4,7 +4,7 @@ adapter (-1), every row on one entry, leading batch dims; the output and every g
 import pytest
 import torch
 
-from tests.kernel_support import DTYPES, compare, gpu, leaves, needs_cuda, require_triton
+from tests.train.kernels.kernel_support import DTYPES, compare, gpu, leaves, needs_cuda, require_triton
 from train.kernels.lora_linear import reference_lora_linear
 from train.kernels.multi_scale_lora import MultiScaleLoRAFunction, multi_scale_lora, reference_multi_scale_lora
 

@@ -21,7 +21,7 @@ from harness.store import (
     SCHEMA, SCHEMA_VERSION, GenerationRow, ScoreRow, Store, migrations, run_status, write_shard,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _catalog(path: Path) -> dict:

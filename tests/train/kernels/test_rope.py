@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tests.kernel_support import DTYPES, compare, gpu, leaves, needs_cuda, require_triton
+from tests.train.kernels.kernel_support import DTYPES, compare, gpu, leaves, needs_cuda, require_triton
 from train.kernels.rope import RoPEFunction, reference_rope, rope
 
 

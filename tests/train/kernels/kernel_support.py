@@ -1,4 +1,4 @@
-"""Shared by the tests/test_kernels_*.py files: Triton's CPU interpreter, per-dtype tolerances, gradients.
+"""Shared by the tests/train/kernels/test_*.py files: Triton's CPU interpreter, per-dtype tolerances, gradients.
 
 Triton picks interpreter or compiler when a kernel is decorated, and reads ``TRITON_INTERPRET`` again
 lazily while launching, so the variable is set before ``train.kernels`` is first imported and stays set
@@ -33,7 +33,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def require_triton() -> None:
     """Fail (not skip) when the Triton path cannot run: a CPU test run must exercise the kernels."""
     assert interpreted() or torch.cuda.is_available(), (
-        "train.kernels was imported without TRITON_INTERPRET=1 and there is no CUDA; import tests.kernel_support "
+        "train.kernels was imported without TRITON_INTERPRET=1 and there is no CUDA; import tests.train.kernels.kernel_support "
         "before anything that imports train.kernels")
 
 
