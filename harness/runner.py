@@ -307,7 +307,7 @@ def _generate_share(base: LoadedBase, run, group, w: _SuiteWork, items: Sequence
             chunk = items[start : start + flush_every]
             routes = group.route([t for t, _ in chunk])
             gens = generate(group.model, base.tokenizer, [r.prompt for _, r in chunk], suite.generation,
-                            batch_size, adapter_names=routes)
+                            batch_size, adapter_names=routes, log=log if start == 0 else None)
             nll = _perplexity(group.model, base, [r for _, r in chunk], routes)
             for (target, r), g, ppl in zip(chunk, gens, nll):
                 store(target, r, g, ppl)
@@ -321,7 +321,7 @@ def _generate_share(base: LoadedBase, run, group, w: _SuiteWork, items: Sequence
             store(items[i][0], items[i][1], g, None)
 
         gens = generate(group.model, base.tokenizer, [r.prompt for _, r in items], suite.generation, batch_size,
-                        adapter_names=group.route([t for t, _ in items]), on_result=one)
+                        adapter_names=group.route([t for t, _ in items]), on_result=one, log=log)
         for i, g in enumerate(gens):  # whatever was not reported as it ended (every result is stored once)
             if i not in stored:
                 one(i, g)
