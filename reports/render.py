@@ -1,4 +1,4 @@
-"""Render a ``Report`` (harness/comparison.py) to one self-contained HTML file.
+"""Render a ``Report`` (harness/comparison/) to one self-contained HTML file.
 
 Autoescaping is switched on explicitly (``select_autoescape`` would not cover ``*.html.j2``), undefined
 variables raise, and the page carries a Content-Security-Policy, first in ``<head>``, that loads
@@ -6,7 +6,7 @@ nothing from anywhere and runs one script: the example filters, allowed by its S
 static SVG (reports/charts.py). The file is written to a temporary name and renamed, so a reader
 never sees half a report. Model outputs and dataset text are hostile: they reach the page only as
 escaped text, with bidirectional and invisible characters shown as visible ``<U+202E>`` marks.
-Nothing here reads the store or computes a figure: that is harness/comparison.py's job.
+Nothing here reads the store or computes a figure: that is harness/comparison/'s job.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import jinja2
 from markupsafe import Markup
 
-from harness.comparison import RAW_METRICS, Report
+from harness.comparison.report_types import RAW_METRICS, Report
 from harness.files import write_text_atomic
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -85,13 +85,19 @@ def script_and_csp() -> tuple[Markup, str]:
     return Markup(code), CSP.format(script=f"'sha256-{digest}'")
 
 
-def render_html(report: Report) -> str:
-    """The report as a string (for tests); ``write_report`` writes it atomically."""
-    from reports.charts import loss_chart, sweep_chart
+def render_html(report: Report, chart_workers: int | None = None) -> str:
+    """The report as a string (for tests); ``write_report`` writes it atomically.
 
-    sweeps = {(i, s.adapter_id): sweep_chart(s, f"sweep-{i}-{k}")
-              for i, run in enumerate(report.runs) for k, s in enumerate(run.sweeps)}
-    losses = [loss_chart(t, f"loss-{k}") for k, t in enumerate(report.training)]
+    ``chart_workers``: processes that draw the charts (None: chosen by their number, see reports/svg.py).
+    """
+    from reports.charts import draw_charts, loss_spec, sweep_spec
+
+    keys = [(i, s.adapter_id) for i, run in enumerate(report.runs) for s in run.sweeps]
+    specs = [(f"sweep-{i}-{k}", sweep_spec(s)) for i, run in enumerate(report.runs) for k, s in enumerate(run.sweeps)]
+    specs += [(f"loss-{k}", loss_spec(t)) for k, t in enumerate(report.training)]
+    charts = draw_charts(specs, chart_workers)
+    sweeps = dict(zip(keys, charts))
+    losses = charts[len(keys):]
     categories = sorted({c for run in report.runs for t in run.examples for c in t.categories})
     script, csp = script_and_csp()
     return _env().get_template("report.html.j2").render(
@@ -117,13 +123,13 @@ def check_out_path(path: Path) -> None:
         raise UsageError(f"--out {path}: the file exists and is read-only; pick another path")
 
 
-def write_report(report: Report, path: Path) -> Path:
+def write_report(report: Report, path: Path, chart_workers: int | None = None) -> Path:
     """Write the report to ``path`` atomically (temporary file in the same directory, then rename)."""
     from harness.errors import StorageError
 
     path = Path(path)
     check_out_path(path)
-    html = render_html(report)
+    html = render_html(report, chart_workers)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # a report is for sharing: the usual mode under the umask. errors="replace": a lone surrogate

@@ -274,3 +274,69 @@ def test_report_file_has_the_usual_mode_not_0600(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+
+
+def test_charts_drawn_in_worker_processes_equal_charts_drawn_here(small):
+    """reports/svg.py: many charts are dealt out to worker interpreters; the SVG is the same either way,
+    and a chart that cannot be drawn is a ChartError on both paths."""
+    from reports.charts import loss_spec, sweep_spec
+    from reports.svg import ChartError, draw_all
+
+    store, run_id = small
+    r = build_report(store, [run_id])
+    specs = [sweep_spec(s).spec for s in r.runs[0].sweeps] + [loss_spec(t).spec for t in r.training]
+    here = draw_all(specs, workers=0)
+    assert draw_all(specs, workers=2) == here and len(here) == 4
+    bad = [specs[0], {"mark": "no-such-mark", "data": {"values": [{"a": 1}]}}]
+    for workers in (0, 2):
+        with pytest.raises(ChartError, match="could not draw"):
+            draw_all(bad, workers=workers)
+
+
+def test_chart_workers_chosen_by_count_and_overridden(monkeypatch):
+    from reports import svg
+
+    monkeypatch.delenv("HARNESS_CHART_WORKERS", raising=False)
+    monkeypatch.setattr(svg.os, "sched_getaffinity", lambda _: {0, 1}, raising=False)
+    monkeypatch.setattr(svg.os, "getloadavg", lambda: (0.2, 0.2, 0.2), raising=False)
+    assert svg.workers_for(4) == 0  # a few charts: drawn here, no worker start to pay for
+    assert svg.workers_for(40) == 2  # one worker an idle CPU
+    monkeypatch.setattr(svg.os, "getloadavg", lambda: (1.2, 1.0, 1.0), raising=False)
+    assert svg.workers_for(40) == 0  # one CPU is busy: a second worker would only wait for it
+    monkeypatch.setattr(svg.os, "sched_getaffinity", lambda _: set(range(16)), raising=False)
+    assert svg.workers_for(40) == svg.MAX_WORKERS
+    monkeypatch.setattr(svg.os, "sched_getaffinity", lambda _: {0}, raising=False)
+    assert svg.workers_for(40) == 0
+    monkeypatch.setenv("HARNESS_CHART_WORKERS", "3")
+    assert svg.workers_for(4) == 3
+    monkeypatch.setenv("HARNESS_CHART_WORKERS", "many")
+    with pytest.raises(ValueError, match="HARNESS_CHART_WORKERS"):
+        svg.workers_for(4)
+
+
+def test_long_loss_curves_are_thinned_keeping_spikes():
+    from reports.charts import MAX_LOSS_POINTS, loss_spec
+
+    points = tuple(LossPoint(s, 2.0 - s * 1e-4 + (3.0 if s == 4321 else 0.0) - (1.0 if s == 77 else 0.0),
+                             1.5 if s % 100 == 0 else None) for s in range(1, 20_001))
+    chart = loss_spec(TrainingCurve("a" * 64, "long", "run", points, (), 0))
+    loss = [v for v in chart.spec["data"]["values"] if v["series"] == "loss"]
+    evals = [v for v in chart.spec["data"]["values"] if v["series"] == "eval_loss"]
+    assert len(loss) <= MAX_LOSS_POINTS and len(evals) == 200  # 200 eval points: kept whole
+    steps = [v["step"] for v in loss]
+    assert steps == sorted(steps) and 4321 in steps and 77 in steps  # the spike and the dip stay
+    assert max(v["value"] for v in loss) == max(p.loss for p in points)
+    assert "thinned" in chart.caption
+    short = tuple(LossPoint(s, 1.0 / s, None) for s in range(1, 41))
+    chart = loss_spec(TrainingCurve("a" * 64, "short", "run", short, (), 0))
+    assert len(chart.spec["data"]["values"]) == 40 and "thinned" not in chart.caption
+
+
+def test_reports_render_without_importing_the_store():
+    """Issue 12.5: reports/ imports the report's types, never the store (nor DuckDB)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, reports.render, reports.charts; "
+            "bad = [m for m in ('duckdb', 'harness.store') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -128,3 +128,89 @@ def make_store(path: Path, n_adapters: int = 2, scales: Sequence[float] = DEFAUL
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, str]:
     return make_store(tmp_path_factory.mktemp("report-data") / "h.duckdb")
+
+
+def _raw(db: Path, run_id: str) -> list[dict]:
+    """The run's (adapter, scale, suite, example, category, metric, value, truncated), from the base tables."""
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        gens = {r[0]: r[1:] for r in con.execute(
+            "SELECT cache_key, adapter_id, scale, suite_id, example_id, truncated FROM generations").fetchall()}
+        names = dict(con.execute("SELECT suite_id, name FROM suites").fetchall())
+        cats = {(r[0], r[1]): r[2] for r in con.execute("SELECT suite_id, example_id, category FROM examples").fetchall()}
+        scores = con.execute("SELECT cache_key, metric, value FROM scores").fetchall()
+        keys = {r[0] for r in con.execute("SELECT cache_key FROM run_results WHERE run_id = ?", [run_id]).fetchall()}
+    finally:
+        con.close()
+    out = []
+    for key, metric, value in scores:
+        if key in keys:
+            aid, scale, sid, ex, cut = gens[key]
+            out.append(dict(adapter=aid, scale=scale, suite=names[sid], example=ex, category=cats.get((sid, ex)),
+                            metric=metric, value=value, truncated=bool(cut)))
+    return out
+
+
+def test_comparison_equals_a_count_of_the_raw_rows(tmp_path):
+    """build_comparison aggregates in DuckDB; every cell, retention and category figure is recomputed
+    here in plain Python from the base tables, with NULL scores and truncated answers in the mix."""
+    from harness.comparison import build_comparison
+
+    store, run_id = make_store(tmp_path / "h.duckdb", n_adapters=2, scales=(0.5, 1.0), n_examples=15)
+    with store.connect(write=True) as con:
+        con.execute("UPDATE scores SET value = NULL WHERE hash(cache_key || metric) % 7 = 0")
+        con.execute("UPDATE generations SET truncated = true WHERE hash(cache_key) % 5 = 0")
+    rows = _raw(store.path, run_id)
+    assert any(r["value"] is None for r in rows) and any(r["truncated"] for r in rows)
+    c = build_comparison(store, run_id)
+    target = {x.target: (x.adapter_id, x.scale) for x in c.cells}
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["adapter"], r["scale"], r["suite"], r["metric"]), []).append(r)
+    assert {(x.adapter_id, x.scale, x.suite, x.metric) for x in c.cells} == set(groups)
+    for x in c.cells:
+        g = groups[(x.adapter_id, x.scale, x.suite, x.metric)]
+        scored = [r["value"] for r in g if r["value"] is not None]
+        assert (x.n, x.n_scored, x.n_truncated) == (len(g), len(scored), sum(r["truncated"] for r in g))
+        assert x.mean == pytest.approx(sum(scored) / len(scored)) if scored else x.mean is None
+
+    general = [("general-knowledge", "alias_match")]
+    assert {(r.target, r.suite, r.metric) for r in c.retention} == {
+        (t, s, m) for t, (aid, _) in target.items() if aid for s, m in general}
+    for ret in c.retention:
+        aid, scale = target[ret.target]
+        base_ok = {r["example"] for r in rows if r["adapter"] is None and (r["suite"], r["metric"]) == (ret.suite, ret.metric)
+                   and r["value"] == 1.0}
+        kept = sum(1 for r in rows if (r["adapter"], r["scale"], r["suite"], r["metric"]) == (aid, scale, ret.suite, ret.metric)
+                   and r["value"] == 1.0 and r["example"] in base_ok)
+        assert (ret.base_correct, ret.kept) == (len(base_ok), kept)
+        assert ret.retention == (kept / len(base_ok) if base_ok else None)
+
+    headline = {s.name: s.headline for s in c.suites}
+    cats: dict[tuple, list[float]] = {}
+    for r in rows:
+        if r["category"] and r["value"] is not None and headline[r["suite"]] == r["metric"]:
+            cats.setdefault((r["adapter"], r["scale"], r["suite"], r["category"], r["metric"]), []).append(r["value"])
+    assert {(*target[k.target], k.suite, k.category, k.metric) for k in c.categories} == set(cats)
+    for k in c.categories:
+        vals = cats[(*target[k.target], k.suite, k.category, k.metric)]
+        assert k.n == len(vals) and k.mean == pytest.approx(sum(vals) / len(vals))
+
+    # the samples: the first examples of each suite, every target's answer with its headline score
+    assert [(s.suite, s.example_id) for s in c.samples][:5] == [("order-task", f"ex{e:04d}") for e in range(5)]
+    for s in c.samples:
+        for label, _, score in s.outputs:
+            aid, scale = target[label]
+            want = [r["value"] for r in rows if (r["adapter"], r["scale"], r["suite"], r["example"], r["metric"])
+                    == (aid, scale, s.suite, s.example_id, headline[s.suite])]
+            assert [score] == want
+
+    only = build_comparison(store, run_id, adapter_ids=[c.cells[-1].adapter_id])
+    assert {x.adapter_id for x in only.cells} == {None, c.cells[-1].adapter_id}
+    full = {(x.target, x.suite, x.metric): x for x in c.cells}
+    for x in only.cells:
+        y = full[(x.target, x.suite, x.metric)]
+        assert (x.n, x.n_scored, x.n_truncated) == (y.n, y.n_scored, y.n_truncated) and x.mean == pytest.approx(y.mean)
