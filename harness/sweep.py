@@ -147,6 +147,14 @@ def recommend(points: Sequence[ScalePoint], min_retention: float = MIN_RETENTION
         return Recommendation(None, None, f"no scale meets {gates} ({worst}); do not ship this adapter as it is",
                               min_retention, max_leakage)
     best = max(candidates, key=lambda p: (p.task if p.task is not None else -math.inf, -p.scale))
+    base = next((p for p in points if p.scale == 0 and p.task is not None), None)
+    if base is not None and best.task is not None and best.task <= base.task:
+        # a scale that keeps retention only by doing no more than the base does is not worth shipping
+        return Recommendation(None, None,
+                              f"no scale that meets {gates} does better on the task than the base model (best: scale "
+                              f"{best.scale:g}, task score {best.task:.1%} against the base's {base.task:.1%}; "
+                              f"{_figures(best)}); do not ship this adapter as it is",
+                              min_retention, max_leakage)
     interval = wilson(round((best.task or 0.0) * best.n_task), best.n_task) if best.task is not None else None
     ci = f" (95% interval {interval[0]:.0%}-{interval[1]:.0%})" if interval else ""
     task = f"task score {best.task:.1%} over {best.n_task} examples{ci}" if best.task is not None else "no task suite scored"

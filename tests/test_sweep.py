@@ -218,6 +218,17 @@ def test_no_scale_passes_and_the_sentence_says_so():
     assert rec.scale is None and "no scale meets" in rec.sentence and "do not ship" in rec.sentence
 
 
+def test_a_passing_scale_that_does_no_better_than_the_base_is_not_recommended():
+    """Measured on the full demo's plain adapter: 0.1 kept retention with the base's task score (0%)."""
+    pts = [P(0, 0.0, 1.0, 0.0), P(0.1, 0.0, 0.967, 0.0), P(0.25, 0.042, 0.8, 0.115), P(1.0, 0.75, 0.0, 1.0)]
+    rec = recommend(pts)
+    assert rec.scale is None
+    assert "does better on the task than the base" in rec.sentence and "scale 0.1" in rec.sentence and "do not ship" in rec.sentence
+    # a base that already scores: a passing scale must beat it, not merely match it
+    assert recommend([P(0, 0.3, 1.0, 0.0), P(0.5, 0.3, 0.99, 0.0)]).scale is None
+    assert recommend([P(0, 0.3, 1.0, 0.0), P(0.5, 0.35, 0.99, 0.0)]).scale == 0.5
+
+
 def test_pareto_front_drops_dominated_points():
     pts = [P(0, 0.0, 1.0, 0.0), P(0.25, 0.5, 0.9, 0.1), P(0.5, 0.4, 0.8, 0.2), P(1.0, 0.9, 0.2, 1.0)]
     assert [p.scale for p in pareto_front(pts)] == [0, 0.25, 1.0]

@@ -121,7 +121,7 @@ def _run(args: argparse.Namespace) -> int | None:
 
         for label, report in gate_reports:
             if report is None:
-                print(f"gates: {label}: no scale meets the sweep's retention and leakage gates; nothing to ship", file=sys.stderr)
+                print(f"gates: {label}: no scale to ship (see the recommendation above)", file=sys.stderr)
                 failed = True
                 continue
             print(f"gates at {label}:")
