@@ -139,9 +139,12 @@ def ticket(tmp_path_factory):
     write_jsonl(work / "typo" / "tickets_heldout.jsonl", ticket_rows(24, seed=2, prefix="h"))
     (work / "typo" / "suite.yaml").write_text(SUITE.replace('"{{ input }}"', '"Ticket: {{ tikcet }}"'), encoding="utf-8")
     (work / "typo.yaml").write_text(SPEC.replace("prompt: ticket", "prompt: tikcet"), encoding="utf-8")
+    # and the spec a user writes before learning about the mapping: the raw file as the data
+    (work / "plain.yaml").write_text("data: tickets_raw.jsonl\nmax_steps: 6\n", encoding="utf-8")
 
     out: dict = {"work": work, "db": work / "harness.duckdb"}
     out["check"] = harness(work, "suites", "check", "suite/suite.yaml")
+    out["train_plain"] = harness(work, "train", "plain.yaml")
     out["train_typo"] = harness(work, "train", "typo.yaml")
     out["runs_after_train_typo"] = n_runs(out["db"])
     out["train"] = harness(work, "train", "tickets.yaml")
@@ -151,6 +154,8 @@ def ticket(tmp_path_factory):
     out["runs_added_by_eval_typo"] = n_runs(out["db"]) - runs_before
     out["eval"] = harness(work, "eval", "--adapter", "adapters/tickets", "--suite", "suite/suite.yaml", *suites)
     out["report"] = harness(work, "report", "--out", "r.html")
+    steps = ("check", "train_plain", "train_typo", "train", "eval_typo", "eval", "report")
+    print("\nseconds per command: " + ", ".join(f"{k} {out[k][1]:.1f}" for k in steps))  # shown with -s
     return out
 
 
@@ -243,11 +248,16 @@ def test_suite_check_passes_without_a_model(ticket):
 
 
 def test_input_mistakes_are_exit_2_at_once_naming_the_culprit(ticket):
+    proc, seconds = ticket["train_plain"]  # raw columns without a mapping: the error says how to map them
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "columns: answer, id, ticket" in proc.stderr and "fields: {prompt: COLUMN, completion: COLUMN}" in proc.stderr, proc.stderr
+    assert "Loading weights" not in proc.stderr and seconds < FAST_S, (seconds, proc.stderr[-2000:])
+
     proc, seconds = ticket["train_typo"]
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "tikcet" in proc.stderr and "ticket" in proc.stderr, proc.stderr  # the wrong name and the columns there are
     assert "Loading weights" not in proc.stderr and seconds < FAST_S, (seconds, proc.stderr[-2000:])
-    assert ticket["runs_after_train_typo"] == 0  # refused before a training run was even recorded
+    assert ticket["runs_after_train_typo"] == 0  # both refused before a training run was even recorded
 
     proc, seconds = ticket["eval_typo"]
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -266,8 +276,8 @@ def test_train_writes_an_adapter_from_the_raw_rows(ticket):
     steps = [json.loads(line) for line in (adapter / "step_logs.jsonl").read_text().splitlines() if line.strip()]
     assert [s["step"] for s in steps] == list(range(1, 7))
     assert steps[-1]["loss"] < steps[0]["loss"], steps  # it learned something
-    # the task format recorded from the training answers: the ticket keys
-    assert "category" in json.dumps(record) and "priority" in json.dumps(record)
+    # the task format, recorded from the training answers: the ticket keys
+    assert record["task_format"] == {"kind": "json_keys", "keys": list(TICKET_KEYS)}, record.get("task_format")
 
 
 def test_eval_measures_the_ticket_format_not_the_order_format(ticket):

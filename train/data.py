@@ -58,7 +58,8 @@ def normalize_row(row: Mapping[str, Any], where: str) -> Conversation:
     else:
         raise DatasetError(
             f"{where}: unknown shape (columns: {', '.join(sorted(row)) or 'none'}); use prompt/completion, "
-            "instruction/input/output, or messages"
+            "instruction/input/output, or messages, or map your columns in the spec: "
+            "data: {path: FILE, fields: {prompt: COLUMN, completion: COLUMN}}"
         )
     if not str(completion[-1]["content"]).strip():
         raise DatasetError(f"{where}: empty answer; every example needs text to learn from")

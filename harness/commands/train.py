@@ -22,7 +22,10 @@ if TYPE_CHECKING:
 # One line per spec field for --help; the defaults come from TrainSpec itself.
 FIELD_HELP = {
     "base": "base model: 'smollm2-135m' (embedded) or a local model directory",
-    "data": "training data: JSONL/JSON/CSV/Parquet file or dataset directory",
+    "data": "training data: JSONL/JSON/CSV/Parquet file or dataset directory; for data as it is, "
+            "data: {path: FILE, fields: {prompt: COLUMN, completion: COLUMN}}",
+    "data_fields": "column mapping of the data (set through data.fields): prompt/completion, "
+                   "instruction/input/output or messages -> your column names",
     "r": "LoRA rank (usual 8-64)",
     "lora_alpha": "LoRA alpha; the update is scaled by alpha/r (usual r or 2r)",
     "lora_dropout": "dropout on the LoRA input (0 or 0.05-0.2)",
