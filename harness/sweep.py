@@ -148,7 +148,7 @@ def recommend(points: Sequence[ScalePoint], min_retention: float = MIN_RETENTION
                               min_retention, max_leakage)
     best = max(candidates, key=lambda p: (p.task if p.task is not None else -math.inf, -p.scale))
     base = next((p for p in points if p.scale == 0 and p.task is not None), None)
-    if base is not None and best.task is not None and best.task <= base.task:
+    if base is not None and base.task is not None and best.task is not None and best.task <= base.task:
         # a scale that keeps retention only by doing no more than the base does is not worth shipping
         return Recommendation(None, None,
                               f"no scale that meets {gates} does better on the task than the base model (best: scale "

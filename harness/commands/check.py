@@ -168,6 +168,8 @@ def run_check(req: CheckRequest, plan: Sequence[Any] | None = None, require_gate
         raise UsageError(f"baseline {req.baseline} is the same adapter as {req.adapter} (same hash)")
     keys, key_source = taskformat.resolve(suites, examples, [a for a in (adapter, baseline) if a], req.task_format)
     suites = taskformat.with_leakage(suites, keys)
+    project = release_defaults(req.project, retention=any(s.role == "general" for s in suites),
+                               leakage=bool(keys) and any(s.role in ("general", "leakage") for s in suites))
     ref = resolve_base(req.base, allow_pickle=req.allow_pickle)
     warnings = adapter_warnings([a for a in (adapter, baseline) if a is not None], ref, req.allow_base_mismatch)
     db = Path(req.db or default_db_path())
@@ -179,7 +181,7 @@ def run_check(req: CheckRequest, plan: Sequence[Any] | None = None, require_gate
     main = distributed.is_main()  # under a launcher only the main process opens the database
     if main:
         store.queries.ping()  # a damaged or locked database is exit 5 now, before the model loads
-    scale = distributed.broadcast(recommended_scale(store, adapter.adapter_id, req.project, req.adapter)
+    scale = distributed.broadcast(recommended_scale(store, adapter.adapter_id, project, req.adapter)
                                   if req.recommended and main else (req.scale or 1.0))
     base = load_base(ref, device=distributed.device(req.device), lazy=True)
     targets = [Target(None, 0.0), Target(adapter, scale)] + ([Target(baseline, req.baseline_scale)] if baseline else [])
@@ -198,7 +200,7 @@ def run_check(req: CheckRequest, plan: Sequence[Any] | None = None, require_gate
         writer.flush()  # cached results are buffered until a flush: the gates read the store
         report = evaluate_gates(store, writer.run_id, suites, adapter_id=adapter.adapter_id, scale=scale,
                                 baseline_adapter_id=baseline.adapter_id if baseline else None,
-                                baseline_scale=req.baseline_scale, project_gates=req.project, plan=plan,
+                                baseline_scale=req.baseline_scale, project_gates=project, plan=plan,
                                 require_gates=require_gates)
         writer.add_gate_results(report.rows())
     print(f"run {report.run_id}: {stats.generated} generated, {stats.cached} cached, {stats.errors} errors", file=sys.stderr)
@@ -207,6 +209,22 @@ def run_check(req: CheckRequest, plan: Sequence[Any] | None = None, require_gate
                "baseline_scale": req.baseline_scale if baseline else None, "base_model_id": ref.model_id,
                "db": str(db)}
     return CheckResult(report, context, stats)
+
+
+def release_defaults(gates: Any, retention: bool, leakage: bool) -> Any:
+    """A release check gates retention and leakage even where the project file does not: at the limits a
+    sweep recommends with (``harness.sweep``: retention >= 0.95 of the base's correct answers, leakage
+    <= 0.02), each where the check can measure it (a general suite; a known task format and a general or
+    leakage suite). A project file's own limits win; eval and sweep apply only the files' gates."""
+    import dataclasses
+
+    from harness.sweep import MAX_LEAKAGE, MIN_RETENTION
+
+    filled = {k: v for k, v, on in (("min_retention", MIN_RETENTION, retention), ("max_leakage", MAX_LEAKAGE, leakage))
+              if on and getattr(gates, k) is None}
+    if not filled:
+        return gates
+    return dataclasses.replace(gates, **filled, source=f"{gates.source} + release defaults ({', '.join(filled)})")
 
 
 def recommended_scale(store: Any, adapter_id: str, pg: Any, adapter_path: str) -> float:

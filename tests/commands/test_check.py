@@ -111,6 +111,20 @@ def test_recommended_needs_a_stored_sweep_and_then_judges_its_scale(setup, tiny_
     assert code == main(["check", "--adapter", str(setup["bad"]), "--scale", scale, "--gates", str(setup["gates"]), *args])
 
 
+def test_a_check_without_a_project_file_gates_retention_at_the_release_default(setup, tiny_model_dir, tmp_path, capsys,
+                                                                                monkeypatch):
+    """`harness check` answers "may this adapter be released?": retention >= 0.95 holds by default."""
+    monkeypatch.chdir(tmp_path)  # no harness.toml here
+    args = ["--base", str(tiny_model_dir), "--suite", str(setup["suite"]), "--db", str(setup["db"])]
+    assert main(["check", "--adapter", str(setup["good"]), *args]) == 0
+    assert "PASS  retention:" in capsys.readouterr().out
+    assert main(["check", "--adapter", str(setup["bad"]), *args]) == 1
+    err = capsys.readouterr().err
+    assert "gate failed: retention" in err and "needs >= 0.95" in err
+    # the suite has no task format to leak: no default leakage gate is made up that could not be measured
+    assert "gate failed: leakage" not in err
+
+
 def test_eval_applies_the_suites_gates(setup, tiny_model_dir, tmp_path, capsys):
     d = setup["suite"].parent
     strict = tmp_path / "strict"
