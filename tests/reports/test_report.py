@@ -21,7 +21,7 @@ from harness.comparison import (
 )
 from harness.sweep import ScalePoint
 from reports.render import TEMPLATES, _env, render_html, script_and_csp, write_report
-from tests.test_report_data import HOSTILE, make_store
+from tests.reports.test_report_data import HOSTILE, make_store
 
 #: the elements the page itself uses; anything else in the HTML came from data
 PAGE_TAGS = {"html", "head", "meta", "title", "style", "body", "header", "h1", "h2", "h3", "nav", "a", "main",
@@ -261,7 +261,7 @@ def test_chart_check_refuses_active_svg():
     check_svg('<svg xmlns="http://www.w3.org/2000/svg"><g><text>&lt;script&gt;</text></g></svg>')
 
 
-from tests.test_report_data import small  # noqa: E402,F401  (the shared module fixture)
+from tests.reports.test_report_data import small  # noqa: E402,F401  (the shared module fixture)
 
 
 def test_report_file_has_the_usual_mode_not_0600(tmp_path):

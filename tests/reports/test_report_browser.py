@@ -15,7 +15,7 @@ import pytest
 
 from harness.comparison import build_report
 from reports.render import write_report
-from tests.test_report_data import HOSTILE, make_store
+from tests.reports.test_report_data import HOSTILE, make_store
 
 
 def chromium_path() -> str:
