@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 from harness.comparison.build import Reader, finite
 from harness.comparison.report_types import Finding, LineageNode, LossPoint, RunProvenance, TrainingCurve
+from harness.errors import HarnessError
+from harness.records import parse_adapter_record
 
 
 def training_curves(r: Reader, ids: Sequence[str], labels: dict[str, str]) -> tuple[TrainingCurve, ...]:
@@ -96,14 +98,14 @@ def provenance(r: Reader, run_id: str) -> RunProvenance:
     for aid, harness_json in r.rows("SELECT DISTINCT a.adapter_id, a.harness FROM adapters a JOIN step_logs s "
                                     "USING (adapter_id) WHERE s.run_id = ?", [run_id]):
         hashes.append(("adapter", aid))
-        try:
-            h = json.loads(harness_json) if harness_json else {}
-        except ValueError:
-            h = {}
-        h = h if isinstance(h, dict) else {}
-        for label, value in (("training data", (h.get("data") or {}).get("hash")),
-                             ("base model", (h.get("base_model") or {}).get("model_id")),
-                             ("parent adapter", (h.get("parent_adapter") or {}).get("adapter_id"))):
-            if value:
-                hashes.append((label, str(value)))
+        try:  # the stored harness.json, through its one reader (harness.records)
+            rec = parse_adapter_record(harness_json, f"adapter {aid[:12]} in the store") if harness_json else None
+        except HarnessError:  # damaged, or written by a newer harness: the report shows what it can
+            hashes.append(("adapter record", "(unreadable)"))
+            rec = None
+        if rec is not None:
+            for label, value in (("training data", rec.data.hash if rec.data else None),
+                                 ("base model", rec.base_model_id), ("parent adapter", rec.parent_adapter_id)):
+                if value:
+                    hashes.append((label, str(value)))
     return RunProvenance(run_id, run.get("kind"), fields, packages, tuple(hashes))
