@@ -114,7 +114,7 @@ def run_demo(out_dir: Path, quick: bool, base_name: str, device: str | None, log
     t = time.perf_counter()
     suites = [load_suite(n) for n in plan.limits]
     targets = expand_targets(adapters, list(plan.scales))  # a sweep: every scale shares the batches
-    info = RunInfo(kind="demo", command=shlex.join(["harness", *sys.argv[1:]]), seed=3407,
+    info = RunInfo(kind="demo", device=str(base.device), command=shlex.join(["harness", *sys.argv[1:]]), seed=3407,
                    config={"device": base.device, "quick": quick, "plan": plan.__dict__})
     examples = {s.name: load_examples(s, plan.limits[s.name]) for s in suites}
     with store.run(info) as run:
