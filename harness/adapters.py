@@ -8,6 +8,7 @@ cases with a message that names the file and the fix.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -167,11 +168,50 @@ def inspect_adapter(path: Path | str, allow_pickle: bool = False) -> AdapterInfo
 
 
 def _known_config_keys() -> set[str]:
-    import dataclasses
+    """Every key a ``LoraConfig`` of the installed peft has, read from peft's source (importing peft
+    costs ~10 s, most of a fully cached eval); the import is the fallback when the source reads wrong."""
+    keys = set(_config_keys_from_source())
+    if not keys:
+        import dataclasses
 
-    from peft import LoraConfig
+        from peft import LoraConfig
 
-    return {f.name for f in dataclasses.fields(LoraConfig)} | {"auto_mapping", "peft_version"}
+        keys = {f.name for f in dataclasses.fields(LoraConfig)}
+    return keys | {"auto_mapping", "peft_version"}
+
+
+@functools.lru_cache(maxsize=1)
+def _config_keys_from_source() -> frozenset[str]:
+    """The annotated fields of peft's ``LoraConfig`` and its config base classes, by parsing the files."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("peft")  # locates the package without running it
+    if spec is None or not spec.submodule_search_locations:
+        return frozenset()
+    root = Path(next(iter(spec.submodule_search_locations)))
+    classes: dict[str, tuple[list[str], set[str]]] = {}
+    for rel in ("config.py", "tuners/lora/config.py"):
+        try:
+            tree = ast.parse((root / rel).read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, UnicodeDecodeError):
+            return frozenset()
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef):
+                bases = [b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases]
+                fields = {n.target.id for n in node.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+                classes[node.name] = (bases, fields)
+    keys: set[str] = set()
+    todo, seen = ["LoraConfig"], set()
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in classes:
+            continue
+        seen.add(name)
+        bases, fields = classes[name]
+        keys |= fields
+        todo.extend(bases)
+    return frozenset(keys) if "LoraConfig" in seen and "r" in keys and "peft_type" in keys else frozenset()
 
 
 def _config_warnings(cfg_path: Path, cfg: dict[str, Any]) -> list[str]:

@@ -137,3 +137,15 @@ def test_base_with_fewer_layers_is_a_partial_load(adapter_dir, tmp_path):
     base = load_base(resolve_base(str(other)))
     with pytest.raises(IncompatibleError, match="does not have"):
         load_adapter(base.model, inspect_adapter(adapter_dir))
+
+
+def test_the_config_keys_read_from_peft_source_are_the_ones_peft_defines():
+    """The unknown-key warning reads LoraConfig's fields from peft's files (importing peft costs ~10 s
+    of a fully cached eval); the list must be exactly what the imported dataclass has."""
+    import dataclasses
+
+    from peft import LoraConfig
+
+    from harness.adapters import _config_keys_from_source
+
+    assert set(_config_keys_from_source()) == {f.name for f in dataclasses.fields(LoraConfig)}
