@@ -171,11 +171,12 @@ def test_sweep_command_stores_every_scale_and_a_rerun_does_no_model_work(tiny_mo
     a = make_adapter(tiny_model_dir, tmp_path / "a", 6)
     args = ["sweep", "--base", str(tiny_model_dir), "--db", str(tmp_path / "h.duckdb"), "--adapter", str(a),
             "--suite", str(d / "suite.yaml"), "--suite", "general-knowledge", "--limit", "3", "--scales", "0,0.5,1"]
-    # the built-in general-knowledge gate (alias_match >= 0.2) fails for a random tiny model: exit 1, named
+    # a random tiny model scores 0 on the task at every scale, as the base does: no scale is worth
+    # shipping, the sentence says why, and the sweep exits 1 (its gates have no scale to judge)
     assert main(args) == 1
     out = capsys.readouterr()
-    assert "recommendation:" in out.out and "0.5" in out.out
-    assert "threshold[general-knowledge:alias_match]" in out.out
+    assert "recommendation:" in out.out and "does better on the task than the base" in out.out
+    assert "no scale to ship" in out.err
     args.append("--no-gates")
     con = duckdb.connect(str(tmp_path / "h.duckdb"), read_only=True)
     scales = sorted(r[0] for r in con.execute("SELECT DISTINCT scale FROM generations").fetchall())
