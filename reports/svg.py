@@ -77,7 +77,11 @@ def workers_for(n_charts: int) -> int:
             raise ValueError(f"HARNESS_CHART_WORKERS={override!r}: give a whole number of worker processes (0: none)")
         return int(override)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    idle = round(cpus - os.getloadavg()[0]) if hasattr(os, "getloadavg") else cpus
+    # the 1-minute load average counts this process's own recent work (building the comparison, or a
+    # caller's set-up) as load too: take it out, so only other jobs keep the charts in this process
+    t = os.times()
+    own = min(60.0, t.user + t.system) / 60.0
+    idle = round(cpus - max(0.0, os.getloadavg()[0] - own)) if hasattr(os, "getloadavg") else cpus
     n = min(cpus, idle, MAX_WORKERS, n_charts // CHARTS_PER_WORKER)
     return n if n >= 2 else 0
 

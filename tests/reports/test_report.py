@@ -4,6 +4,8 @@ allowed by hash, colours that follow each metric's direction, the sections built
 
 from __future__ import annotations
 
+import os
+
 import base64
 import hashlib
 import re
@@ -299,10 +301,17 @@ def test_chart_workers_chosen_by_count_and_overridden(monkeypatch):
     monkeypatch.delenv("HARNESS_CHART_WORKERS", raising=False)
     monkeypatch.setattr(svg.os, "sched_getaffinity", lambda _: {0, 1}, raising=False)
     monkeypatch.setattr(svg.os, "getloadavg", lambda: (0.2, 0.2, 0.2), raising=False)
+    idle_self = os.times_result((0.0, 0.0, 0.0, 0.0, 0.0))
+    monkeypatch.setattr(svg.os, "times", lambda: idle_self)
     assert svg.workers_for(4) == 0  # a few charts: drawn here, no worker start to pay for
     assert svg.workers_for(40) == 2  # one worker an idle CPU
     monkeypatch.setattr(svg.os, "getloadavg", lambda: (1.2, 1.0, 1.0), raising=False)
     assert svg.workers_for(40) == 0  # one CPU is busy: a second worker would only wait for it
+    # ... unless most of that load is this process's own last minute of work (48 s of CPU: 0.8 of the 1.2)
+    busy_self = os.times_result((40.0, 8.0, 0.0, 0.0, 0.0))
+    monkeypatch.setattr(svg.os, "times", lambda: busy_self)
+    assert svg.workers_for(40) == 2
+    monkeypatch.setattr(svg.os, "times", lambda: idle_self)
     monkeypatch.setattr(svg.os, "sched_getaffinity", lambda _: set(range(16)), raising=False)
     assert svg.workers_for(40) == svg.MAX_WORKERS
     monkeypatch.setattr(svg.os, "sched_getaffinity", lambda _: {0}, raising=False)
