@@ -44,7 +44,7 @@ def main() -> int:
     from harness.adapters import inspect_adapter, load_adapter, set_scale
     from harness.generate import generate, render_prompt
     from harness.models import load_base, resolve_base
-    from harness.runner import DEFAULT_MAX_BATCH, expand_targets, run_eval
+    from harness.runner import DEFAULT_MAX_BATCH, expand_targets, run_eval, shared_batch_rows
     from harness.store import RunInfo, Store
     from harness.suites import load_examples, load_suite, render_user_text
 
@@ -88,7 +88,7 @@ def main() -> int:
     store = Store(tmp / "h.duckdb")
     targets = expand_targets([info], scales)
     max_batch = args.max_batch or DEFAULT_MAX_BATCH
-    shared = max(args.batch_size, min(max_batch, args.batch_size * len(targets)))
+    shared = shared_batch_rows(args.batch_size, max_batch, len(targets))
     t0, c0 = time.perf_counter(), time.process_time()
     with store.run(RunInfo(kind="sweep", command="benchmark")) as run:
         run_eval(base, targets, suites, run, store, batch_size=args.batch_size, max_batch=max_batch, examples=examples,

@@ -122,7 +122,7 @@ def attached(base: LoadedBase, targets: Sequence[Target], checks: list[GateRow] 
             peft_model = load_adapter(base.model, infos[0], adapter_name=f"a{0}")  # type: ignore[arg-type]
             for i, info in enumerate(infos[1:], start=1):
                 add_adapter(peft_model, info, f"a{i}")  # type: ignore[arg-type]
-            refusal = rowscale.unsupported(peft_model, base.dtype)
+            refusal = rowscale.unsupported(peft_model)
             if refusal is not None:
                 base.model = detach_adapter(peft_model)
                 peft_model = None

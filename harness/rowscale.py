@@ -41,14 +41,13 @@ def route_kwargs(model: Any, names: Sequence[str] | None) -> dict[str, Any]:
     return {"adapter_names": list(names)}
 
 
-def unsupported(peft_model: Any, dtype: Any) -> str | None:
-    """Why ``peft_model``'s LoRA layers cannot take a scale per row, or None when they can."""
+def unsupported(peft_model: Any) -> str | None:
+    """Why ``peft_model``'s LoRA layers cannot take a scale per row, or None when they can (the float32
+    condition is the engine's, checked before anything loads)."""
     import torch
     from peft.tuners.lora import Linear as LoraLinear
     from peft.tuners.lora import LoraLayer
 
-    if dtype != torch.float32:
-        return f"{str(dtype).removeprefix('torch.')} weights (exact per-row scaling is checked in float32 only)"
     for name, module in peft_model.named_modules():
         if isinstance(module, LoraLayer):
             if type(module) is not LoraLinear:
@@ -91,7 +90,7 @@ class RowScales:
                 key = (adapter, float(module.lora_alpha[adapter]), int(module.r[adapter]), bool(module.use_rslora.get(adapter, False)))
                 slot = self.slots.get(key)
                 if slot is None:
-                    slot = self.slots[key] = torch.full((1, 1, 1), float("nan"), dtype=torch.float32, device=self.device)
+                    slot = self.slots[key] = self._unset()
                 module.scaling[adapter] = slot
                 self.layers.append((module, adapter))
             # PEFT's forward spends more time in Python than in the rank-r products on a CPU decode step;
@@ -119,7 +118,10 @@ class RowScales:
     def clear(self) -> None:
         """NaN scales: a forward nobody routed gives NaN logits, never another row's answers."""
         for slot in self.slots.values():
-            slot.set_(self.torch.full((1, 1, 1), float("nan"), dtype=self.torch.float32, device=self.device))
+            slot.set_(self._unset())
+
+    def _unset(self) -> Any:
+        return self.torch.full((1, 1, 1), float("nan"), dtype=self.torch.float32, device=self.device)
 
     def scale_of(self, name: str, adapter: str) -> float:
         """The scale row ``name`` runs ``adapter`` at (0 for the base and for another adapter's rows)."""

@@ -36,6 +36,12 @@ from harness.suites import Suite, load_examples, render_user_text, suite_directi
 DEFAULT_MAX_BATCH = 96
 
 
+def shared_batch_rows(batch_size: int, max_batch: int, n_models: int) -> int:
+    """Rows of a batch shared by ``n_models`` targets: ``batch_size`` for each, up to ``max_batch``
+    (never fewer than ``batch_size``)."""
+    return max(batch_size, min(max_batch, batch_size * n_models))
+
+
 @dataclass(frozen=True)
 class Target:
     """What to evaluate: the base model (adapter None, scale 0) or an adapter at a scale."""
@@ -240,10 +246,9 @@ def run_eval(
                 checks.clear()
             if len(group_targets) > 1:
                 log(f"  {len(group_targets)} models in shared batches of up to "
-                    f"{max(batch_size, min(max_batch, batch_size * len(group_targets)))} rows: {group.how}")
+                    f"{shared_batch_rows(batch_size, max_batch, len(group_targets))} rows: {group.how}")
             for w, items in shares:
-                n_models = len({t for t, _ in items})
-                rows = max(batch_size, min(max_batch, batch_size * n_models))
+                rows = shared_batch_rows(batch_size, max_batch, len({t for t, _ in items}))
                 _generate_share(base, run, group, w, items, stats, batch_size=rows, flush_every=flush_every,
                                 log=log, progress_bar=progress_bar)
     if shared:
