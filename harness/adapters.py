@@ -117,19 +117,49 @@ def adapter_id(path: Path) -> str:
     """The adapter's identity: SHA-256 of ``canonical_config`` and of every tensor (name, dtype, shape,
     bytes) in name order. Two saves of the same weights get the same id whatever order PEFT wrote the
     header or ``target_modules`` in."""
-    from safetensors import safe_open
-
     h = hashlib.sha256(canonical_config(_read_config(path)).encode())
-    with safe_open(str(path / WEIGHTS), framework="pt") as f:
-        for key in sorted(f.keys()):
-            _hash_tensor(h, key, f.get_tensor(key))
+    for key, dtype, shape, data in _raw_tensors(path / WEIGHTS):
+        _hash_tensor(h, key, dtype, shape, data)
     return h.hexdigest()
 
 
-def _hash_tensor(h: hashlib._Hash, key: str, t: Any) -> None:
-    h.update(f"{key}|{str(t.dtype).removeprefix('torch.')}|{list(t.shape)}|".encode())
-    t = t.detach().contiguous().cpu()
-    h.update(t.view(-1).view(__import__("torch").uint8).numpy().tobytes() if t.numel() else b"")
+#: safetensors' dtype names -> torch's (the names the adapter id has always hashed)
+_DTYPES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "uint16", "I16": "int16", "U32": "uint32",
+           "I32": "int32", "U64": "uint64", "I64": "int64", "F16": "float16", "BF16": "bfloat16", "F32": "float32",
+           "F64": "float64", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+#: floating dtypes stored as (unsigned view, exponent mask): all exponent bits set is NaN or Inf
+_NONFINITE_MASKS = {"F16": ("<u2", 0x7C00), "BF16": ("<u2", 0x7F80), "F32": ("<u4", 0x7F800000),
+                    "F64": ("<u8", 0x7FF0000000000000), "F8_E5M2": ("u1", 0x7C), "F8_E4M3": ("u1", 0x7F)}
+
+
+def _raw_tensors(weights: Path) -> list[tuple[str, str, list[int], bytes]]:
+    """(name, safetensors dtype, shape, raw little-endian bytes) of every tensor, in name order.
+
+    The file is parsed by safetensors' own (Rust) reader, so offsets and sizes are validated there; no
+    torch is imported, so a damaged or hostile adapter is refused in a fraction of a second.
+
+    Raises:
+        SafetensorError: not a readable safetensors file. OSError: it cannot be read.
+    """
+    from safetensors import deserialize
+
+    return sorted((key, t["dtype"], list(t["shape"]), bytes(t["data"])) for key, t in deserialize(weights.read_bytes()))
+
+
+def _all_finite(dtype: str, data: bytes) -> bool:
+    """No NaN or Inf in a floating tensor's bytes (integer tensors are always finite)."""
+    import numpy as np
+
+    if dtype not in _NONFINITE_MASKS:
+        return True
+    view, mask = _NONFINITE_MASKS[dtype]
+    bits = np.frombuffer(data, dtype=view)
+    return not bool(np.any((bits & np.array(mask, dtype=view)) == np.array(mask, dtype=view)))
+
+
+def _hash_tensor(h: hashlib._Hash, key: str, dtype: str, shape: list[int], data: bytes) -> None:
+    h.update(f"{key}|{_DTYPES.get(dtype, dtype.lower())}|{list(shape)}|".encode())
+    h.update(data)
 
 
 def inspect_adapter(path: Path | str, allow_pickle: bool = False) -> AdapterInfo:
@@ -253,40 +283,37 @@ def unaccounted_tensor(key: str, cfg: dict[str, Any]) -> str | None:
 
 def _check_tensors(weights: Path, cfg: dict[str, Any]) -> str:
     """Check every tensor; return the adapter id (config and tensors hashed in the same pass)."""
-    import torch
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError
 
     h = hashlib.sha256(canonical_config(cfg).encode())
     try:
-        with safe_open(str(weights), framework="pt") as f:
-            keys = sorted(f.keys())
-            if not keys:
-                raise AdapterFileError(f"{weights} holds no tensors; fix: re-save the adapter")
-            for key in keys:
-                why = unaccounted_tensor(key, cfg)
-                if why is not None:
-                    raise SafetyError(
-                        f"{weights}: tensor {key} is {why}; an adapter may not carry base-model weights, refused. "
-                        "Fix: re-save the adapter with PEFT's save_pretrained, or declare the module in modules_to_save"
-                    )
-            for key in keys:
-                t = f.get_tensor(key)
-                if t.numel() == 0:
-                    raise AdapterFileError(
-                        f"{weights}: tensor {key} has shape {list(t.shape)}; fix: re-save with gathered params "
-                        "(a ZeRO-3 save without gathering writes empty tensors)"
-                    )
-                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                    raise AdapterFileError(f"{weights}: tensor {key} holds NaN or Inf values; the training run diverged")
-                if ".lora_A." in key and t.dim() == 2 and t.shape[0] != cfg["r"] and not cfg.get("rank_pattern"):
-                    raise AdapterConfigError(f"{weights}: {key} has rank {t.shape[0]} but {CONFIG} says r={cfg['r']}")
-                _hash_tensor(h, key, t)
+        tensors = _raw_tensors(weights)
     except SafetensorError as exc:
         raise AdapterFileError(
             f"{weights} is not a readable safetensors file ({exc}); fix: re-copy the artifact (it may be truncated)"
         ) from None
     except OSError as exc:
         raise AdapterFileError(f"cannot read {weights}: {exc}") from None
+    if not tensors:
+        raise AdapterFileError(f"{weights} holds no tensors; fix: re-save the adapter")
+    for key, *_ in tensors:
+        why = unaccounted_tensor(key, cfg)
+        if why is not None:
+            raise SafetyError(
+                f"{weights}: tensor {key} is {why}; an adapter may not carry base-model weights, refused. "
+                "Fix: re-save the adapter with PEFT's save_pretrained, or declare the module in modules_to_save"
+            )
+    for key, dtype, shape, data in tensors:
+        if math.prod(shape) == 0:
+            raise AdapterFileError(
+                f"{weights}: tensor {key} has shape {shape}; fix: re-save with gathered params "
+                "(a ZeRO-3 save without gathering writes empty tensors)"
+            )
+        if not _all_finite(dtype, data):
+            raise AdapterFileError(f"{weights}: tensor {key} holds NaN or Inf values; the training run diverged")
+        if ".lora_A." in key and len(shape) == 2 and shape[0] != cfg["r"] and not cfg.get("rank_pattern"):
+            raise AdapterConfigError(f"{weights}: {key} has rank {shape[0]} but {CONFIG} says r={cfg['r']}")
+        _hash_tensor(h, key, dtype, shape, data)
     return h.hexdigest()
 
 

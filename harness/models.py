@@ -211,7 +211,7 @@ def module_names(ref: BaseModelRef) -> list[str]:
 
     names: set[str] = set()
     for f in sorted(ref.path.glob("*.safetensors")):
-        with safe_open(str(f), framework="pt") as st:
+        with safe_open(str(f), framework="numpy") as st:
             for key in st.keys():  # noqa: SIM118 - a safetensors safe_open handle is not iterable
                 module = key.rpartition(".")[0]
                 parts = module.split(".")

@@ -1,12 +1,13 @@
 """Suites: parse and validate ``suite.yaml`` files (all errors at once, each with file and line).
 
 A suite is data (see ``suites/FORMAT.md``): a YAML spec beside its data file. ``load_suite`` turns it
-into a frozen ``Suite``; ``load_examples`` reads the data through ``datasets`` and applies the field
+into a frozen ``Suite``; ``load_examples`` reads the data (``harness.datafiles``) and applies the field
 mapping. Nothing here runs a model.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -18,6 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
+from harness.datafiles import DATA_SUFFIXES, refuse_constant
 from harness.errors import SafetyError, SuiteError
 from harness.files import update_with_file
 from harness.generate import GenerationSettings
@@ -25,7 +27,6 @@ from harness.scorers import Example, check_scorer_args, get_scorer, scorer_names
 from harness.yamlsafe import compose_bounded, read_spec_text
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
-DATA_SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 FIELDS = ("id", "input", "target", "aliases", "references", "category")
 _TOP_KEYS = {"name", "version", "description", "role", "headline", "metrics", "data", "prompt", "generation",
              "scorers", "gates"}
@@ -369,6 +370,13 @@ def _opt_float(v: Any) -> float | None:
     return None if v is None else float(v)
 
 
+@functools.lru_cache(maxsize=64)
+def _compiled(template: str):  # -> jinja2.Template
+    """A suite's template compiled once, not once per example (compiling is ~1 ms; a suite has hundreds)."""
+    return _env().from_string(template)
+
+
+@functools.lru_cache(maxsize=1)
 def _env():  # -> jinja2.sandbox.ImmutableSandboxedEnvironment
     """Suites are shared data: their templates render in Jinja's immutable sandbox, never with
     access to Python internals (``cycler.__init__.__globals__.os`` raises SecurityError)."""
@@ -391,7 +399,7 @@ def check_jsonl(path: Path) -> list[str]:
                     continue
                 n_rows += 1
                 try:
-                    row = json.loads(line, parse_constant=_refuse_constant)
+                    row = json.loads(line, parse_constant=refuse_constant)
                 except json.JSONDecodeError as exc:
                     errors.append(f"{path}:{n}: malformed JSON line ({exc.msg} at column {exc.colno})")
                     continue
@@ -421,11 +429,6 @@ def _first_row_columns(path: Path) -> list[str] | None:
                 row = json.loads(line)
                 return [str(k) for k in row] if isinstance(row, dict) else None
     return None
-
-
-def _refuse_constant(name: str) -> Any:
-    # Python's json accepts NaN/Infinity, which are not JSON; a "NaN" target would be stored as text.
-    raise ValueError(f"{name} is not a JSON value (write null, a number or a string)")
 
 
 def bad_text(value: Any, where: str = "") -> str | None:
@@ -469,34 +472,31 @@ def _as_tuple(v: Any) -> tuple[str, ...]:
 
 
 def load_examples(suite: Suite, limit: int | Limit | None = None) -> list[Example]:
-    """Read the suite's data through `datasets` and map its columns to examples (``limit``: see ``subsample``)."""
-    import datasets
+    """Read the suite's data (``harness.datafiles``) and map its columns to examples (``limit``: see ``subsample``)."""
+    from harness.datafiles import is_reader_error, read_rows
 
-    datasets.disable_progress_bars()
     src = suite.data_path
     try:
-        if src.is_dir():
-            ds = datasets.load_from_disk(str(src))
-            if isinstance(ds, datasets.DatasetDict):
-                ds = ds[suite.split or next(iter(ds))]
-        else:
-            ds = datasets.load_dataset(DATA_SUFFIXES[src.suffix], data_files=str(src), split="train")
-    except (datasets.exceptions.DatasetGenerationError, ValueError, KeyError, OSError) as exc:
+        # a saved DatasetDict without data.split: its first split
+        rows, column_names = read_rows(src, suite.split, default_split=None)
+    except Exception as exc:
+        if not is_reader_error(exc):
+            raise
         cause = exc.__cause__ or exc
         raise SuiteError(
             f"{src}: cannot be read as suite data ({type(cause).__name__}: {str(cause).splitlines()[0][:200] if str(cause) else ''}); "
             f"fix the file or point data.path in {suite.path} at another"
         ) from None
     f = suite.fields
-    missing = [k for k in ("input",) if f[k] not in ds.column_names]
+    missing = [k for k in ("input",) if f[k] not in column_names]
     if missing:
         raise SuiteError(
             f"{suite.data_path}: column {f['input']!r} (suite field 'input') not found; columns: "
-            f"{', '.join(ds.column_names)}; fix: map it under data.fields in {suite.path}"
+            f"{', '.join(column_names)}; fix: map it under data.fields in {suite.path}"
         )
     examples, seen, errors = [], set(), []
     cap = suite.max_chars
-    for n, row in enumerate(ds):
+    for n, row in enumerate(rows):
         ex_id = str(row[f["id"]]) if f["id"] in row and row[f["id"]] is not None else str(n)
         if ex_id in seen:
             errors.append(f"{suite.data_path}: row {n + 1}: duplicate id {ex_id!r}")
@@ -590,7 +590,7 @@ def render_user_text(suite: Suite, example: Example) -> str:
     from jinja2.sandbox import SecurityError
 
     try:
-        return _env().from_string(suite.prompt.template).render(**variables)
+        return _compiled(suite.prompt.template).render(**variables)
     except SecurityError as exc:
         raise SafetyError(
             f"{suite.path}: prompt.template {suite.prompt.template!r} tried an unsafe operation ({exc}); refused: "

@@ -67,34 +67,26 @@ def normalize_row(row: Mapping[str, Any], where: str) -> Conversation:
 
 
 def load_rows(path: Path | str) -> list[dict[str, Any]]:
-    """Read a JSONL/JSON/CSV/Parquet file or a saved dataset directory through ``datasets``."""
-    import datasets
+    """Read a JSONL/JSON/CSV/Parquet file or a saved dataset directory (``harness.datafiles``)."""
+    from harness.datafiles import DATA_SUFFIXES, is_reader_error, read_rows
+    from harness.suites import check_jsonl
 
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"training data {path} does not exist; pass a JSONL, CSV or Parquet file or a dataset directory")
+    if path.is_file():
+        if path.suffix.lower() not in DATA_SUFFIXES:
+            raise DatasetError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl, .json, .csv or .parquet")
+        problems = check_jsonl(path)  # each bad line named with its number
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise DatasetError(problems[0] + more)
     try:
-        if path.is_dir():
-            ds = datasets.load_from_disk(str(path))
-            if isinstance(ds, datasets.DatasetDict):
-                ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
-        else:
-            kind = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(path.suffix.lower())
-            if kind is None:
-                raise DatasetError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl, .json, .csv or .parquet")
-            from harness.suites import check_jsonl
-
-            problems = check_jsonl(path)  # datasets names a bad line without its number
-            if problems:
-                more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-                raise DatasetError(problems[0] + more)
-            datasets.disable_progress_bars()
-            ds = datasets.load_dataset(kind, data_files=str(path), split="train")
-    except DatasetError:
-        raise
-    except Exception as exc:  # datasets raises many types for a malformed file
+        rows, _ = read_rows(path)
+    except Exception as exc:
+        if not is_reader_error(exc):
+            raise
         raise DatasetError(f"cannot read training data {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
-    rows = ds.to_list()
     if not rows:
         raise DatasetError(f"training data {path} is empty")
     return rows

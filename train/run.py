@@ -113,7 +113,7 @@ def plan_training(req: TrainRequest) -> TrainingPlan:
     parent = inspect_adapter(req.from_adapter) if req.from_adapter else None
     if not req.resume and not req.force:
         for pp in points:
-            if (pp.out / "adapter_model.safetensors").exists():
+            if any((pp.out / f).exists() for f in ("adapter_model.safetensors", "adapter_config.json", "harness.json")):
                 raise UsageError(f"{pp.out} already holds an adapter; pass --out another directory, --force to replace "
                                  "it, or --resume to continue its run")
     check_device(req.device)

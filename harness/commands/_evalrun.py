@@ -94,6 +94,8 @@ class Prepared:
     store: Any
     base: Any
     config: dict[str, Any] = field(default_factory=dict)
+    #: the project file's gates (``--gates FILE``, ./harness.toml or [tool.harness]); None with --no-gates
+    project_gates: Any = None
 
     def run_info(self, kind: str, args: argparse.Namespace) -> Any:
         from harness.store import RunInfo
@@ -124,6 +126,7 @@ def prepare(args: argparse.Namespace, scales: list[float], *, need_adapter: bool
 
         check_out_path(args.report)
     suites, examples = check_suites(args.suite, limit)  # every problem of every suite, at once
+    project_gates = load_project_gates(args)  # a mistake in the gates file shows now, not after the run
     if len(args.name) > len(args.adapter):
         raise UsageError(f"{len(args.name)} --name given for {len(args.adapter)} --adapter; give one name per adapter, in order")
     adapters = [inspect_adapter(a) for a in args.adapter]
@@ -150,7 +153,19 @@ def prepare(args: argparse.Namespace, scales: list[float], *, need_adapter: bool
               "cache_key_excludes": ["batch_size", "max_batch", "flush_every", "device", "library versions"]}
     if distributed.is_distributed():
         config["world_size"] = distributed.world_size()
-    return Prepared(suites, examples, adapters, names, keys, key_source, ref, warnings, store, base, config)
+    return Prepared(suites, examples, adapters, names, keys, key_source, ref, warnings, store, base, config, project_gates)
+
+
+def load_project_gates(args: argparse.Namespace) -> Any:
+    """The gates of ``--gates FILE``, else of ./harness.toml or ./pyproject.toml's [tool.harness] (none: no
+    project gates); None with ``--no-gates``. A bad file is exit 2 here, before any model work."""
+    if getattr(args, "no_gates", True):
+        return None
+    from harness.gates import ProjectGates
+    from harness.project import find_project_file, load_project
+
+    gates_file = args.gates or find_project_file(Path.cwd())
+    return load_project(gates_file).gates if gates_file else ProjectGates()
 
 
 def adapter_warnings(adapters: list[Any], ref: Any, allow_mismatch: bool) -> list[str]:

@@ -57,14 +57,11 @@ def _run(args: argparse.Namespace) -> int | None:
         gate_report = None
         if not distributed.is_main():
             return None  # every row of this rank is in the store (run_eval synced); the main process reports
-        if not args.no_gates:
-            from harness.gates import ProjectGates, evaluate_gates
-            from harness.project import find_project_file, load_project
+        if prep.project_gates is not None:
+            from harness.gates import evaluate_gates
 
-            gates_file = args.gates or find_project_file(Path.cwd())
-            project_gates = load_project(gates_file).gates if gates_file else ProjectGates()
             run_writer.flush()  # cached results are buffered until a flush: the gates read the store
-            gate_report = evaluate_gates(store, run_id, prep.suites, project_gates=project_gates)
+            gate_report = evaluate_gates(store, run_id, prep.suites, project_gates=prep.project_gates)
             run_writer.add_gate_results(gate_report.rows())  # stored with the run, in its last shard
     print_stats(run_id, stats, base)
     print_run_summary(store, run_id)

@@ -98,7 +98,7 @@ def _run(args: argparse.Namespace) -> int | None:
         run_id = run_writer.run_id
         if not distributed.is_main():
             return None  # every row of this rank is in the store (run_eval synced); the main process reports
-        gate_reports = _apply_gates(args, store, run_writer, prep) if not args.no_gates else []
+        gate_reports = _apply_gates(args, store, run_writer, prep) if prep.project_gates is not None else []
     for st in all_stats:
         total_generated += st.generated
         total_cached += st.cached
@@ -135,12 +135,9 @@ def _apply_gates(args, store, run_writer, prep) -> list:
     """The suites' and project gates, judged at each adapter's recommended scale (the scale to ship);
     stored with the run. A sweep whose adapter has no recommendable scale fails."""
     from harness.comparison import build_comparison
-    from harness.gates import GateReport, ProjectGates, evaluate_gates
-    from harness.project import find_project_file, load_project
+    from harness.gates import GateReport, evaluate_gates
     from harness.sweep import curve, recommend
 
-    gates_file = args.gates or find_project_file(Path.cwd())
-    project_gates = load_project(gates_file).gates if gates_file else ProjectGates()
     run_writer.flush()  # the gates read the store
     c = build_comparison(store, run_writer.run_id)
     out: list[tuple[str, GateReport | None]] = []
@@ -150,7 +147,7 @@ def _apply_gates(args, store, run_writer, prep) -> list:
             out.append((a.path.name, None))
             continue
         report = evaluate_gates(store, run_writer.run_id, prep.suites, adapter_id=a.adapter_id, scale=rec.scale,
-                                project_gates=project_gates)
+                                project_gates=prep.project_gates)
         run_writer.add_gate_results(report.rows())
         out.append((f"{a.path.name}@{rec.scale:g} (recommended)", report))
     return out
