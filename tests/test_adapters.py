@@ -104,6 +104,47 @@ def test_nan_weights_refused_naming_tensor(adapter_dir, tmp_path):
         inspect_adapter(d)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_nonfinite_weights_refused_in_every_float_dtype(adapter_dir, tmp_path, dtype, bad):
+    # the check reads the raw bytes (no torch); torch itself says which values are not finite
+    from safetensors.torch import load_file, save_file
+
+    d = copy(adapter_dir, tmp_path / "n")
+    t = {k: v.to(dtype) for k, v in load_file(d / "adapter_model.safetensors").items()}
+    save_file(t, d / "adapter_model.safetensors")
+    inspect_adapter(d)  # finite in this dtype: accepted
+    key = sorted(t)[-1]
+    t[key][-1, -1] = bad
+    assert not bool(torch.isfinite(t[key]).all())
+    save_file(t, d / "adapter_model.safetensors")
+    with pytest.raises(AdapterFileError, match=key.replace(".", r"\.") + " holds NaN or Inf"):
+        inspect_adapter(d)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.int64])
+def test_adapter_id_is_the_hash_of_torch_tensor_bytes(adapter_dir, tmp_path, dtype):
+    # the id has always been SHA-256 of the canonical config and, per tensor in name order, "name|dtype|shape|"
+    # and the tensor's bytes as torch holds them; read from the raw file now, it must not change
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    from harness.adapters import adapter_id, canonical_config
+
+    d = copy(adapter_dir, tmp_path / "n")
+    t = {k: v.to(dtype) for k, v in load_file(d / "adapter_model.safetensors").items()}
+    save_file(t, d / "adapter_model.safetensors")
+    h = hashlib.sha256(canonical_config(json.loads((d / "adapter_config.json").read_text())).encode())
+    for key in sorted(t):
+        v = t[key].contiguous()
+        h.update(f"{key}|{str(v.dtype).removeprefix('torch.')}|{list(v.shape)}|".encode())
+        h.update(v.view(-1).view(torch.uint8).numpy().tobytes())
+    assert adapter_id(d) == h.hexdigest()
+    if dtype.is_floating_point:
+        assert inspect_adapter(d).adapter_id == h.hexdigest()
+
+
 @pytest.mark.parametrize(
     "patch,match",
     [({"lora_alpha": -8}, "lora_alpha"), ({"r": 0}, "r must be"), ({"peft_type": "IA3"}, "peft_type")],
