@@ -37,5 +37,6 @@ This module never prints (DESIGN.md); the ``anomalies`` command and the training
 from harness.anomalies.logs import Finding, Segment, StepLog, from_history, read_log
 from harness.anomalies.rules import KINDS, SEVERITIES, detect, has_errors
 
-# The thresholds are named constants in harness.anomalies.rules; the reading rules in .logs.
+# The reading rules are in .logs; the detectors by family in .breakage, .stability and .fitting, run
+# by .rules (detect); their thresholds are named constants in .thresholds (re-exported by .rules).
 __all__ = ["KINDS", "SEVERITIES", "Finding", "Segment", "StepLog", "detect", "from_history", "has_errors", "read_log"]
