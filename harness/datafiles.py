@@ -12,7 +12,7 @@ Where the two differ, on purpose: `datasets` infers one Arrow type per column, s
 object has. Here each value stays as written. A file whose column mixes text and numbers, which
 `datasets` refuses, is read here.
 
-The file has been checked line by line first (``harness.suites.check_jsonl``: malformed lines,
+The file has been checked line by line first (``harness.suite_data.check_jsonl``: malformed lines,
 non-objects, NaN constants, invalid Unicode, each named with its line number).
 """
 

@@ -2,103 +2,57 @@
 
 A suite is data (see ``suites/FORMAT.md``): a YAML spec beside its data file. ``load_suite`` turns it
 into a frozen ``Suite``; ``load_examples`` reads the data (``harness.datafiles``) and applies the field
-mapping. Nothing here runs a model.
+mapping; ``check_suites`` loads and fully checks several suites and reports the problems of all of them
+together. Nothing here runs a model.
+
+This module holds the spec parsing and validation; the rest lives by concept, every name importable
+from here as well: ``harness.suite_types`` (the frozen ``Suite`` and its parts, roles, metric
+directions), ``harness.suite_data`` (the data file: checks, ``load_examples``, ``Limit`` / ``subsample``)
+and ``harness.suite_templates`` (the sandboxed prompt template, ``render_user_text``).
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import json
 import math
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
-from harness.datafiles import DATA_SUFFIXES, refuse_constant
+from harness.datafiles import DATA_SUFFIXES
 from harness.errors import SafetyError, SuiteError
 from harness.files import update_with_file
 from harness.generate import GenerationSettings
 from harness.scorers import Example, check_scorer_args, get_scorer, scorer_names, unknown_scorer
+from harness.suite_data import Limit, _first_row_columns, bad_text, check_jsonl, load_examples, subsample
+from harness.suite_templates import _env, render_user_text
+from harness.suite_types import (
+    _DEFAULT_HEADLINE,
+    FIELDS,
+    LOWER_IS_BETTER,
+    ROLES,
+    GateSpec,
+    PromptSpec,
+    ScorerSpec,
+    Suite,
+    higher_is_better,
+    suite_directions,
+)
 from harness.yamlsafe import compose_bounded, read_spec_text
 
+__all__ = [
+    "FIELDS", "LOWER_IS_BETTER", "ROLES", "SUITES_DIR", "GateSpec", "Limit", "PromptSpec", "ScorerSpec", "Suite",
+    "bad_text", "builtin_suites", "check_jsonl", "check_suites", "default_max_chars", "higher_is_better",
+    "load_examples", "load_suite", "render_user_text", "resolve_suite_path", "subsample", "suite_directions",
+]
+
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
-FIELDS = ("id", "input", "target", "aliases", "references", "category")
 _TOP_KEYS = {"name", "version", "description", "role", "headline", "metrics", "data", "prompt", "generation",
              "scorers", "gates"}
-#: task: what the adapter was trained for; general: what the base could do (retention is computed, and
-#: leakage of the task's format); leakage: prompts where the task format must not appear; reference:
-#: texts scored against references (ROUGE/BLEU), reported beside the rest
-ROLES = ("task", "general", "leakage", "reference")
-# The metric a scorer's suite is judged by, unless the suite names its own headline.
-_DEFAULT_HEADLINE = {"exact_match": "exact_match", "alias_match": "alias_match", "json_field": "json_exact",
-                     "format_leakage": "format_leakage", "regex": "regex", "rouge": "rougeL", "bleu": "bleu",
-                     "chrf": "chrf", "perplexity": "perplexity"}
-# Metrics where a lower value is better; every other metric is higher-is-better unless a suite says so.
-LOWER_IS_BETTER = frozenset({"format_leakage", "nll", "perplexity"})
-
-
-def higher_is_better(metric: str, overrides: Mapping[str, bool] | None = None) -> bool:
-    """Which way ``metric`` points: a suite's ``metrics: {m: {higher_is_better: ...}}`` first, then the
-    built-in table (format leakage, NLL and perplexity are lower-is-better)."""
-    if overrides and metric in overrides:
-        return bool(overrides[metric])
-    return metric not in LOWER_IS_BETTER
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-
-
-@dataclass(frozen=True)
-class PromptSpec:
-    template: str = "{{ input }}"
-    system: str | None = None
-    raw: bool = False
-
-
-@dataclass(frozen=True)
-class ScorerSpec:
-    name: str
-    args: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class GateSpec:
-    """One entry of a suite's ``gates:`` (see ``harness.gates``): ``min``/``max`` bound the metric's mean
-    (``metric: retention`` on a general suite: its retention); ``min_gain`` the gain over the base model;
-    ``max_drop`` the paired drop against a baseline adapter."""
-
-    metric: str
-    min: float | None = None
-    max: float | None = None
-    min_gain: float | None = None
-    max_drop: float | None = None
-
-
-@dataclass(frozen=True)
-class Suite:
-    """A validated suite. ``suite_id`` hashes the spec and the data, so any edit changes it."""
-
-    name: str
-    version: str
-    description: str
-    path: Path
-    data_path: Path
-    split: str | None
-    fields: Mapping[str, str]
-    prompt: PromptSpec
-    generation: GenerationSettings
-    scorers: tuple[ScorerSpec, ...]
-    gates: tuple[GateSpec, ...]
-    suite_id: str
-    role: str = "task"
-    headline: str | None = None
-    #: metric -> higher_is_better, as the suite declares it (others follow ``higher_is_better``)
-    directions: Mapping[str, bool] = field(default_factory=dict)
-    #: text fields longer than this many characters are cut and flagged (data.max_chars)
-    max_chars: int = 16_384
 
 
 class _Lines:
@@ -345,16 +299,6 @@ def load_suite(name_or_path: str | Path) -> Suite:
     )
 
 
-def suite_directions(suite: Suite) -> dict[str, bool]:
-    """metric -> higher_is_better for every metric the suite's scorers can emit that has a known
-    direction, plus the suite's own declarations (stored with the suite, read by reports and gates)."""
-    out = {m: False for m in LOWER_IS_BETTER if any(_DEFAULT_HEADLINE.get(sc.name) == m or sc.name == m for sc in suite.scorers)}
-    if suite.headline:
-        out.setdefault(suite.headline, higher_is_better(suite.headline))
-    out.update(suite.directions)
-    return out
-
-
 def default_max_chars() -> int:
     """The cap on one stored text field: 16,384 characters, or ``$HARNESS_MAX_TEXT_CHARS``."""
     import os
@@ -370,237 +314,12 @@ def _opt_float(v: Any) -> float | None:
     return None if v is None else float(v)
 
 
-@functools.lru_cache(maxsize=64)
-def _compiled(template: str):  # -> jinja2.Template
-    """A suite's template compiled once, not once per example (compiling is ~1 ms; a suite has hundreds)."""
-    return _env().from_string(template)
-
-
-@functools.lru_cache(maxsize=1)
-def _env():  # -> jinja2.sandbox.ImmutableSandboxedEnvironment
-    """Suites are shared data: their templates render in Jinja's immutable sandbox, never with
-    access to Python internals (``cycler.__init__.__globals__.os`` raises SecurityError)."""
-    import jinja2
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    return ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
-
-
-def check_jsonl(path: Path) -> list[str]:
-    """JSONL is checked line by line here, because `datasets` reports a bad line without its number."""
-    if path.suffix != ".jsonl":
-        return []
-    errors = []
-    n_rows = 0
-    with open(path, encoding="utf-8", errors="strict") as f:
-        try:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                n_rows += 1
-                try:
-                    row = json.loads(line, parse_constant=refuse_constant)
-                except json.JSONDecodeError as exc:
-                    errors.append(f"{path}:{n}: malformed JSON line ({exc.msg} at column {exc.colno})")
-                    continue
-                except ValueError as exc:
-                    errors.append(f"{path}:{n}: {exc}")
-                    continue
-                if not isinstance(row, dict):
-                    errors.append(f"{path}:{n}: each line must be a JSON object")
-                    continue
-                bad = bad_text(row)
-                if bad:
-                    errors.append(f"{path}:{n}: {bad}")
-        except UnicodeDecodeError as exc:
-            return [f"{path}: not UTF-8 (byte offset {exc.start}); re-save the file as UTF-8"]
-    if not n_rows and not errors:
-        errors.append(f"{path}: empty: no JSON lines in it; add one object per line")
-    return errors
-
-
-def _first_row_columns(path: Path) -> list[str] | None:
-    """The columns of a JSONL file's first row (None for other formats: datasets reads those)."""
-    if path.suffix != ".jsonl":
-        return None
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                row = json.loads(line)
-                return [str(k) for k in row] if isinstance(row, dict) else None
-    return None
-
-
-def bad_text(value: Any, where: str = "") -> str | None:
-    """Describe the first string in ``value`` that cannot be stored as UTF-8 (a lone surrogate such as
-    the escape \\ud800), or None when every string is valid."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            field_name = f"field {where!r}" if where else "a value"
-            return (f"{field_name} holds a lone surrogate {value[exc.start]!r} at character {exc.start}, which is not "
-                    "valid Unicode; fix the escape or re-export the data as UTF-8")
-        return None
-    if isinstance(value, dict):
-        for k, v in value.items():
-            found = bad_text(k, where) or bad_text(v, str(k) if not where else f"{where}.{k}")
-            if found:
-                return found
-    elif isinstance(value, list):
-        for v in value:
-            found = bad_text(v, where)
-            if found:
-                return found
-    return None
-
-
 def _suite_hash(spec: Path, data: Path) -> str:
     h = hashlib.sha256(spec.read_bytes())
     files = [data] if data.is_file() else sorted(p for p in data.rglob("*") if p.is_file())
     for f in files:
         update_with_file(h, f)
     return h.hexdigest()
-
-
-def _as_tuple(v: Any) -> tuple[str, ...]:
-    if v is None:
-        return ()
-    if isinstance(v, str):
-        return (v,)
-    return tuple(str(x) for x in v if x is not None)
-
-
-def load_examples(suite: Suite, limit: int | Limit | None = None) -> list[Example]:
-    """Read the suite's data (``harness.datafiles``) and map its columns to examples (``limit``: see ``subsample``)."""
-    from harness.datafiles import is_reader_error, read_rows
-
-    src = suite.data_path
-    try:
-        # a saved DatasetDict without data.split: its first split
-        rows, column_names = read_rows(src, suite.split, default_split=None)
-    except Exception as exc:
-        if not is_reader_error(exc):
-            raise
-        cause = exc.__cause__ or exc
-        raise SuiteError(
-            f"{src}: cannot be read as suite data ({type(cause).__name__}: {str(cause).splitlines()[0][:200] if str(cause) else ''}); "
-            f"fix the file or point data.path in {suite.path} at another"
-        ) from None
-    f = suite.fields
-    missing = [k for k in ("input",) if f[k] not in column_names]
-    if missing:
-        raise SuiteError(
-            f"{suite.data_path}: column {f['input']!r} (suite field 'input') not found; columns: "
-            f"{', '.join(column_names)}; fix: map it under data.fields in {suite.path}"
-        )
-    examples, seen, errors = [], set(), []
-    cap = suite.max_chars
-    for n, row in enumerate(rows):
-        ex_id = str(row[f["id"]]) if f["id"] in row and row[f["id"]] is not None else str(n)
-        if ex_id in seen:
-            errors.append(f"{suite.data_path}: row {n + 1}: duplicate id {ex_id!r}")
-        seen.add(ex_id)
-        bad = bad_text(row)
-        if bad:  # Parquet and saved datasets skip check_jsonl
-            errors.append(f"{suite.data_path}: row {n + 1} (id {ex_id}): {bad}")
-            continue
-        text = row.get(f["input"])
-        if text is None or not str(text).strip():
-            errors.append(f"{suite.data_path}: row {n + 1} (id {ex_id}): empty {f['input']!r}")
-            continue
-        target = row.get(f["target"])
-        if isinstance(target, float) and not math.isfinite(target):
-            errors.append(f"{suite.data_path}: row {n + 1} (id {ex_id}): target is {target!r}; write the answer as text")
-            continue
-        if target is not None and not isinstance(target, str):
-            target = json.dumps(target, sort_keys=True)
-        truncated: list[str] = []
-        row = dict(row)
-        for col, value in list(row.items()):
-            if isinstance(value, str) and len(value) > cap:
-                # A 10 MB field would be tokenized, stored and shown whole; keep a bounded head and say so.
-                row[col] = value[:cap]
-                truncated.append(str(col))
-        text = str(row.get(f["input"]))
-        target = target[:cap] if target is not None and len(target) > cap else target
-        refs = tuple(r[:cap] for r in _as_tuple(row.get(f["references"]))) or ((target,) if target else ())
-        examples.append(Example(
-            id=ex_id, input=text, target=target, aliases=_as_tuple(row.get(f["aliases"])), references=refs,
-            category=row.get(f["category"]), fields=row, truncated=tuple(truncated),
-        ))
-    if errors:
-        raise SuiteError(f"{len(errors)} problem(s) in data of suite {suite.name}:\n  " + "\n  ".join(errors[:50]))
-    if not examples:
-        raise SuiteError(f"suite {suite.name}: {suite.data_path} holds no examples; a suite with none can never pass")
-    picked = subsample(examples, limit)
-    # Every example is rendered now, so a template mistake or a sandbox violation surfaces before any
-    # model loads (and names the example), not in the middle of a run.
-    for ex in picked:
-        render_user_text(suite, ex)
-    return picked
-
-
-@dataclass(frozen=True)
-class Limit:
-    """How many examples of each suite a run takes, and how they are picked (both the same every run).
-
-    ``stratified`` (``--limit``): round-robin across the suite's categories, each category's examples
-    in file order, so every category is in (as evenly as ``n`` allows); the picked examples keep their
-    file order. ``first`` (``--limit-per-suite``): the first ``n`` rows in file order, whatever their
-    categories (lm-evaluation-harness's ``--limit``).
-    """
-
-    n: int
-    how: Literal["stratified", "first"] = "stratified"
-
-
-def subsample(examples: Sequence[Example], limit: int | Limit | None) -> list[Example]:
-    """``limit`` examples (an int: a stratified sample; see ``Limit``), in file order.
-
-    A limited run of a suite sorted by category would otherwise see only its first category; the
-    stratified sample keeps every category in (as evenly as the limit allows) and is the same subset
-    on every run.
-    """
-    if limit is None:
-        return list(examples)
-    lim = limit if isinstance(limit, Limit) else Limit(limit)
-    if lim.n >= len(examples):
-        return list(examples)
-    if lim.how == "first":
-        return list(examples[: lim.n])
-    groups: dict[object, list[int]] = {}
-    for i, ex in enumerate(examples):
-        groups.setdefault(ex.category, []).append(i)
-    picked: list[int] = []
-    queues = [list(reversed(g)) for g in groups.values()]
-    while len(picked) < lim.n:
-        for q in queues:
-            if q and len(picked) < lim.n:
-                picked.append(q.pop())
-    return [examples[i] for i in sorted(picked)]
-
-
-def render_user_text(suite: Suite, example: Example) -> str:
-    """Fill the suite's template for one example (before any chat template)."""
-    import jinja2
-
-    variables = dict(example.fields)
-    variables.update(input=example.input, target=example.target, category=example.category)
-    from jinja2.sandbox import SecurityError
-
-    try:
-        return _compiled(suite.prompt.template).render(**variables)
-    except SecurityError as exc:
-        raise SafetyError(
-            f"{suite.path}: prompt.template {suite.prompt.template!r} tried an unsafe operation ({exc}); refused: "
-            "suite templates may only fill in fields ({{ input }}, {{ category }}, data columns)"
-        ) from None
-    except jinja2.UndefinedError as exc:
-        raise SuiteError(f"{suite.path}: prompt.template: {exc.message} (example {example.id})") from None
-    except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError) as exc:
-        raise SuiteError(f"{suite.path}: prompt.template fails on example {example.id}: {exc}") from None
-
 
 
 def check_suites(names_or_paths: Sequence[str | Path], limit: int | Limit | None = None) -> tuple[list[Suite], dict[str, list[Example]]]:

@@ -49,7 +49,7 @@ def parse_flag(value: str) -> tuple[str, ...]:
     return tuple(sorted({k.strip() for k in value.split(",") if k.strip()}))
 
 
-def needs_format(suite) -> bool:  # suite: harness.suites.Suite
+def needs_format(suite) -> bool:  # suite: harness.suite_types.Suite
     """A general or leakage suite without its own format_leakage scorer is scored for the task's format."""
     return suite.role in ("general", "leakage") and not any(sc.name == "format_leakage" for sc in suite.scorers)
 
@@ -83,7 +83,7 @@ def with_leakage(suites: Sequence, keys: Sequence[str]) -> list:
     from dataclasses import replace
 
     from harness.errors import SuiteError
-    from harness.suites import ScorerSpec
+    from harness.suite_types import ScorerSpec
 
     out = []
     for s in suites:

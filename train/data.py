@@ -69,7 +69,7 @@ def normalize_row(row: Mapping[str, Any], where: str) -> Conversation:
 def load_rows(path: Path | str) -> list[dict[str, Any]]:
     """Read a JSONL/JSON/CSV/Parquet file or a saved dataset directory (``harness.datafiles``)."""
     from harness.datafiles import DATA_SUFFIXES, is_reader_error, read_rows
-    from harness.suites import check_jsonl
+    from harness.suite_data import check_jsonl
 
     path = Path(path)
     if not path.exists():

@@ -22,7 +22,7 @@ class SuiteInfo:
     directions: tuple[tuple[str, bool], ...] = ()
 
     def higher_is_better(self, metric: str) -> bool:
-        from harness.suites import higher_is_better
+        from harness.suite_types import higher_is_better
 
         return higher_is_better(metric, dict(self.directions))
 
