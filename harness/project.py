@@ -37,8 +37,8 @@ else:  # tomllib joined the standard library in 3.11; tomli is the same parser (
     import tomli as tomllib
 
 from harness.errors import InputError
-from harness.gates import ProjectGates, RoleThreshold
-from harness.suites import ROLES
+from harness.gates.spec import ProjectGates, RoleThreshold
+from harness.suite_types import ROLES
 
 PROJECT_FILES = ("harness.toml", "pyproject.toml")
 _TOP = {"base", "suites", "gates"}

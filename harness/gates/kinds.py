@@ -1,0 +1,251 @@
+"""One evaluator per gate kind, each over a run read once (``harness.gates.evaluate._Ctx``).
+
+``threshold``, ``retention``, ``leakage``, ``task_gain`` / ``gain`` and ``regression`` (every candidate's
+paired test against the baseline, Holm-corrected as one family) judge the adapter's quality;
+``completeness``, ``training_health`` and ``provenance`` are the bookkeeping. Each returns a
+``GateOutcome`` whose message names the field, the value and the threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from harness.gates.report import Example, GateOutcome, GateResult
+from harness.gates.threshold import _ci, _verdict, _vs, threshold_gate
+
+if TYPE_CHECKING:
+    from harness.gates.evaluate import _Ctx
+    from harness.gates.spec import PlannedGate
+    from harness.stats import PairedTest
+
+
+def _worst(ctx: _Ctx, t: tuple, suite: str, metric: str, vals: dict[str, float | None], n: int = 3) -> tuple[Example, ...]:
+    hib = ctx.higher_is_better(suite, metric)
+    ordered = sorted(vals.items(), key=lambda kv: (kv[1] is not None, (kv[1] or 0.0) * (1 if hib else -1)))
+    return tuple(ctx.example(t, suite, ex, v) for ex, v in ordered[:n])
+
+
+def _threshold(ctx: _Ctx, g: PlannedGate, t: tuple) -> GateOutcome:
+    from harness.stats import mean_interval
+
+    assert g.suite is not None  # plan_gates gives every threshold gate its suite
+
+    vals = ctx.data.values.get((*t, g.suite, g.metric), {})
+    finite = [v for v in vals.values() if v is not None and math.isfinite(v)]
+    base_vals = ctx.data.values.get((None, 0.0, g.suite, g.metric), {})
+    base = _mean(list(base_vals.values())) if t[0] is not None else None
+    interval = mean_interval(finite) if finite else None
+    r = threshold_gate(g.name, g.metric, list(vals.values()), ctx.data.n_examples.get(g.suite, 0),
+                       ctx.data.errors.get((*t, g.suite), 0), g.min, g.max, base, interval, f"{ctx.label(t)} {g.suite} ")
+    return GateOutcome(r, g.kind, ctx.label(t), t[0], t[1], g.suite, interval, None,
+                       _worst(ctx, t, g.suite, g.metric, vals), g.source)
+
+
+def _retention(ctx: _Ctx, g: PlannedGate, t: tuple) -> GateOutcome:
+    from harness.stats import wilson
+    from harness.sweep import curve
+
+    label = ctx.label(t)
+    threshold = g.min if g.min is not None else g.max
+    if g.suite is not None:  # one general suite's retention, from the comparison
+        rets = [r for r in ctx.comparison.retention if r.target == label and r.suite == g.suite]
+        kept, base_correct = sum(r.kept for r in rets), sum(r.base_correct for r in rets)
+        where = f"{label} {g.suite} retention"
+        metrics = [(g.suite, r.metric) for r in rets]
+    else:
+        point = next((p for p in curve(ctx.comparison, t[0]) if math.isclose(p.scale, t[1])), None)
+        kept, base_correct = (point.kept, point.base_correct) if point else (0, 0)
+        where = f"{label} retention (every general suite)"
+        metrics = [(s.name, s.headline) for s in ctx.comparison.suites if s.role == "general" and s.headline]
+    if not base_correct:
+        why = "no general suite in the run" if not metrics else "the base model answered none of the general items correctly"
+        return GateOutcome(GateResult(g.name, "retention", None, threshold, None, False,
+                                      f"{where}: not measured ({why}); needs >= {threshold:g}: FAIL"),
+                           g.kind, label, t[0], t[1], g.suite, source=g.source)
+    ret = kept / base_correct
+    ok = (g.min is None or ret >= g.min) and (g.max is None or ret <= g.max)
+    interval = wilson(kept, base_correct)
+    lost: list[Example] = []
+    for suite, metric in metrics:
+        base_vals = ctx.data.values.get((None, 0.0, suite, metric), {})
+        mine = ctx.data.values.get((*t, suite, metric), {})
+        lost.extend(ctx.example(t, suite, ex, mine.get(ex), 1.0) for ex, v in base_vals.items() if v == 1.0 and mine.get(ex) != 1.0)
+    return GateOutcome(GateResult(g.name, "retention", ret, threshold, 1.0, ok,
+                                  f"{where} = {ret:.4g} ({kept}/{base_correct} of the base's correct answers kept){_ci(interval)}; "
+                                  f"needs >= {threshold:g}; base 1: {_verdict(ok)}"),
+                       g.kind, label, t[0], t[1], g.suite, interval, None, tuple(lost[:3]), g.source)
+
+
+def _leakage(ctx: _Ctx, g: PlannedGate, t: tuple) -> GateOutcome:
+    from harness.stats import wilson
+    from harness.sweep import curve
+
+    assert g.max is not None  # plan_gates gives the leakage gate its max_leakage
+    label = ctx.label(t)
+    points = {p.scale: p for p in curve(ctx.comparison, t[0])}
+    point = next((p for s, p in points.items() if math.isclose(s, t[1])), None)
+    base = points.get(0.0)
+    if point is None or point.leakage is None:
+        return GateOutcome(GateResult(g.name, "format_leakage", None, g.max, None, False,
+                                      f"{label} format_leakage: not measured (no general or leakage suite scored for the task's "
+                                      f"format); needs <= {g.max:g}: FAIL"), g.kind, label, t[0], t[1], source=g.source)
+    ok = point.leakage <= g.max
+    interval = wilson(point.n_leaked, point.n_leakage)
+    base_leak = base.leakage if base is not None else None
+    leaked = [ctx.example(t, s, ex, v) for (aid, sc, s, m), vals in ctx.data.values.items()
+              if (aid, sc) == t and m == "format_leakage" for ex, v in vals.items() if v == 1.0]
+    return GateOutcome(GateResult(g.name, "format_leakage", point.leakage, g.max, base_leak, ok,
+                                  f"{label} format_leakage = {point.leakage:.4g} ({point.n_leaked}/{point.n_leakage} general and "
+                                  f"leakage answers in the task's format){_ci(interval)}; needs <= {g.max:g}"
+                                  f"{_vs(base_leak, 'base')}: {_verdict(ok)}"),
+                       g.kind, label, t[0], t[1], None, interval, None, tuple(leaked[:3]), g.source)
+
+
+def _gain(ctx: _Ctx, g: PlannedGate, t: tuple) -> GateOutcome:
+    """Adapter minus base on paired examples, in the metric's better direction; the task headlines
+    of every task suite for ``task_gain``, one suite metric for ``gain``."""
+    from harness.stats import paired_test
+
+    assert g.min is not None  # plan_gates gives every gain gate its min_gain / min_task_gain
+    label = ctx.label(t)
+    if g.kind == "task_gain":
+        pairs_of = [(s.name, s.headline) for s in ctx.comparison.suites if s.role == "task" and s.headline]
+        where = f"{label} task gain over base ({', '.join(f'{s}:{m}' for s, m in pairs_of) or 'no task suite'})"
+    else:
+        assert g.suite is not None  # plan_gates gives every gain gate its suite
+        pairs_of = [(g.suite, g.metric)]
+        where = f"{label} {g.suite} {g.metric} gain over base"
+    mine, base, worst = [], [], []
+    for suite, metric in pairs_of:
+        sign = 1.0 if ctx.higher_is_better(suite, metric) else -1.0
+        a = ctx.data.values.get((*t, suite, metric), {})
+        b = ctx.data.values.get((None, 0.0, suite, metric), {})
+        for ex in sorted(set(a) & set(b)):
+            va, vb = a[ex], b[ex]
+            if va is not None and vb is not None:
+                mine.append(sign * va)
+                base.append(sign * vb)
+                worst.append((sign * (va - vb), ctx.example(t, suite, ex, va, vb)))
+    if not mine:
+        return GateOutcome(GateResult(g.name, g.metric, None, g.min, None, False,
+                                      f"{where}: no example scored for both the adapter and the base model (run the base too); "
+                                      f"needs >= {g.min:g}: FAIL"), g.kind, label, t[0], t[1], g.suite, source=g.source)
+    test = paired_test(base, mine)  # drop of base relative to the adapter = the adapter's gain
+    gain, mean_a, mean_b = test.drop, sum(mine) / len(mine), sum(base) / len(base)
+    ok = gain >= g.min
+    interval = test.interval
+    return GateOutcome(GateResult(g.name, g.metric, gain, g.min, abs(mean_b), ok,
+                                  f"{where} = {gain:+.4g} (adapter {abs(mean_a):.4g}, base {abs(mean_b):.4g} over {len(mine)} paired "
+                                  f"examples; 95% {interval.method} interval {interval.low:+.4g} to {interval.high:+.4g}); "
+                                  f"needs >= {g.min:+g}: {_verdict(ok)}"),
+                       g.kind, label, t[0], t[1], g.suite, interval, None,
+                       tuple(e for _, e in sorted(worst, key=lambda x: x[0])[:3]), g.source)
+
+
+def _regressions(ctx: _Ctx, todo: Sequence[tuple[PlannedGate, tuple]]) -> list[GateOutcome]:
+    """Paired tests of every (gate, candidate) against the baseline adapter, Holm-corrected together."""
+    from harness.stats import holm, paired_test
+
+    if not todo:
+        return []
+    bt = (ctx.baseline_id, ctx.baseline_scale)
+    blabel = ctx.labels.get(bt, f"{(ctx.baseline_id or '?')[:8]}@{ctx.baseline_scale:g}")
+    tests: list[tuple[PlannedGate, tuple, list[str], dict[str, float], dict[str, float], bool, PairedTest | None]] = []
+    out: list[GateOutcome] = []
+    for g, t in todo:
+        assert g.suite is not None  # plan_gates gives every regression gate its suite
+        hib = ctx.higher_is_better(g.suite, g.metric)
+        # the scored examples (None is no score) of the candidate and the baseline
+        a = {ex: v for ex, v in ctx.data.values.get((*t, g.suite, g.metric), {}).items() if v is not None}
+        b = {ex: v for ex, v in ctx.data.values.get((*bt, g.suite, g.metric), {}).items() if v is not None}
+        keys = sorted(set(a) & set(b))
+        tests.append((g, t, keys, a, b, hib, paired_test([a[k] for k in keys], [b[k] for k in keys], hib) if keys else None))
+    family = [x[-1].p_value for x in tests if x[-1] is not None]
+    adjusted = iter(holm(family, ctx.project.alpha))
+    for g, t, keys, a, b, hib, test in tests:
+        assert g.suite is not None and g.max is not None  # plan_gates: its suite and max_drop / max_regression
+        label = ctx.label(t)
+        where = f"{label} {g.suite} {g.metric} vs baseline {blabel}"
+        if test is None:
+            out.append(GateOutcome(GateResult(g.name, g.metric, None, g.max, None, False,
+                                              f"{where}: no example scored for both (evaluate the baseline in the same run); "
+                                              f"allowed drop {g.max:g}: FAIL"), g.kind, label, t[0], t[1], g.suite, source=g.source))
+            continue
+        reject, p_adj = next(adjusted)
+        mean_a, mean_b = sum(a[k] for k in keys) / len(keys), sum(b[k] for k in keys) / len(keys)
+        ok = not (reject and test.drop > g.max)
+        threshold = mean_b - g.max if hib else mean_b + g.max
+        counts = f", {test.n_worse} worse, {test.n_better} better" if test.test == "exact McNemar" else ""
+        verdict = ("pass" if not reject else "pass (a significant drop, within the margin)") if ok else "FAIL"
+        iv = test.interval
+        msg = (f"{where}: {mean_a:.4g} vs {mean_b:.4g}, drop {test.drop:+.4g} (95% paired bootstrap interval "
+               f"{iv.low:+.4g} to {iv.high:+.4g}) over {test.n_pairs} paired examples{counts}; {test.test} p = {test.p_value:.3g}, "
+               f"Holm-adjusted {p_adj:.3g} over {len(family)} test(s), alpha {ctx.project.alpha:g}; allowed drop {g.max:g} "
+               f"(needs {'>=' if hib else '<='} {threshold:.4g}): {verdict}")
+        sign = 1.0 if hib else -1.0
+        worst = sorted(keys, key=lambda k: sign * (a[k] - b[k]))[:3]
+        out.append(GateOutcome(GateResult(g.name, g.metric, mean_a, threshold, mean_b, ok, msg), g.kind, label, t[0], t[1],
+                               g.suite, iv, p_adj, tuple(ctx.example(t, g.suite, k, a[k], b[k]) for k in worst
+                                                          if sign * (a[k] - b[k]) < 0), g.source))
+    return out
+
+
+def _completeness(ctx: _Ctx, g: PlannedGate) -> GateOutcome:
+    rows = ctx.store.query("SELECT n_expected, n_results, n_errors FROM v_runs WHERE run_id = ?", [ctx.run_id])
+    allowed = ctx.project.max_errors
+    if not rows:
+        return GateOutcome(GateResult(g.name, "results", None, None, None, False, f"completeness: no run {ctx.run_id} in the store: FAIL"), g.kind)
+    n_exp, n_res, n_err = rows[0]["n_expected"], int(rows[0]["n_results"]), int(rows[0]["n_errors"])
+    ok = bool(n_exp) and n_res == n_exp and n_err <= allowed
+    why = ("no results were expected (a run over nothing cannot pass)" if not n_exp else
+           f"{n_res - n_err} scored + {n_err} errored = {n_res} of {n_exp} expected")
+    hint = "" if ok else ("; rerun to finish or retry them" if n_exp else "")
+    return GateOutcome(GateResult(g.name, "results", float(n_res - n_err), float(n_exp) if n_exp else None, None, ok,
+                                  f"completeness of run {ctx.run_id}: {why}; errors allowed {allowed}{hint}: {_verdict(ok)}"),
+                       g.kind, source=g.source)
+
+
+def _health(ctx: _Ctx, g: PlannedGate, adapter_id: str) -> GateOutcome | str:
+    """No error-severity anomaly in harness.json's "anomalies" or the store's findings; a reason to skip
+    (a str) when there is no training record at all."""
+    from harness.records import Finding, parse_adapter_record
+
+    rows = ctx.store.query("SELECT harness FROM adapters WHERE adapter_id = ?", [adapter_id])
+    where = f"{ctx.store.path}: the stored harness.json of adapter {adapter_id[:12]}"
+    record = parse_adapter_record(rows[0]["harness"], where) if rows and rows[0]["harness"] else None
+    findings = [Finding.from_dict(r, f"{ctx.store.path}: a stored finding of adapter {adapter_id[:12]}") for r in
+                ctx.store.query("SELECT kind, severity, step, message FROM findings WHERE adapter_id = ?", [adapter_id])]
+    anomalies = [*(record.anomalies if record is not None else ()), *findings]
+    if record is None and not findings:
+        return f"adapter {adapter_id[:12]} has no training record (harness.json) and no stored findings: nothing to judge"
+    errors = [a for a in anomalies if a.severity == "error"]
+    ok = not errors
+    first = f"; first: {errors[0].kind} at step {errors[0].step}: {errors[0].message}" if errors else ""
+    return GateOutcome(GateResult(g.name, "anomalies", float(len(errors)), 0.0, None, ok,
+                                  f"training health of adapter {adapter_id[:12]}: {len(errors)} error-severity anomalies of "
+                                  f"{len(anomalies)} recorded{first}; allowed 0: {_verdict(ok)}"),
+                       g.kind, None, adapter_id, source=g.source)
+
+
+def _provenance(ctx: _Ctx, g: PlannedGate, adapter_id: str | None, scale: float | None, cands: Sequence[tuple]) -> GateOutcome:
+    expected = ctx.project.adapter_id
+    released = adapter_id or expected
+    evaluated = sorted({t[0] for t in cands if t[0]})
+    problems = []
+    if expected and adapter_id and expected != adapter_id:
+        problems.append(f"the adapter directory hashes to {adapter_id[:12]}, not the {expected[:12]} {ctx.project.source} releases")
+    if released not in evaluated:
+        at = f" at scale {scale:g}" if scale is not None else ""
+        problems.append(f"run {ctx.run_id} holds no results of adapter {(released or '?')[:12]}{at} "
+                        f"(it evaluated {', '.join(e[:12] for e in evaluated) or 'no adapter'})")
+    ok = not problems
+    msg = (f"the results of run {ctx.run_id} are of adapter {released}, the one being released: pass" if ok
+           else f"{'; '.join(problems)}: FAIL")
+    return GateOutcome(GateResult(g.name, "adapter_id", None, None, None, ok, msg), g.kind, None, released, scale, source=g.source)
+
+
+def _mean(vals: Sequence[float | None]) -> float | None:
+    scored = [v for v in vals if v is not None]
+    return sum(scored) / len(scored) if scored else None
