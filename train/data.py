@@ -27,8 +27,11 @@ if TYPE_CHECKING:
     from harness.models import LoadedBase
 
 REPLAY_POOL = Path(__file__).parent / "replay_pool" / "prompts.jsonl"
-REPLAY_VERSION = "1"  # bump when the way replay answers are generated changes
-REPLAY_MAX_NEW_TOKENS = 64
+REPLAY_VERSION = "2"  # bump when the way replay answers are generated changes
+#: long enough that most of the base's answers end on their own; an answer cut at this length is not used
+#: (trained on, a cut answer followed by end-of-turn teaches the adapter to stop mid-sentence: v1 cut at 64
+#: tokens, and its replay adapter answered "What is 8 + 8?" with "To add 8 and 8, you simply add them together.")
+REPLAY_MAX_NEW_TOKENS = 192
 
 Conversation = dict[str, list[dict[str, str]]]
 
@@ -151,7 +154,8 @@ def check_supervision(tokenizer, rows: Sequence[Conversation], max_length: int) 
 
 
 def replay_rows(base: LoadedBase, n: int, seed: int, log: Callable[[str], None] = print) -> list[Conversation]:
-    """``n`` general examples: the base model's own greedy answers to prompts of the built-in pool.
+    """``n`` general examples: the base model's own greedy answers to prompts of the built-in pool, each
+    an answer that ended on its own (one cut at ``REPLAY_MAX_NEW_TOKENS`` is replaced by the next prompt's).
 
     Training on them pulls the adapter towards what the base model already does on general input,
     which limits forgetting and format leakage. Answers are generated once per base model and cached
@@ -162,36 +166,44 @@ def replay_rows(base: LoadedBase, n: int, seed: int, log: Callable[[str], None] 
     from harness.models import harness_home
 
     pool = [json.loads(line)["prompt"] for line in REPLAY_POOL.read_text(encoding="utf-8").splitlines() if line.strip()]
-    # The prompts used are the first n of a seeded shuffle of the pool; only those are generated.
+    # The prompts used are the first n of a seeded shuffle of the pool whose answers ended on their own;
+    # only those (and the next ones, in place of cut answers) are generated.
     order = list(pool)
     random.Random(seed).shuffle(order)
-    wanted = order[: min(n, len(order))]
     cache = harness_home() / "replay" / base.ref.model_id[:16] / f"answers-v{REPLAY_VERSION}-{base.device}.jsonl"
-    answers: dict[str, str] = {}
+    answers: dict[str, tuple[str, bool]] = {}  # prompt -> (answer, cut at REPLAY_MAX_NEW_TOKENS)
     if cache.exists():
         try:
             for line in cache.read_text(encoding="utf-8").splitlines():
                 if line.strip():
                     a = json.loads(line)
-                    answers[a["prompt"]] = a["answer"]
+                    answers[a["prompt"]] = (str(a["answer"]), bool(a["truncated"]))
         except (OSError, json.JSONDecodeError, KeyError, TypeError):
             answers = {}  # a damaged cache is rebuilt, never trusted
-    missing = [p for p in wanted if p not in answers]
-    if missing:
-        log(f"  generating the base model's answers to {len(missing)} general prompts for replay (cached afterwards)")
-        settings = GenerationSettings(max_new_tokens=REPLAY_MAX_NEW_TOKENS)
-        gens = generate(base.model, base.tokenizer, [render_prompt(base.tokenizer, p) for p in missing], settings, batch_size=16)
-        answers.update({p: (g.text or "").strip() for p, g in zip(missing, gens)})
+    settings = GenerationSettings(max_new_tokens=REPLAY_MAX_NEW_TOKENS)
+    usable: list[str] = []
+    pos, generated = 0, False
+    while len(usable) < n and pos < len(order):
+        take = order[pos: pos + n - len(usable)]
+        pos += len(take)
+        missing = [p for p in take if p not in answers]
+        if missing:
+            log(f"  generating the base model's answers to {len(missing)} general prompts for replay (cached afterwards)")
+            gens = generate(base.model, base.tokenizer, [render_prompt(base.tokenizer, p) for p in missing], settings, batch_size=16)
+            answers.update({p: ((g.text or "").strip(), g.truncated) for p, g in zip(missing, gens)})
+            generated = True
+        usable += [p for p in take if answers[p][0] and not answers[p][1]]
+    if generated:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(cache, "".join(json.dumps({"prompt": p, "answer": a}, ensure_ascii=False) + "\n"
-                                         for p, a in answers.items()))
-    usable = [p for p in wanted if answers.get(p)]
+        write_text_atomic(cache, "".join(json.dumps({"prompt": p, "answer": a, "truncated": cut}, ensure_ascii=False) + "\n"
+                                         for p, (a, cut) in answers.items()))
     if not usable:
-        raise DatasetError("the base model gave no usable answer to any replay prompt; mix in your own general data instead")
+        raise DatasetError("the base model gave no usable (non-empty, ended on its own) answer to any replay prompt; mix in "
+                           "your own general data instead")
     if n > len(usable):
         # More replay than the pool holds: repeat it rather than invent data.
         usable = usable * (n // len(usable) + 1)
-    return [{"prompt": [_msg("user", p)], "completion": [_msg("assistant", answers[p])]} for p in usable[:n]]
+    return [{"prompt": [_msg("user", p)], "completion": [_msg("assistant", answers[p][0])]} for p in usable[:n]]
 
 
 def sample_rows(pool: list[Conversation], n: int, seed: int) -> list[Conversation]:

@@ -303,24 +303,67 @@ def test_replay_mix_uses_base_model_answers_generated_once_and_cached(tiny_model
     monkeypatch.setenv("HARNESS_HOME", str(tmp_path / "home"))
     base = load_base(resolve_base(str(tiny_model_dir)))
     # The random tiny model only emits whitespace; make it say one of two words (whichever the hidden
-    # state favours) so its answers are usable text.
+    # state favours), then end its turn, so its answers are usable text that ended on its own.
+    base.model.lm_head.weight = torch.nn.Parameter(base.model.lm_head.weight.detach().clone())  # untie
     yes, no = [i for i in range(base.tokenizer.vocab_size) if base.tokenizer.decode([i]).strip().isalpha()][:2]
+    eos = base.tokenizer.eos_token_id
     with torch.no_grad():
-        w = base.model.lm_head.weight
-        v = torch.randn(w.shape[1], generator=torch.Generator().manual_seed(0))
+        w, emb = base.model.lm_head.weight, base.model.get_input_embeddings().weight
+        g = torch.Generator().manual_seed(0)
+        v, e = torch.randn(w.shape[1], generator=g), torch.randn(w.shape[1], generator=g)
         w[yes] += 100 * v
         w[no] -= 100 * v
-    pool = {__import__("json").loads(line)["prompt"] for line in REPLAY_POOL.read_text().splitlines() if line.strip()}
+        emb[yes] += 50 * e  # after either word the state points along e ...
+        emb[no] += 50 * e
+        w[eos] += 50 * e  # ... where the turn ends
+    pool = {json.loads(line)["prompt"] for line in REPLAY_POOL.read_text().splitlines() if line.strip()}
     said = []
     rows = replay_rows(base, 5, seed=1, log=said.append)
     assert len(rows) == 5 and all(r["prompt"][0]["content"] in pool for r in rows)
     assert len({r["prompt"][0]["content"] for r in rows}) == 5
-    assert any("generating the base model's answers to 5" in s for s in said)
+    assert all(r["completion"][0]["content"].strip() for r in rows)
+    assert [s.strip() for s in said] == ["generating the base model's answers to 5 general prompts for replay (cached afterwards)"]
     said.clear()
     again = replay_rows(base, 5, seed=1, log=said.append)
     assert again == rows and not said  # served from the cache, no generation
     cache = list((tmp_path / "home" / "replay").rglob("*.jsonl"))
     assert len(cache) == 1 and len(cache[0].read_text().splitlines()) == 5
+
+
+def test_replay_never_trains_on_an_answer_cut_at_the_token_limit(tiny_model_dir, tmp_path, monkeypatch):
+    # A cut answer followed by end-of-turn teaches the adapter to stop mid-sentence; the next prompt of the
+    # shuffled pool takes its place. Which answers are cut is set here (the generation itself is the
+    # real one in the test above): every third prompt of the pool runs to the limit.
+    import harness.generate
+    from harness.generate import Generation
+    from train.data import REPLAY_MAX_NEW_TOKENS, REPLAY_POOL, replay_rows
+
+    monkeypatch.setenv("HARNESS_HOME", str(tmp_path / "home"))
+    base = load_base(resolve_base(str(tiny_model_dir)))
+    pool = [json.loads(line)["prompt"] for line in REPLAY_POOL.read_text().splitlines() if line.strip()]
+    cut_prompts = set(pool[::3])
+    asked: list[list[str]] = []
+
+    def answers(model, tokenizer, prompts, settings, batch_size=16, **kw):
+        assert settings.max_new_tokens == REPLAY_MAX_NEW_TOKENS
+        texts = [next(p for p in pool if p in prompt) for prompt in prompts]
+        asked.append(texts)
+        return [Generation(f"answer to {t}", 10, REPLAY_MAX_NEW_TOKENS if t in cut_prompts else 3, 0.0,
+                           truncated=t in cut_prompts) for t in texts]
+
+    monkeypatch.setattr(harness.generate, "generate", answers)
+    rows = replay_rows(base, 12, seed=1, log=lambda s: None)
+    used = [r["prompt"][0]["content"] for r in rows]
+    assert len(used) == 12 == len(set(used)) and not set(used) & cut_prompts
+    assert all(r["completion"][0]["content"] == f"answer to {r['prompt'][0]['content']}" for r in rows)
+    generated = [p for batch in asked for p in batch]
+    assert len(generated) == len(set(generated)) and set(used) <= set(generated)
+    assert any(p in cut_prompts for p in generated)  # some were cut, and replaced
+    stored = {json.loads(line)["prompt"]: json.loads(line)["truncated"]
+              for f in (tmp_path / "home" / "replay").rglob("*.jsonl") for line in f.read_text().splitlines()}
+    assert stored == {p: p in cut_prompts for p in generated}
+    asked.clear()
+    assert replay_rows(base, 12, seed=1, log=lambda s: None) == rows and not asked  # the cache knows which were cut
 
 
 def test_training_data_loads_from_jsonl_csv_parquet_and_a_dataset_directory(tmp_path):
