@@ -411,7 +411,8 @@ def prepare_rows(
 
 
 def _parent_rows(parent: AdapterInfo | None) -> list[dict]:
-    """The parent adapter's training data, from the path its harness.json records."""
+    """The parent adapter's training data, from the path its harness.json records, read through the
+    column mapping (``data.fields``) its recorded spec used."""
     if parent is None:
         raise UsageError("mix.parent needs --from-adapter: it mixes in the data the parent adapter was trained on")
     data = parent.record.data if parent.record is not None else None
@@ -421,7 +422,8 @@ def _parent_rows(parent: AdapterInfo | None) -> list[dict]:
             f"{parent.path}: its harness.json does not name a readable training data file ({source!r}); "
             "mix its data in yourself (concatenate it into --data) or drop mix.parent"
         )
-    return [normalize_row(r, f"{source} row {i + 1}") for i, r in enumerate(load_rows(source))]
+    fields = dict((parent.record.spec or {}).get("data_fields") or {}) if parent.record is not None else {}
+    return [normalize_row(r, f"{source} row {i + 1}") for i, r in enumerate(map_fields(load_rows(source), fields, source))]
 
 
 def _split(datasets: Any, rows: list[dict], spec: TrainSpec) -> tuple[Any, Any]:

@@ -205,6 +205,22 @@ def check_fields(fields: Any, where: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in fields.items()}
 
 
+def _split_data(raw: dict[str, Any], path: Path | None) -> dict[str, Any]:
+    """``data: {path: ..., fields: {prompt: ticket, completion: answer}}`` (the form suites use) as
+    ``data`` and ``data_fields``; a plain ``data`` path is left as it is."""
+    if not isinstance(raw.get("data"), Mapping):
+        return raw
+    d = dict(raw["data"])
+    extra = sorted(set(d) - {"path", "fields"})
+    if extra or "path" not in d:
+        raise InputError(f"{path or 'spec'}: data must be a path or {{path: FILE, fields: {{prompt: COLUMN, completion: COLUMN}}}}"
+                         + (f"; unknown key(s) {', '.join(extra)}" if extra else "; path is missing"))
+    out = {**raw, "data": str(d["path"]) if d["path"] is not None else None}
+    if d.get("fields") is not None:
+        out["data_fields"] = d["fields"]
+    return out
+
+
 def load_spec(path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> TrainSpec:
     """Read a YAML spec (optional), apply overrides, validate; all errors are reported together."""
     raw: dict[str, Any] = {}
@@ -214,17 +230,10 @@ def load_spec(path: Path | None = None, overrides: Mapping[str, Any] | None = No
         raw = load_yaml_file(Path(path), "training spec") or {}
         if not isinstance(raw, dict):
             raise InputError(f"{path}: a training spec must be a YAML mapping of field: value")
-    raw.update(overrides or {})
-    if isinstance(raw.get("data"), Mapping):
-        # data: {path: ..., fields: {prompt: ticket, completion: answer}}, the form suites use
-        d = dict(raw["data"])
-        extra = sorted(set(d) - {"path", "fields"})
-        if extra or "path" not in d:
-            raise InputError(f"{path or 'spec'}: data must be a path or {{path: FILE, fields: {{prompt: COLUMN, completion: COLUMN}}}}"
-                             + (f"; unknown key(s) {', '.join(extra)}" if extra else "; path is missing"))
-        raw["data"] = str(d["path"]) if d["path"] is not None else None
-        if d.get("fields") is not None:
-            raw["data_fields"] = d["fields"]
+    # Split `data: {path, fields}` in the file and in the overrides before merging them: `--data F` (an
+    # override of the path alone) keeps the spec's column mapping, as a next round's file usually
+    # has the first round's columns.
+    raw = {**_split_data(raw, path), **_split_data(dict(overrides or {}), path)}
     if "data_fields" in raw:
         raw["data_fields"] = check_fields(raw["data_fields"], str(path or "spec"))
     known = {f.name for f in dataclasses.fields(TrainSpec)}

@@ -274,6 +274,29 @@ def test_spec_values_are_typed_by_field_so_yaml_and_flags_agree():
     assert coerce_value("use_rslora", "true") is True
 
 
+def test_data_override_keeps_the_specs_column_mapping(tiny_model_dir, tmp_path):
+    """`harness train spec.yaml --data next.jsonl` (a next round, the same columns) keeps the spec's
+    data.fields; an override that maps its own columns replaces them. Found by the README's
+    continued fine-tuning example, which failed with "unknown shape (columns: id, message, target)"."""
+    from train.run import TrainRequest, plan_training
+    from train.spec import load_spec
+
+    for name in ("first", "next"):
+        (tmp_path / f"{name}.jsonl").write_text("".join(
+            json.dumps({"id": i, "message": f"Order {i} red hoodies", "target": f'{{"quantity": {i}}}'}) + "\n"
+            for i in range(4)))
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(f"base: {tiny_model_dir}\n"
+                         f"data: {{path: {tmp_path / 'first.jsonl'}, fields: {{prompt: message, completion: target}}}}\n")
+    mapping = {"prompt": "message", "completion": "target"}
+    nxt = str(tmp_path / "next.jsonl")
+    # the train command's --data flag is this override; planning reads and checks every row
+    plan = plan_training(TrainRequest(spec_file, {"data": nxt}, out=tmp_path / "ad"))
+    assert (plan.points[0].spec.data, plan.points[0].spec.data_fields) == (nxt, mapping)
+    other = load_spec(spec_file, {"data": {"path": nxt, "fields": {"prompt": "id", "completion": "target"}}})
+    assert other.data_fields == {"prompt": "id", "completion": "target"}
+
+
 def test_pissa_adapter_saved_as_lora_reproduces_the_trained_model_on_the_original_base(base, tiny_model_dir, tmp_path):
     from transformers import TrainerCallback
 
@@ -416,6 +439,24 @@ def test_mixing_your_own_general_data_and_the_parents_data(base, tiny_model_dir,
     with pytest.raises(UsageError, match="mix.parent needs --from-adapter"):
         prepare_rows(_spec(tiny_model_dir, data=str(new), mix={"parent": 0.25}), base, None, lambda s: None)
 
+
+def test_the_parents_data_is_read_through_the_parents_column_mapping(base, tiny_model_dir, tmp_path):
+    """A parent trained on data.fields-mapped columns: mix.parent reads its file with that mapping (the
+    README's continued fine-tuning example failed with "unknown shape (columns: id, message, target)")."""
+    from harness.adapters import inspect_adapter
+    from train.recipe import prepare_rows
+
+    mapping = {"prompt": "message", "completion": "target"}
+    for name, word in (("first", "Order"), ("next", "Cancel")):
+        (tmp_path / f"{name}.jsonl").write_text("".join(
+            json.dumps({"id": i, "message": f"{word} {i} red hoodies", "target": f'{{"quantity": {i}}}'}) + "\n"
+            for i in range(8)))
+    train_adapter(_spec(tiny_model_dir, data=str(tmp_path / "first.jsonl"), data_fields=mapping), tmp_path / "parent",
+                  base=base, log=lambda s: None)
+    rows, _, _ = prepare_rows(_spec(tiny_model_dir, data=str(tmp_path / "next.jsonl"), data_fields=mapping,
+                                    mix={"parent": 0.5}), base, None, lambda s: None, inspect_adapter(tmp_path / "parent"))
+    users = [r["prompt"][-1]["content"] for r in rows]
+    assert len(rows) == 16 and sum(u.startswith("Order") for u in users) == 8
 
 @pytest.mark.parametrize("mix, match", [({"wiki": 0.2}, "mix.wiki: unknown"), ({"general": 1.5}, "between 0 and 1"),
                                         ({"general": 0.6, "parent": 0.5}, "add up to 1.1")])
