@@ -55,6 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        from harness import distributed
+
+        distributed.shutdown()
 
 
 if __name__ == "__main__":
