@@ -27,6 +27,10 @@ from harness.summary import print_run_summary
 TRAIN_SEED = 1  # the held-out order-task suite was generated with another seed (see suites/order-task)
 
 
+#: the demo's suites: the task, general knowledge (retention) and format leakage
+DEMO_SUITES = ("order-task", "general-knowledge", "format-leakage")
+
+
 @dataclass(frozen=True)
 class DemoPlan:
     """Sizes of one demo run. ``quick`` trades precision of the figures for time."""
@@ -37,18 +41,20 @@ class DemoPlan:
     batch_size: int
     replay_share: float
     with_replay_adapter: bool
-    limits: dict[str, int]
+    #: examples of each suite: a stratified sample, the one `--limit N` takes, so `harness check --limit N`
+    #: on the demo's database reads every row the demo stored
+    limit: int
     #: the scales every adapter is swept at (scale 0, the base model, is always evaluated)
     scales: tuple[float, ...] = (1.0,)
 
 
 FULL = DemoPlan(
     n_train=128, epochs=1, learning_rate=2e-3, batch_size=8, replay_share=0.25, with_replay_adapter=True,
-    limits={"order-task": 40, "general-knowledge": 96, "format-leakage": 24}, scales=(0.1, 0.25, 0.5, 0.75, 1.0),
+    limit=48, scales=(0.1, 0.25, 0.5, 0.75, 1.0),
 )
 QUICK = DemoPlan(
     n_train=96, epochs=1, learning_rate=2e-3, batch_size=8, replay_share=0.25, with_replay_adapter=False,
-    limits={"order-task": 16, "general-knowledge": 32, "format-leakage": 8}, scales=(0.5, 1.0),
+    limit=16, scales=(0.5, 1.0),
 )
 
 
@@ -112,11 +118,11 @@ def run_demo(out_dir: Path, quick: bool, base_name: str, device: str | None, log
         adapters.append(inspect_adapter(result.adapter_dir))
 
     t = time.perf_counter()
-    suites = [load_suite(n) for n in plan.limits]
+    suites = [load_suite(n) for n in DEMO_SUITES]
     targets = expand_targets(adapters, list(plan.scales))  # a sweep: every scale shares the batches
     info = RunInfo(kind="demo", device=str(base.device), command=shlex.join(["harness", *sys.argv[1:]]), seed=3407,
                    config={"device": base.device, "quick": quick, "plan": plan.__dict__})
-    examples = {s.name: load_examples(s, plan.limits[s.name]) for s in suites}
+    examples = {s.name: load_examples(s, plan.limit) for s in suites}
     with store.run(info) as run:
         # One call for every suite: the run's whole expected count is declared before anything is
         # generated (`harness runs` shows a fixed count while it runs), and the adapters' self-checks
@@ -138,6 +144,10 @@ def run_demo(out_dir: Path, quick: bool, base_name: str, device: str | None, log
     # the report shows every scale the run stored, the adapters' training curves and findings
     report = write_report(build_report(store, [run_id], title="adapter-harness demo"), out_dir / "report.html")
     phases("summary + report", t)
+
+    t = time.perf_counter()
+    print(release_checks(store.path, [out_dir / "adapters" / name for name, _ in variants], plan, base_name))
+    phases("release checks", t)
     print(f"\nreport: {report}\ndatabase: {store.path}\nadapters: {out_dir / 'adapters'}")
     print("\nTime per phase:\n" + phases.table())
     return 0
@@ -150,3 +160,44 @@ def _store_training(store: Store, name: str, spec, result) -> None:
     for f in result.findings:  # from the live anomaly check that watched the run
         print(f"  {f.severity}: {f.kind} at step {f.step}: {f.message}")
     store_training(store, result, name, f"harness demo (train {name})", {"spec": spec.to_dict(), "demo": True})
+
+
+def release_checks(db: Path, adapter_dirs: list[Path], plan: DemoPlan, base_name: str) -> str:
+    """`harness check` on each adapter, at the scale the sweep recommends and as trained (scale 1), with
+    the release defaults (retention >= 0.95, leakage <= 0.02) and the suites' own gates. Every row is the
+    demo's own (same examples, same settings): nothing is generated. Returns the lines to print, each
+    check with the command that repeats it."""
+    import io
+    from contextlib import redirect_stdout
+
+    from harness.commands.check import CheckRequest, run_check
+    from harness.errors import GateFailure
+    from harness.gates import ProjectGates
+
+    lines = ["", "Release checks (`harness check`, release defaults: retention >= 95% of the base's correct answers, "
+             "leakage <= 2%; served from the store):"]
+    for d in adapter_dirs:
+        for recommended in (True, False):
+            how = "--recommended" if recommended else "--scale 1"
+            cmd = " ".join(["harness check --adapter", shlex.quote(str(d)), how, "--db", shlex.quote(str(db)),
+                            *[f"--suite {s}" for s in DEMO_SUITES], f"--limit {plan.limit}"])
+            req = CheckRequest(adapter=str(d), suites=DEMO_SUITES, project=ProjectGates(), base=base_name, db=db,
+                               scale=None if recommended else 1.0, recommended=recommended, limit=plan.limit,
+                               command=cmd)
+            try:
+                with redirect_stdout(io.StringIO()):
+                    result = run_check(req)
+            except GateFailure as exc:
+                lines.append(f"  {d.name} {how}: exit {exc.exit_code}: {exc}")
+                lines.append(f"    $ {cmd}")
+                continue
+            report, scale = result.report, result.context["scale"]
+            n = len(report.outcomes)
+            if report.passed:
+                lines.append(f"  {d.name} at {scale:g}{' (recommended)' if recommended else ''}: exit 0, {n} of {n} gates passed")
+            else:
+                lines.append(f"  {d.name} at {scale:g}{' (recommended)' if recommended else ''}: exit 1, "
+                             f"{len(report.failures)} of {n} gates failed:")
+                lines += [f"    FAIL {o.result.gate}: {o.result.message}" for o in report.failures]
+            lines.append(f"    $ {cmd}")
+    return "\n".join(lines)

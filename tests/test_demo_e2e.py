@@ -63,3 +63,20 @@ def test_demo_writes_report(demo):
     out, proc = demo
     html = (out / "report.html").read_text()
     assert "Content-Security-Policy" in html and "order-task" in html and "general-knowledge" in html
+
+
+def test_demo_release_check_fails_the_plain_adapter_on_retention_from_the_store(demo):
+    # The demo ends with `harness check` on its adapter; the same command, run by a user on the demo's
+    # database, is served from the store (nothing generated) and exits 1 naming the retention gate.
+    out, proc = demo
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "Release checks" in proc.stdout
+    assert "order-plain at 1: exit 1" in proc.stdout and "FAIL retention: order-plain@1 retention" in proc.stdout
+    from harness.demo import DEMO_SUITES, QUICK
+
+    cmd = [sys.executable, "-m", "harness", "check", "--adapter", str(out / "adapters" / "order-plain"), "--scale", "1",
+           "--db", str(out / "harness.duckdb"), *[a for s in DEMO_SUITES for a in ("--suite", s)], "--limit", str(QUICK.limit)]
+    check = subprocess.run(cmd, cwd=out, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=600)
+    assert check.returncode == 1, check.stderr[-3000:]
+    assert "gate failed: retention: order-plain@1 retention" in check.stderr
+    assert ": 0 generated," in check.stderr, check.stderr[-3000:]
