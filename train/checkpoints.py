@@ -209,46 +209,6 @@ class SaveAndStop:
         return _SaveAndStop()
 
 
-class CtrlC:
-    """Ctrl-C during training always ends it, at once or at the end of the step.
-
-    Python raises KeyboardInterrupt wherever the main thread is when SIGINT arrives. Raised inside a
-    finalizer, a weakref callback or a library's ``except BaseException`` retry, it is lost, and the
-    run goes on (seen once under heavy load: a Ctrl-C after step 2 of a 100,000-step run, and it kept
-    training). This handler raises KeyboardInterrupt as the default one does and remembers the request;
-    the callback raises it again at the end of the step if the first was swallowed.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        self.requested = True
-        raise KeyboardInterrupt
-
-    def install(self) -> None:
-        self._previous = signal.signal(signal.SIGINT, self._handler)
-
-    def uninstall(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
-
-    def callback(self) -> Any:
-        from transformers import TrainerCallback
-
-        owner = self
-
-        class _CtrlC(TrainerCallback):
-            def on_step_end(self, args, state, control, **kwargs):
-                if owner.requested:
-                    raise KeyboardInterrupt
-                return control
-
-        return _CtrlC()
-
-
 def marker_callback(identity: RunIdentity, log: Callable[[str], None]) -> Any:
     """A TrainerCallback that writes the completion marker once the Trainer has saved a checkpoint."""
     from transformers import TrainerCallback

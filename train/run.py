@@ -140,14 +140,12 @@ def run_training(plan: TrainingPlan, req: TrainRequest, log: Callable[[str], Non
     from harness import distributed
     from harness.models import load_base, resolve_base
     from harness.store import Store, default_db_path
-    from train.checkpoints import CtrlC, SaveAndStop
+    from train.checkpoints import SaveAndStop
 
     base = load_base(resolve_base(plan.spec.base), device=distributed.device(req.device))
     store = Store(req.db or default_db_path())
     stopper = SaveAndStop()
     stopper.install()
-    ctrl_c = CtrlC()
-    ctrl_c.install()
     outcome = TrainingOutcome()
     try:
         for pp in plan.points:
@@ -155,19 +153,18 @@ def run_training(plan: TrainingPlan, req: TrainRequest, log: Callable[[str], Non
                 log(f"{pp.name}: already trained in {pp.out}, skipped")
                 continue
             log(f"{pp.name}: training into {pp.out}")
-            done = train_point(pp, plan, req, base, store, stopper, log, ctrl_c)
+            done = train_point(pp, plan, req, base, store, stopper, log)
             if done.result.interrupted:
                 outcome.interrupted, outcome.signal_name = done, stopper.signal_name
                 return outcome
             outcome.trained.append(done)
     finally:
         stopper.uninstall()
-        ctrl_c.uninstall()
     return outcome
 
 
 def train_point(pp: PlannedPoint, plan: TrainingPlan, req: TrainRequest, base: Any, store: Any, stopper: Any,
-                log: Callable[[str], None], ctrl_c: Any = None) -> TrainedPoint:
+                log: Callable[[str], None]) -> TrainedPoint:
     """Train one point as one store run: registered before training starts, marked when it ends."""
     from harness import distributed
     from train.recipe import train_adapter
@@ -184,7 +181,7 @@ def train_point(pp: PlannedPoint, plan: TrainingPlan, req: TrainRequest, base: A
         run.start()
     steps = StepCollector()
     try:
-        result = train_adapter(pp.spec, pp.out, base=base, log=log, callbacks=[steps.callback(), *([ctrl_c.callback()] if ctrl_c else [])],
+        result = train_adapter(pp.spec, pp.out, base=base, log=log, callbacks=[steps.callback()],
                                from_adapter=plan.parent.path if plan.parent else None, resume=resume, stopper=stopper)
     except TrainingStopped as exc:
         if run is None:
