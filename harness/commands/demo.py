@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "result to DuckDB, print a summary read back from it, and write an HTML report."
         ),
     )
-    p.add_argument("--quick", action="store_true", help="a smaller version (fewer examples, the plain adapter only; about 5 minutes on 2 idle CPU cores, 11 on a busy machine)")
+    p.add_argument("--quick", action="store_true", help="a smaller version (fewer examples, the plain adapter only; about 2 minutes on 2 idle CPU cores, 11 on a busy machine)")
     p.add_argument("--out", type=Path, default=Path("harness-demo"), help="output directory for the database, adapters and report (default: %(default)s)")
     p.add_argument("--base", default="smollm2-135m", help="base model: 'smollm2-135m' (embedded) or a local model directory (default: %(default)s)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
