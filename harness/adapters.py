@@ -132,7 +132,7 @@ _NONFINITE_MASKS = {"F16": ("<u2", 0x7C00), "BF16": ("<u2", 0x7F80), "F32": ("<u
                     "F64": ("<u8", 0x7FF0000000000000), "F8_E5M2": ("u1", 0x7C), "F8_E4M3": ("u1", 0x7F)}
 
 
-def _raw_tensors(weights: Path) -> list[tuple[str, str, list[int], bytes]]:
+def _raw_tensors(weights: Path) -> list[tuple[str, str, list[int], bytearray]]:
     """(name, safetensors dtype, shape, raw little-endian bytes) of every tensor, in name order.
 
     The file is parsed by safetensors' own (Rust) reader, so offsets and sizes are validated there; no
@@ -143,10 +143,12 @@ def _raw_tensors(weights: Path) -> list[tuple[str, str, list[int], bytes]]:
     """
     from safetensors import deserialize
 
-    return sorted((key, t["dtype"], list(t["shape"]), bytes(t["data"])) for key, t in deserialize(weights.read_bytes()))
+    # sorted by name (names are unique, so the bytes are never compared); the data is not copied again
+    return sorted(((key, t["dtype"], list(t["shape"]), t["data"]) for key, t in deserialize(weights.read_bytes())),
+                  key=lambda x: x[0])
 
 
-def _all_finite(dtype: str, data: bytes) -> bool:
+def _all_finite(dtype: str, data: bytearray) -> bool:
     """No NaN or Inf in a floating tensor's bytes (integer tensors are always finite)."""
     import numpy as np
 
@@ -157,7 +159,7 @@ def _all_finite(dtype: str, data: bytes) -> bool:
     return not bool(np.any((bits & np.array(mask, dtype=view)) == np.array(mask, dtype=view)))
 
 
-def _hash_tensor(h: hashlib._Hash, key: str, dtype: str, shape: list[int], data: bytes) -> None:
+def _hash_tensor(h: hashlib._Hash, key: str, dtype: str, shape: list[int], data: bytearray) -> None:
     h.update(f"{key}|{_DTYPES.get(dtype, dtype.lower())}|{list(shape)}|".encode())
     h.update(data)
 
