@@ -1,5 +1,5 @@
 """The hand-written suite data: general-knowledge counts and answers, the replay pool kept disjoint from
-the general-knowledge questions, and the format-leakage / text-generation suites loading in full."""
+the general-knowledge and format-leakage prompts, and the format-leakage / text-generation suites loading in full."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from harness.suites import load_examples, load_suite
 ROOT = Path(__file__).resolve().parent.parent
 GK = ROOT / "suites" / "general-knowledge" / "questions.jsonl"
 REPLAY = ROOT / "train" / "replay_pool" / "prompts.jsonl"
+FL = ROOT / "suites" / "format-leakage" / "prompts.jsonl"
 
 # Words dropped before comparing two prompts for "the same question in other words".
 _STOP = {"what", "which", "who", "whom", "is", "are", "was", "were", "do", "does", "did", "in", "on", "of", "to",
@@ -81,23 +82,28 @@ def test_general_knowledge_suite_loads(gk_rows):
     assert examples[0].target and examples[0].category
 
 
-def test_replay_pool_disjoint_from_general_knowledge(gk_rows, replay_rows):
-    assert len(replay_rows) == 240
+def test_replay_pool_disjoint_from_the_general_suites(gk_rows, replay_rows):
+    # questions and instructions in the general-knowledge categories, and chat (greetings, thanks, small
+    # talk: the input an order adapter most readily answers with order JSON)
+    assert len(replay_rows) == 280
+    assert Counter(r["kind"] for r in replay_rows) == {"question": 189, "instruction": 51, "chat": 40}
     ids = [r["id"] for r in replay_rows]
     assert len(set(ids)) == len(ids)
     prompts = [r["prompt"] for r in replay_rows]
     assert all(p.strip() for p in prompts)
     assert len({normalize_answer(p) for p in prompts}) == len(prompts), "duplicate replay prompts"
-    gk_norm = {normalize_answer(r["question"]): r["id"] for r in gk_rows}
-    gk_words = {_content_words(r["question"]): r["id"] for r in gk_rows}
+    # replay never trains on a test prompt, nor on the same prompt in other words
+    tests = [(r["id"], r["question"]) for r in gk_rows] + [(r["id"], r["input"]) for r in _rows(FL)]
+    test_norm = {normalize_answer(q): i for i, q in tests}
+    test_words = {_content_words(q): i for i, q in tests}
     clashes = []
     for r in replay_rows:
         p = r["prompt"]
-        if p in gk_norm or normalize_answer(p) in gk_norm:
-            clashes.append((r["id"], p, gk_norm.get(normalize_answer(p))))
-        elif _content_words(p) in gk_words:
-            clashes.append((r["id"], p, gk_words[_content_words(p)]))
-    assert not clashes, f"replay prompts that repeat general-knowledge questions: {clashes}"
+        if normalize_answer(p) in test_norm:
+            clashes.append((r["id"], p, test_norm[normalize_answer(p)]))
+        elif _content_words(p) in test_words:
+            clashes.append((r["id"], p, test_words[_content_words(p)]))
+    assert not clashes, f"replay prompts that repeat a general-knowledge or format-leakage prompt: {clashes}"
 
 
 def test_format_leakage_suite_loads():
