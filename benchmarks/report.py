@@ -26,9 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.comparison import build_report  # noqa: E402
-from reports.render import write_report  # noqa: E402
-from tests.reports.test_report_data import make_store  # noqa: E402
+from harness.comparison import build_report
+from reports.render import write_report
+from tests.reports.test_report_data import make_store
 
 
 def main() -> int:

@@ -232,7 +232,7 @@ def main() -> int:
         import torch
 
         gpu = " (" + torch.cuda.get_device_name() + ")"
-    print(f"train step on {args.random_init and 'random-init ' or ''}{args.base}, {device}{gpu}, "
+    print(f"train step on {(args.random_init and 'random-init ') or ''}{args.base}, {device}{gpu}, "
           f"{args.steps} timed steps after {args.warmup} warm-up; baseline = loop-b1")
     memory = "peak GPU MiB (max_memory_allocated)" if device == "cuda" else "peak RSS MiB (getrusage)"
     print(f"{'variant':<12} {'precision':<9} {'tok/step':>8} {'s/step':>8} {'tokens/s':>9} {'x base':>7} {memory:>36} {'x base':>7}")
