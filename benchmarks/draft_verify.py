@@ -91,6 +91,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--db", type=Path, default=None, help="a store holding a sweep, for the neighbouring scales' overlap")
     ap.add_argument("--adapter", default=None, help="the adapter's name in --db")
+    ap.add_argument("--base", default="smollm2-135m", help="base model name or local directory (default: %(default)s)")
     ap.add_argument("--device", default=None)
     args = ap.parse_args()
 
@@ -98,7 +99,7 @@ def main() -> int:
 
     from harness.models import load_base, resolve_base
 
-    base = load_base(resolve_base("smollm2-135m"), device=args.device)
+    base = load_base(resolve_base(args.base), device=args.device)
     model = base.model.eval()
     P, D = args.prompt_tokens, args.draft_tokens
     # transformers 5.x renamed past_key_values to cache (the old name warns)
@@ -106,7 +107,7 @@ def main() -> int:
     threads = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, torch.get_num_threads()})
     was = torch.get_num_threads()
     sync = torch.cuda.synchronize if base.device.startswith("cuda") else (lambda: None)
-    print(f"SmolLM2-135M fp32 on {base.device}; prompt {P} tokens, draft {D} tokens; best of {args.reps}")
+    print(f"{args.base} {base.dtype} on {base.device}; prompt {P} tokens, draft {D} tokens; best of {args.reps}")
     ratios: dict[tuple[int, int], float] = {}
     for b in [int(x) for x in args.batch.split(",")]:
         ids = torch.randint(100, 20000, (b, P + D), device=model.device)

@@ -43,7 +43,7 @@ import torch
 torch.set_num_threads(cfg["threads"])
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
-lm = HFLM(pretrained=cfg["model"], dtype="float32", device="cpu", batch_size=cfg["batch_size"])
+lm = HFLM(pretrained=cfg["model"], dtype="float32", device=cfg.get("device", "cpu"), batch_size=cfg["batch_size"])
 rendered = [lm.apply_chat_template(([{"role": "system", "content": cfg["system"]}] if cfg["system"] else [])
                                    + [{"role": "user", "content": t}]) for t in cfg["texts"]]
 tokens = [lm.tok_encode(r) for r in rendered]
@@ -76,14 +76,14 @@ def install_lmeval(venv: Path) -> Path:
 
 
 def run_lmeval(py: Path, model_dir: Path, texts: list[str], system: str | None, settings, batch_size: int,
-               repeats: int, threads: int) -> dict:
+               repeats: int, threads: int, device: str = "cpu") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         script, cfg_path, out = Path(tmp) / "lmeval_run.py", Path(tmp) / "cfg.json", Path(tmp) / "out.json"
         script.write_text(LMEVAL_SCRIPT)
         cfg_path.write_text(json.dumps({
             "model": str(model_dir), "texts": texts, "system": system, "stop": list(settings.stop),
             "max_new_tokens": settings.max_new_tokens, "batch_size": batch_size, "repeats": repeats,
-            "threads": threads, "out": str(out),
+            "threads": threads, "out": str(out), "device": device,
         }))
         env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                    TOKENIZERS_PARALLELISM="false")
@@ -105,8 +105,8 @@ def forward_limit(model, encoded: list[list[int]], pad: int, batch_size: int, ne
         for start in range(0, len(order), batch_size):
             batch = [encoded[i] for i in order[start : start + batch_size]]
             width = max(len(e) for e in batch)
-            ids = torch.tensor([[pad] * (width - len(e)) + e for e in batch])
-            mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in batch])
+            ids = torch.tensor([[pad] * (width - len(e)) + e for e in batch], device=model.device)
+            mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in batch], device=model.device)
             pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
             cache = DynamicCache(config=model.config)
             out = model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
@@ -122,8 +122,12 @@ def forward_limit(model, encoded: list[list[int]], pad: int, batch_size: int, ne
 
 
 def timed(fn):
+    import torch
+
     t0, c0 = time.perf_counter(), time.process_time()
     value = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()  # the GPU's queued work is part of the time
     return value, time.perf_counter() - t0, time.process_time() - c0
 
 
@@ -138,6 +142,7 @@ def main() -> None:
     ap.add_argument("--install-lmeval", action="store_true", help=f"create {LMEVAL_VENV} with lm-eval first")
     ap.add_argument("--no-lmeval", action="store_true")
     ap.add_argument("--skip-hf", action="store_true", help="skip the harness hf path (identity then unchecked)")
+    ap.add_argument("--device", default="cpu", help="torch device, for every contender (default: %(default)s)")
     args = ap.parse_args()
 
     import torch
@@ -147,7 +152,8 @@ def main() -> None:
     from harness.suites import load_examples, load_suite, render_user_text
 
     ref = resolve_base(args.base)
-    base = load_base(ref, device="cpu")
+    base = load_base(ref, device=args.device)
+    on_gpu = base.device.startswith("cuda")
     suite = load_suite(args.suite)
     settings = suite.generation
     examples = load_examples(suite, args.n)
@@ -157,7 +163,7 @@ def main() -> None:
     n = len(prompts)
     print(f"{n} prompts from {suite.name} ({min(map(len, encoded))}-{max(map(len, encoded))} tokens), "
           f"batch {args.batch_size}, greedy, max_new_tokens={settings.max_new_tokens}, stop={list(settings.stop)}, "
-          f"{base.dtype}, torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
+          f"{base.dtype} on {base.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
     py = args.lmeval_python
@@ -191,7 +197,7 @@ def main() -> None:
     def fwd():
         # the limit is the better of the default thread count and 1 thread (what the fast path may pick)
         now = torch.get_num_threads()
-        for threads in sorted({now, 1}, reverse=True):
+        for threads in [now] if on_gpu else sorted({now, 1}, reverse=True):
             torch.set_num_threads(threads)
             try:
                 k, w, c = timed(lambda: forward_limit(base.model, encoded, base.tokenizer.pad_token_id, args.batch_size,
@@ -204,7 +210,7 @@ def main() -> None:
     def lmeval():
         nonlocal lm
         lm = run_lmeval(py, ref.path, texts, suite.prompt.system if not suite.prompt.raw else None, settings,
-                        args.batch_size, 1, torch.get_num_threads())
+                        args.batch_size, 1, torch.get_num_threads(), base.device)
         outs = lm["outputs"]
         n_tok = sum(len(base.tokenizer(o, add_special_tokens=False)["input_ids"]) for o in outs)  # re-tokenised
         print(f"  lm-eval: {lm['runs'][0]['wall']:.1f}s wall", flush=True)

@@ -4,12 +4,15 @@ Naive baseline (what a user does without the harness): for each scale, merge the
 scale into a fresh copy of the base (``merge_and_unload``), save it, load it back, and evaluate that
 merged model on the suites with the same batched generation. The harness: one `run_eval` over every
 scale, the scales sharing batches through PEFT's mixed-adapter batches, into a fresh database; then
-the same sweep again (everything cached). Prints both times, the ratio, and how many outputs agree.
+the same sweep again (everything cached); then the base model alone on the same suites, cold, in a
+database of its own. Prints the times, the ratios, and how many outputs agree.
 
     .venv/bin/python benchmarks/sweep.py --adapter harness-demo/adapters/order-plain
     (train one first with `bash .ci/demo --quick`, or pass any adapter of the base)
 
-Targets (issue 13): at most 0.4x the naive time with identical outputs; a re-run at most 5% of cold.
+Targets: at most 0.4x the naive time with identical outputs, a re-run at most 5% of cold (issue 13);
+the sweep (5 scales and the base) within 2x the base alone (issue 17). On a GPU, with random weights
+(``benchmarks/random_base.py``) where the real ones cannot travel: ``benchmarks/gpu_eval.sh``.
 """
 
 from __future__ import annotations
@@ -70,13 +73,13 @@ def main() -> int:
         for i, g in enumerate(generate(base.model, base.tokenizer, prompts[s.name], s.generation, args.batch_size)):
             naive[(0.0, s.name, i)] = g.text
     for scale in scales:
-        fresh = AutoModelForCausalLM.from_pretrained(ref.path, dtype=base.dtype)
+        fresh = AutoModelForCausalLM.from_pretrained(ref.path, dtype=base.dtype).to(base.device)
         pm = load_adapter(fresh, info)
         set_scale(pm, scale)
         merged = pm.merge_and_unload()
         out = tmp / f"merged-{scale:g}"
         merged.save_pretrained(out, safe_serialization=True)
-        model = AutoModelForCausalLM.from_pretrained(out, dtype=base.dtype).eval()
+        model = AutoModelForCausalLM.from_pretrained(out, dtype=base.dtype).to(base.device).eval()
         for s in suites:
             for i, g in enumerate(generate(model, base.tokenizer, prompts[s.name], s.generation, args.batch_size)):
                 naive[(scale, s.name, i)] = g.text
@@ -100,6 +103,13 @@ def main() -> int:
         run_eval(base, targets, suites, run, store, batch_size=args.batch_size, max_batch=max_batch, examples=examples,
                  log=lambda m: None)
     warm_wall = time.perf_counter() - t0
+    # the base model alone on the same suites, cold, in a store of its own (nothing cached)
+    alone = Store(tmp / "base-alone.duckdb")
+    t0 = time.perf_counter()
+    with alone.run(RunInfo(kind="eval", command="benchmark (base alone)")) as run:
+        run_eval(base, expand_targets([], []), suites, run, alone, batch_size=args.batch_size, max_batch=max_batch,
+                 examples=examples, log=lambda m: None)
+    base_wall = time.perf_counter() - t0
 
     rows = store.query(
         "SELECT g.scale, s.name AS suite, g.example_id, g.output FROM generations g JOIN run_results rr USING (cache_key) "
@@ -116,7 +126,9 @@ def main() -> int:
           f"   ratio {cold_wall / naive_wall:.2f}x naive (target <= 0.40x)")
     print(f"harness sweep, re-run (all cached):               {warm_wall:7.1f} s wall"
           f"   {100 * warm_wall / cold_wall:.1f}% of cold (target <= 5%)")
-    print(f"outputs identical to the naive path: {agree}/{len(rows)}")
+    print(f"the base model alone, cold (harness eval):     {base_wall:7.1f} s wall"
+          f"   the sweep took {cold_wall / base_wall:.2f}x its time (target <= 2x)")
+    print(f"outputs identical to the naive path: {agree}/{len(rows)}; device {base.device}, {base.dtype}")
     return 0
 
 
