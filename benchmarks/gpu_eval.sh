@@ -19,7 +19,11 @@ if [[ $# -lt 1 ]]; then
   echo "usage: bash benchmarks/gpu_eval.sh CONFIG_DIR   (a model directory's config.json and tokenizer)" >&2
   exit 2
 fi
-PY=${PY:-.venv/bin/python}
+# the project's venv where there is one, else the machine's python3 (a device machine's own packages;
+# the repository root is on the benchmarks' sys.path, so the harness need not be installed there)
+if [[ -z ${PY:-} ]]; then
+  if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python3; fi
+fi
 DEVICE=${CUDA_DEVICE:-cuda}
 WORK=${WORK:-$(mktemp -d /tmp/gpu-eval.XXXXXX)}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
