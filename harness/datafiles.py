@@ -12,8 +12,9 @@ Where the two differ, on purpose: `datasets` infers one Arrow type per column, s
 object has. Here each value stays as written. A file whose column mixes text and numbers, which
 `datasets` refuses, is read here.
 
-The file has been checked line by line first (``harness.suite_data.check_jsonl``: malformed lines,
-non-objects, NaN constants, invalid Unicode, each named with its line number).
+A suite's file has been checked line by line first (``harness.suite_data.check_jsonl``: malformed
+lines, non-objects, NaN constants, invalid Unicode, each named with its line number); training data is
+read and checked in that one pass (``scan_jsonl``), so the rows trained on are the rows checked.
 """
 
 from __future__ import annotations
@@ -53,7 +54,6 @@ def read_rows(path: Path, split: str | None = None, default_split: str | None = 
 def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """One object per non-blank line; every row padded to the union of the columns (``None``)."""
     rows: list[dict[str, Any]] = []
-    columns: dict[str, None] = {}
     with open(path, encoding="utf-8", errors="strict") as f:
         for line in f:
             if not line.strip():
@@ -61,9 +61,17 @@ def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
             row = json.loads(line, parse_constant=refuse_constant)
             if not isinstance(row, dict):
                 raise ValueError("each line must be a JSON object")
-            for k in row:
-                columns.setdefault(k)
             rows.append(row)
+    return pad_rows(rows)
+
+
+def pad_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every row given every column any row has (``None`` where it lacks one), in the order the columns
+    first appear, as `datasets` lays rows out; and those column names."""
+    columns: dict[str, None] = {}
+    for row in rows:
+        for k in row:
+            columns.setdefault(k)
     names = list(columns)
     return [{k: row.get(k) for k in names} for row in rows], names
 

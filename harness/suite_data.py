@@ -24,16 +24,23 @@ if TYPE_CHECKING:
 
 def check_jsonl(path: Path) -> list[str]:
     """JSONL is checked line by line here, because `datasets` reports a bad line without its number."""
+    return scan_jsonl(path)[1]
+
+
+def scan_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """(rows, problems) of a JSONL file in one pass: every line parsed once, each bad one named with its
+    number (malformed JSON, not an object, a NaN constant, invalid Unicode); the rows are the lines that
+    are objects, as written (``harness.datafiles.pad_rows`` lays them out as `datasets` would). Other
+    formats: ([], []), `datasets` reads and checks those."""
     if path.suffix != ".jsonl":
-        return []
+        return [], []
     errors = []
-    n_rows = 0
+    rows: list[dict[str, Any]] = []
     with open(path, encoding="utf-8", errors="strict") as f:
         try:
             for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue
-                n_rows += 1
                 try:
                     row = json.loads(line, parse_constant=refuse_constant)
                 except json.JSONDecodeError as exc:
@@ -48,23 +55,12 @@ def check_jsonl(path: Path) -> list[str]:
                 bad = bad_text(row)
                 if bad:
                     errors.append(f"{path}:{n}: {bad}")
+                rows.append(row)
         except UnicodeDecodeError as exc:
-            return [f"{path}: not UTF-8 (byte offset {exc.start}); re-save the file as UTF-8"]
-    if not n_rows and not errors:
+            return [], [f"{path}: not UTF-8 (byte offset {exc.start}); re-save the file as UTF-8"]
+    if not rows and not errors:
         errors.append(f"{path}: empty: no JSON lines in it; add one object per line")
-    return errors
-
-
-def _first_row_columns(path: Path) -> list[str] | None:
-    """The columns of a JSONL file's first row (None for other formats: datasets reads those)."""
-    if path.suffix != ".jsonl":
-        return None
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                row = json.loads(line)
-                return [str(k) for k in row] if isinstance(row, dict) else None
-    return None
+    return rows, errors
 
 
 def bad_text(value: Any, where: str = "") -> str | None:

@@ -27,7 +27,7 @@ from harness.errors import SafetyError, SuiteError
 from harness.files import update_with_file
 from harness.generate import GenerationSettings
 from harness.scorers import Example, check_scorer_args, get_scorer, scorer_names, unknown_scorer
-from harness.suite_data import Limit, _first_row_columns, bad_text, check_jsonl, load_examples, subsample
+from harness.suite_data import Limit, bad_text, check_jsonl, load_examples, scan_jsonl, subsample
 from harness.suite_templates import _env, render_user_text
 from harness.suite_types import (
     _DEFAULT_HEADLINE,
@@ -276,13 +276,14 @@ def load_suite(name_or_path: str | Path) -> Suite:
         gates.append(GateSpec(str(gd["metric"]), **values))
 
     if data_path.is_file() and data_path.suffix in DATA_SUFFIXES:
-        data_errors = check_jsonl(data_path)
+        scanned, data_errors = scan_jsonl(data_path)
         errors.extend(data_errors)
         if template_ast is not None and not data_errors:
             # a typo such as {{ inptu }} is found now, with the other mistakes, not after a model loads
             from jinja2 import meta
 
-            columns = _first_row_columns(data_path)
+            # JSONL: the first row's columns (other formats are read by `datasets` later)
+            columns = [str(k) for k in scanned[0]] if scanned else None
             if columns is not None:
                 undeclared = sorted(meta.find_undeclared_variables(template_ast) - set(columns) - {"input", "target", "category"})
                 for name_ in undeclared:

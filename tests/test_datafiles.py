@@ -60,3 +60,32 @@ def test_other_formats_still_read_through_datasets(tmp_path):
     rows, columns = read_rows(f)
     assert columns == ["input", "target"]
     assert rows == [{"input": "q1", "target": "a1"}, {"input": "q2", "target": "a2"}]
+
+
+def test_training_jsonl_is_read_once_and_its_rows_are_the_checked_rows(tmp_path, monkeypatch):
+    # train.data.load_rows checks and reads a JSONL file in one pass: the rows it returns are the lines it
+    # checked (as datasets lays them out), and a bad line is named with its number
+    from harness import datafiles
+    from harness.errors import DatasetError
+    from train.data import load_rows
+
+    f = tmp_path / "train.jsonl"
+    lines = [{"prompt": "a", "completion": "b"}, {"prompt": "c", "completion": "d", "id": 7}]
+    f.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    opened = []
+    real_open = open
+
+    def counting_open(path, *a, **k):
+        if Path(path) == f:
+            opened.append(path)
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr("builtins.open", counting_open)
+    monkeypatch.setattr(datafiles, "read_rows", lambda *a, **k: pytest.fail("JSONL read a second time"))
+    rows = load_rows(f)
+    assert len(opened) == 1
+    assert rows == _datasets_rows(f)[0] == [{"prompt": "a", "completion": "b", "id": None},
+                                             {"prompt": "c", "completion": "d", "id": 7}]
+    f.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c", "completion": \n')
+    with pytest.raises(DatasetError, match=r"train\.jsonl:2: malformed JSON line"):
+        load_rows(f)

@@ -71,8 +71,8 @@ def normalize_row(row: Mapping[str, Any], where: str) -> Conversation:
 
 def load_rows(path: Path | str) -> list[dict[str, Any]]:
     """Read a JSONL/JSON/CSV/Parquet file or a saved dataset directory (``harness.datafiles``)."""
-    from harness.datafiles import DATA_SUFFIXES, is_reader_error, read_rows
-    from harness.suite_data import check_jsonl
+    from harness.datafiles import DATA_SUFFIXES, is_reader_error, pad_rows, read_rows
+    from harness.suite_data import scan_jsonl
 
     path = Path(path)
     if not path.exists():
@@ -80,10 +80,12 @@ def load_rows(path: Path | str) -> list[dict[str, Any]]:
     if path.is_file():
         if path.suffix.lower() not in DATA_SUFFIXES:
             raise DatasetError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl, .json, .csv or .parquet")
-        problems = check_jsonl(path)  # each bad line named with its number
+        scanned, problems = scan_jsonl(path)  # JSONL: read once, each bad line named with its number
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise DatasetError(problems[0] + more)
+        if scanned:
+            return pad_rows(scanned)[0]
     try:
         rows, _ = read_rows(path)
     except Exception as exc:
