@@ -70,8 +70,6 @@ def common_prefix_share(db: Path, adapter: str, tokenizer) -> tuple[float, float
 def prefill(model, kw: str, ids, n: int, n_prompt: int, sync) -> tuple[float, object]:
     """(seconds, cache) of one forward over the first ``n`` tokens into a fresh cache, with the logits
     verification needs: every position after the prompt's last but one."""
-    import time
-
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
