@@ -14,6 +14,11 @@ def configure_network(allow_hub: bool | None = None) -> None:
         allow_hub: True to leave the switches as the user set them; None reads
             ``HARNESS_ALLOW_HUB`` from the environment.
     """
+    # Hub kernels are code fetched from the Hub and run in-process; transformers (5.25 on) turns them on
+    # for every model it loads and re-applies them at each train()/eval(), which also strips the fused
+    # forwards train.kernels attaches. Off always: a downloaded kernel is remote code (DESIGN, trust
+    # boundaries), whatever HARNESS_ALLOW_HUB says.
+    os.environ["USE_HUB_KERNELS"] = "NO"
     if allow_hub is None:
         allow_hub = os.environ.get("HARNESS_ALLOW_HUB", "") == "1"
     if allow_hub:

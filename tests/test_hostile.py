@@ -202,7 +202,13 @@ def test_modules_to_save_stays_inside_the_adapter(tiny_model_dir, tmp_path):
 
 
 def test_a_detach_that_leaves_a_trace_stops_the_run_before_the_base_generates(tiny_model_dir, tmp_path, monkeypatch):
-    """The second layer: even if a detach went wrong, no base row is written from the changed model."""
+    """The second layer: even if a detach went wrong, no base row is written from the changed model.
+
+    The trace is left through the adapter path itself, not by hand: the detach is swapped for PEFT's own
+    ``merge_and_unload``, which writes the adapter's update into the base's q_proj weights. (The test used
+    to rely on ``unload()`` keeping a ``modules_to_save`` copy in place of the base's lm_head; PEFT 0.22
+    puts the original module back, so that no longer changes the base, and the guard had nothing to find.)
+    """
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -213,12 +219,11 @@ def test_a_detach_that_leaves_a_trace_stops_the_run_before_the_base_generates(ti
     from harness.store import RunInfo, Store
     from harness.suites import load_suite
 
+    # init_lora_weights=False: B is random, so the adapter's update (and a merge of it) is not zero
     pm = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], modules_to_save=["lm_head"]))
-    with torch.no_grad():
-        pm.base_model.model.lm_head.modules_to_save["default"].weight.mul_(3.0)
+                        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], init_lora_weights=False))
     pm.save_pretrained(tmp_path / "mts")
-    monkeypatch.setattr(engine, "detach_adapter", lambda m: m.unload())  # PEFT's own unload: keeps the copy
+    monkeypatch.setattr(engine, "detach_adapter", lambda m: m.merge_and_unload())  # leaves the update in the base
     base = load_base(resolve_base(str(tiny_model_dir)), device="cpu")
     suites = [load_suite(write_suite(tmp_path / "s1")), load_suite(write_suite(tmp_path / "s2", extra="description: two\n"))]
     store = Store(tmp_path / "h.duckdb")

@@ -73,14 +73,32 @@ class KernelsHandle:
     patched: Counter = field(default_factory=Counter)  # op -> modules patched
     skipped: dict[str, str] = field(default_factory=dict)  # op -> why some modules kept their own forward
     runtime_fallbacks: dict[str, str] = field(default_factory=dict)  # reason -> first layer that hit it
-    _saved: list[tuple[torch.nn.Module, bool, Any]] = field(default_factory=list, repr=False)
+    #: per patched module (by identity, so a module reached twice is saved once): the module, the op,
+    #: whether it had its own ``forward`` instance attribute before, that attribute, and ours
+    _saved: dict[int, tuple[torch.nn.Module, str, bool, Any, Any]] = field(default_factory=dict, repr=False)
+    #: op -> modules whose forward another library replaced while ours was attached (they ran unfused)
+    replaced: Counter = field(default_factory=Counter)
     log: Callable[[str], None] = field(default=logger.info, repr=False)
 
     def _patch(self, module: torch.nn.Module, op: str, forward: Callable[..., Any]) -> None:
-        had = "forward" in module.__dict__
-        self._saved.append((module, had, module.__dict__.get("forward")))
+        key = id(module)
+        if key in self._saved:  # reached twice (a shared module): patch again, but keep the first original
+            first, first_op, had, old, _ = self._saved[key]
+            self._saved[key] = (first, first_op, had, old, forward)
+        else:
+            self._saved[key] = (module, op, "forward" in module.__dict__, module.__dict__.get("forward"), forward)
         module.forward = forward
         self.patched[op] += 1
+
+    def check_attached(self) -> Counter:
+        """The ops (with module counts) whose patched forward is no longer in place: another library
+        (transformers' hub-kernel ``kernelize`` on ``model.train()``, say) replaced it, so those modules
+        ran without our kernel. Empty while every patch holds."""
+        lost: Counter = Counter()
+        for module, op, _, _, ours in self._saved.values():
+            if module.__dict__.get("forward") is not ours:
+                lost[op] += 1
+        return lost
 
     def _note_fallback(self, reason: str, where: str) -> None:
         # a call the fused path cannot serve (a mixed-adapter batch, a disabled or merged adapter) runs
@@ -90,13 +108,23 @@ class KernelsHandle:
             self.log(f"kernels: {where} ran PEFT's own forward: {reason} (logged once)")
 
     def undo(self) -> None:
-        """Put back every ``forward`` attribute as it was, newest first."""
+        """Put back every ``forward`` attribute as it was before ``apply_kernels``.
+
+        Restoring does not assume our attribute is still there (another library may have removed or
+        replaced it meanwhile: that is counted in ``replaced`` and logged once); a module is restored once.
+        """
+        lost = self.check_attached()
+        if lost:
+            self.replaced.update(lost)
+            what = ", ".join(f"{op} x{n}" for op, n in lost.items())
+            self.log(f"kernels: another library replaced the patched forward of {what} during the run; "
+                     "those modules ran without the fused kernels")
         while self._saved:
-            module, had, old = self._saved.pop()
+            _, (module, _, had, old, _) = self._saved.popitem()
             if had:
                 module.forward = old
             else:
-                del module.forward
+                module.__dict__.pop("forward", None)
 
     def __enter__(self) -> KernelsHandle:
         return self

@@ -209,6 +209,9 @@ def test_harness_train_kernels_gives_the_same_step_losses(tiny_model_dir, tmp_pa
         losses[name] = [r["loss"] for r in logged if "loss" in r]  # eval rows carry eval_loss only
     err = capsys.readouterr().err
     assert "kernels: triton path (auto: Triton interpreter on the CPU)" in err
+    # every patched forward held for the whole run: nothing (transformers' hub kernels re-applied on
+    # model.train(), say) put the modules' own forwards back while training, so the kernels really ran
+    assert "replaced the patched forward" not in err
     assert json.loads((tmp_path / "kernels" / "harness.json").read_text())["kernels"]["name"] == "triton"
     assert len(losses["plain"]) == 3
     print("per-step |loss diff|:", [abs(a - b) for a, b in zip(losses["plain"], losses["kernels"])])
@@ -253,3 +256,37 @@ def test_mixed_adapter_batch_goes_through_multi_scale_lora(path):
         got = model(input_ids=ids, adapter_names=names).logits
     assert (got - want).abs().max().item() <= 1e-5
     assert len(lines) == 1, lines  # no fallback line: the kernel served every layer
+
+
+def test_undo_restores_a_module_whose_patch_another_library_removed():
+    """transformers' hub-kernel kernelize pops a module's ``forward`` instance attribute on model.train():
+    undo must not assume ours is still there, must say which ops ran unfused, and restores each module
+    once even when it was reached twice."""
+    model = _tiny("Llama")
+    before = {id(m): ("forward" in m.__dict__, m.__dict__.get("forward")) for m in model.modules()}
+    lines: list[str] = []
+    handle = apply_kernels(model, path="reference", log=lines.append)
+    norm = next(m for m in model.modules() if type(m).__name__ == "LlamaRMSNorm")
+    handle._patch(norm, "rms_norm", norm.__dict__["forward"])  # the same module reached a second time
+    del norm.__dict__["forward"]  # what kernels' _replace_forward does to a hub-kernel layer
+    assert handle.check_attached() == {"rms_norm": 1}
+    handle.undo()
+    assert handle.replaced == {"rms_norm": 1}
+    assert any("replaced the patched forward of rms_norm x1" in ln for ln in lines)
+    after = {id(m): ("forward" in m.__dict__, m.__dict__.get("forward")) for m in model.modules()}
+    assert after == before
+
+
+def test_hub_kernels_are_off_for_every_model_the_harness_loads(tiny_model_dir):
+    """transformers >= 5.25 turns hub kernels on by default (code fetched from the Hub, re-applied on
+    every train()/eval()); importing the harness switches them off, so a loaded model keeps its own
+    forwards and ours stay attached through train()."""
+    import harness  # noqa: F401  (sets the switches)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert not getattr(model, "use_kernels", False)
+    with apply_kernels(model, path="reference", log=lambda m: None) as handle:
+        model.train()
+        model.eval()
+        assert not handle.check_attached()
