@@ -33,9 +33,9 @@ def main() -> int:
 
     import torch
 
-    from harness.generate import generate, render_prompt
-    from harness.models import load_base, resolve_base
-    from harness.suites import load_examples, load_suite, render_user_text
+    from harness.generation.generate import generate, render_prompt
+    from harness.models.base import load_base, resolve_base
+    from harness.suites.spec import load_examples, load_suite, render_user_text
 
     base = load_base(resolve_base("smollm2-135m"), device=args.device)
     suite = load_suite(args.suite)

@@ -95,7 +95,7 @@ def main() -> int:
 
     import torch
 
-    from harness.models import load_base, resolve_base
+    from harness.models.base import load_base, resolve_base
 
     base = load_base(resolve_base(args.base), device=args.device)
     model = base.model.eval()

@@ -147,9 +147,9 @@ def main() -> None:
 
     import torch
 
-    from harness.generate import generate, render_prompt
-    from harness.models import load_base, resolve_base
-    from harness.suites import load_examples, load_suite, render_user_text
+    from harness.generation.generate import generate, render_prompt
+    from harness.models.base import load_base, resolve_base
+    from harness.suites.spec import load_examples, load_suite, render_user_text
 
     ref = resolve_base(args.base)
     base = load_base(ref, device=args.device)

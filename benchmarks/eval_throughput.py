@@ -32,11 +32,12 @@ def main() -> None:
 
     import torch
 
-    from harness.generate import cut_at_stop, render_prompt
-    from harness.models import load_base, resolve_base
-    from harness.runner import expand_targets, run_eval
+    from harness.evaluation.runner import run_eval
+    from harness.evaluation.targets import expand_targets
+    from harness.generation.generate import cut_at_stop, render_prompt
+    from harness.models.base import load_base, resolve_base
     from harness.store import RunInfo, Store
-    from harness.suites import load_examples, load_suite, render_user_text
+    from harness.suites.spec import load_examples, load_suite, render_user_text
 
     base = load_base(resolve_base(args.base), device=args.device)
     suite = load_suite(args.suite)

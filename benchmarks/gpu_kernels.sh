@@ -23,8 +23,8 @@ HARNESS_TEST_GPU=1 timeout 600 $PY -m pytest -q -m gpu tests/train/kernels/test_
   tests/train/kernels/test_multi_scale_lora.py tests/train/kernels/test_apply.py
 
 echo "== 2. per op, SmolLM2-135M shapes, bf16, 8 x 2048 tokens: each Triton kernel vs its reference and HF"
-timeout 600 $PY benchmarks/kernels.py --tokens 16384 --reps 20
-timeout 300 $PY benchmarks/kernels.py --tokens 16384 --reps 20 --dtype float32 --ops linear_cross_entropy,lora_linear
+timeout 600 $PY benchmarks/kernel_ops.py --tokens 16384 --reps 20
+timeout 300 $PY benchmarks/kernel_ops.py --tokens 16384 --reps 20 --dtype float32 --ops linear_cross_entropy,lora_linear
 
 echo "== 3. training step: HF + PEFT vs --kernels (and Liger where installed), sequence 2048, r 16, all linear, bf16"
 timeout 900 $PY benchmarks/train_step.py "${INIT[@]}" --kernels --seq-len 2048 --batch 8 --steps 10 --warmup 3

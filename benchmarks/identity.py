@@ -31,13 +31,13 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     args = ap.parse_args()
 
-    from harness import taskformat
-    from harness.adapters import inspect_adapter, load_adapter, set_scale
-    from harness.engine import attached
-    from harness.generate import generate, render_prompt
-    from harness.models import load_base, resolve_base
-    from harness.runner import Target
-    from harness.suites import builtin_suites, load_examples, load_suite, render_user_text
+    from harness.evaluation.engine import attached
+    from harness.evaluation.targets import Target
+    from harness.generation.generate import generate, render_prompt
+    from harness.models.adapters import inspect_adapter, load_adapter, set_scale
+    from harness.models.base import load_base, resolve_base
+    from harness.suites import taskformat
+    from harness.suites.spec import builtin_suites, load_examples, load_suite, render_user_text
 
     base = load_base(resolve_base(args.base))
     info = inspect_adapter(args.adapter) if args.adapter else None

@@ -32,7 +32,7 @@ def main() -> int:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from train.spec import ALL_PROJECTIONS
+    from harness.train.spec import ALL_PROJECTIONS
 
     if not (args.config_dir / "config.json").is_file():
         raise SystemExit(f"{args.config_dir}: no config.json; pass a model directory (its weights are not read)")

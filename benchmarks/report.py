@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.comparison import build_report
-from reports.render import write_report
+from harness.analysis import build_report
+from harness.reports.render import write_report
 from tests.reports.test_report_data import make_store
 
 
@@ -42,8 +42,8 @@ def main() -> int:
     ap.add_argument("--chart-workers", type=int, default=None, help="processes that draw the charts (0: this one)")
     args = ap.parse_args()
     scales = tuple(round(0.25 * (i + 1), 2) for i in range(args.scales))
-    drawn: list[str] = []  # reports.svg logs where the charts were drawn
-    log = logging.getLogger("reports.svg")
+    drawn: list[str] = []  # harness.reports.svg logs where the charts were drawn
+    log = logging.getLogger("harness.reports.svg")
     log.setLevel(logging.INFO)
     log.addHandler(Collect(drawn))
     with tempfile.TemporaryDirectory() as d:

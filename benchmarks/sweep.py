@@ -43,13 +43,14 @@ def main() -> int:
     suites_arg = args.suite or ["order-task", "general-knowledge", "format-leakage"]
     scales = [float(s) for s in args.scales.split(",")]
 
-    from harness import taskformat
-    from harness.adapters import inspect_adapter, load_adapter, set_scale
-    from harness.generate import generate, render_prompt
-    from harness.models import load_base, resolve_base
-    from harness.runner import DEFAULT_MAX_BATCH, expand_targets, run_eval, shared_batch_rows
+    from harness.evaluation.runner import DEFAULT_MAX_BATCH, run_eval, shared_batch_rows
+    from harness.evaluation.targets import expand_targets
+    from harness.generation.generate import generate, render_prompt
+    from harness.models.adapters import inspect_adapter, load_adapter, set_scale
+    from harness.models.base import load_base, resolve_base
     from harness.store import RunInfo, Store
-    from harness.suites import load_examples, load_suite, render_user_text
+    from harness.suites import taskformat
+    from harness.suites.spec import load_examples, load_suite, render_user_text
 
     info = inspect_adapter(args.adapter)
     ref = resolve_base(args.base)

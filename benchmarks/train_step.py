@@ -5,7 +5,7 @@ Variants (each in a fresh subprocess, so the CPU's max-RSS figure belongs to tha
 
 - ``loop-b1``:   the baseline: plain PEFT + torch loop (AdamW, clipping), batch 1
 - ``loop-bN``:   the same loop at batch N
-- ``recipe-bN``: ``train.recipe.train_adapter`` (TRL SFTTrainer + PEFT) at batch N, timed per step by a callback
+- ``recipe-bN``: ``harness.train.recipe.train_adapter`` (TRL SFTTrainer + PEFT) at batch N, timed per step by a callback
 - ``kernels-bN`` (with ``--kernels``): the same recipe with ``kernels: true`` (train/kernels; the path it took,
   Triton or the PyTorch reference, is printed); ``liger-bN``: the plain loop on a Liger-patched model, where
   ``liger_kernel`` is installed
@@ -51,7 +51,7 @@ ROW = {"prompt": "Please send three red hoodies, size M, express shipping to 12 
 
 
 def _base(args: argparse.Namespace):
-    from harness.models import load_base, resolve_base
+    from harness.models.base import load_base, resolve_base
 
     if args.random_init:
         import tempfile
@@ -99,7 +99,7 @@ def run_loop(args: argparse.Namespace, batch: int, liger: bool = False) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from train.spec import TrainSpec
+    from harness.train.spec import TrainSpec
 
     base = _base(args)
     if liger:
@@ -145,8 +145,8 @@ def run_recipe(args: argparse.Namespace, batch: int, kernels: bool = False) -> d
     import torch
     from transformers import TrainerCallback
 
-    from train.recipe import train_adapter
-    from train.spec import TrainSpec
+    from harness.train.recipe import train_adapter
+    from harness.train.spec import TrainSpec
 
     base = _base(args)
     times: list[float] = []

@@ -16,7 +16,7 @@ def configure_network(allow_hub: bool | None = None) -> None:
     """
     # Hub kernels are code fetched from the Hub and run in-process; transformers (5.25 on) turns them on
     # for every model it loads and re-applies them at each train()/eval(), which also strips the fused
-    # forwards train.kernels attaches. Off always: a downloaded kernel is remote code (DESIGN, trust
+    # forwards harness.train.kernels attaches. Off always: a downloaded kernel is remote code (DESIGN, trust
     # boundaries), whatever HARNESS_ALLOW_HUB says.
     os.environ["USE_HUB_KERNELS"] = "NO"
     if allow_hub is None:

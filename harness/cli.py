@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     finally:
-        from harness import distributed
+        from harness.util import distributed
 
         distributed.shutdown()
 

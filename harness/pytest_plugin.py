@@ -6,7 +6,7 @@ Collected files (under the paths pytest is given): every ``suite.yaml`` (one ite
 ``gates:``) and every ``harness.toml`` / ``gates.toml`` / ``pyproject.toml`` with ``[tool.harness]``
 (one item per project gate: retention, leakage, task gain, regressions, completeness, training health,
 provenance; its ``suites = [...]`` are evaluated too). The first item that runs evaluates what the
-store lacks, once, exactly as ``harness check`` does (it is ``harness.commands.check.run_check``); each
+store lacks, once, exactly as ``harness check`` does (it is ``harness.jobs.check.run_check``); each
 item then reports its gate. A failure shows a table (metric, observed, threshold, baseline, interval)
 and the worst examples. ``-k``, ``-x`` and ``--junitxml`` work as for any test.
 
@@ -78,7 +78,7 @@ class HarnessSession:
         self.suites: dict[str, Any] = {}  # name -> Suite
         self.plan: list[Any] = []  # PlannedGate, names unique over the session
         self.project: Any = None  # ProjectConfig of the (one) project file
-        self.result: Any = None  # harness.commands.check.CheckResult
+        self.result: Any = None  # harness.jobs.check.CheckResult
         self.error: BaseException | None = None
         self._names: set[str] = set()
 
@@ -105,15 +105,16 @@ class HarnessSession:
     def evaluate(self) -> Any:
         """Run the check once (the first item to need it); every later item reads the same result."""
         if self.result is None and self.error is None:
-            from harness.commands.check import CheckRequest, run_check
             from harness.gates import ProjectGates
+            from harness.jobs.check import CheckRequest, run_check
+            from harness.models.base import DEFAULT_BASE
 
             project = self.project
             opt = self.config.getoption
             req = CheckRequest(
                 adapter=self.adapter, suites=tuple(str(s.path) for s in self.suites.values()),
                 project=project.gates if project else ProjectGates(training_health=False),
-                base=opt("harness_base") or (project.base if project and project.base else "smollm2-135m"),
+                base=opt("harness_base") or (project.base if project and project.base else DEFAULT_BASE),
                 db=Path(opt("harness_db")) if opt("harness_db") else None, scale=opt("scale"),
                 baseline=self.baseline if self.with_baseline else None, baseline_scale=self.baseline_scale,
                 gates_file=str(project.path) if project else None, limit=opt("harness_limit"),
@@ -158,7 +159,7 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 
 
 def _has_tool_harness(path: Path) -> bool:
-    from harness.project import tomllib
+    from harness.gates.project import tomllib
 
     try:
         return "harness" in (tomllib.loads(path.read_text(encoding="utf-8")).get("tool") or {})
@@ -172,7 +173,7 @@ class SuiteFile(pytest.File):
     def collect(self):
         from harness.errors import HarnessError
         from harness.gates import ProjectGates, plan_gates
-        from harness.suites import load_suite
+        from harness.suites.spec import load_suite
 
         state = _session(self.config)
         try:
@@ -191,8 +192,8 @@ class GatesFile(pytest.File):
     def collect(self):
         from harness.errors import HarnessError
         from harness.gates import ProjectGates, plan_gates
-        from harness.project import load_project
-        from harness.suites import load_suite
+        from harness.gates.project import load_project
+        from harness.suites.spec import load_suite
 
         state = _session(self.config)
         try:
@@ -308,8 +309,8 @@ def read_baseline(path: Path) -> tuple[str, str, float]:
 
 
 def check_baseline_id(adapter_path: str, adapter_id: str, file: Path) -> None:
-    from harness.adapters import inspect_adapter
     from harness.errors import InputError
+    from harness.models.adapters import inspect_adapter
 
     now = inspect_adapter(adapter_path).adapter_id
     if now != adapter_id:
@@ -329,7 +330,7 @@ def write_baseline(path: Path, result: Any) -> None:
     data = {"format_version": 1, "adapter_id": ctx["adapter_id"], "adapter_path": shown, "scale": ctx["scale"],
             "base_model_id": ctx["base_model_id"], "run_id": report.run_id,
             "gates": {"passed": len(report.outcomes) - len(report.failures), "failed": len(report.failures)}}
-    from harness.files import write_text_atomic
+    from harness.util.files import write_text_atomic
 
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
@@ -363,12 +364,12 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 class HarnessResults:
     """The evaluated run, for gates written as Python tests.
 
-    ``comparison`` is the run's ``harness.comparison.Comparison``; ``gate(suite, metric, min=..., max=...)``
+    ``comparison`` is the run's ``harness.analysis.Comparison``; ``gate(suite, metric, min=..., max=...)``
     judges one more threshold on the stored scores and returns a ``GateResult`` (assert ``r.passed, r.message``).
     """
 
     def __init__(self, result: Any) -> None:
-        from harness.comparison import build_comparison
+        from harness.analysis import build_comparison
         from harness.store import Store
 
         self.report = result.report

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from harness.errors import IncompatibleError, InputError
-from harness.files import write_text_atomic
+from harness.util.files import write_text_atomic
 
 ADAPTER_RECORD_FILE = "harness.json"
 MARKER_FILE = "harness-complete.json"

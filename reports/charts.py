@@ -18,8 +18,8 @@ from typing import Any
 
 from markupsafe import Markup
 
-from harness.comparison.report_types import AdapterSweep, TrainingCurve
-from reports.svg import ChartError, check_svg, draw_all
+from harness.analysis.report_types import AdapterSweep, TrainingCurve
+from harness.reports.svg import ChartError, check_svg, draw_all
 
 __all__ = ["Chart", "ChartError", "ChartSpec", "Key", "check_svg", "draw_charts", "loss_chart", "loss_spec", "sweep_chart",
            "sweep_spec"]
@@ -195,7 +195,7 @@ def shown(text: str) -> str:
     byte makes vl-convert abort the process, a lone surrogate makes it raise)."""
     if len(text) <= 60 and text.isascii() and text.isprintable():
         return text  # nothing to mark, replace or cut (a chart's data holds thousands of such labels)
-    from reports.render import shown as visible
+    from harness.reports.text import shown as visible
 
     text = visible(text).replace("\n", " ").replace("\r", " ").replace("\t", " ")
     # Vega cuts long labels in UTF-16 units: a cut astral character (an emoji) leaves half a surrogate
@@ -216,5 +216,5 @@ def _clean(value: Any) -> Any:
 
 def _markup(svg: str) -> Markup:
     # The one place chart markup becomes Markup: it was drawn by vl-convert from JSON data, and
-    # check_svg (in reports.svg.draw) has proved it holds no active content.
+    # check_svg (in harness.reports.svg.draw) has proved it holds no active content.
     return Markup(svg)

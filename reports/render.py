@@ -1,4 +1,4 @@
-"""Render a ``Report`` (harness/comparison/) to one self-contained HTML file.
+"""Render a ``Report`` (harness/analysis/) to one self-contained HTML file.
 
 Autoescaping is switched on explicitly (``select_autoescape`` would not cover ``*.html.j2``), undefined
 variables raise, and the page carries a Content-Security-Policy, first in ``<head>``, that loads
@@ -6,7 +6,7 @@ nothing from anywhere and runs one script: the example filters, allowed by its S
 static SVG (reports/charts.py). The file is written to a temporary name and renamed, so a reader
 never sees half a report. Model outputs and dataset text are hostile: they reach the page only as
 escaped text, with bidirectional and invisible characters shown as visible ``<U+202E>`` marks.
-Nothing here reads the store or computes a figure: that is harness/comparison/'s job.
+Nothing here reads the store or computes a figure: that is harness/analysis/'s job.
 """
 
 from __future__ import annotations
@@ -14,31 +14,20 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import re
 from pathlib import Path
 
 import jinja2
 from markupsafe import Markup
 
-from harness.comparison.report_types import RAW_METRICS, Report
-from harness.files import write_text_atomic
+from harness.analysis.report_types import RAW_METRICS, Report
+from harness.reports.text import shown
+from harness.util.files import write_text_atomic
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 SCRIPT = "filter.js"
 CSP = ("default-src 'none'; script-src {script}; style-src 'unsafe-inline'; img-src data:; "
        "base-uri 'none'; form-action 'none'")
 # Characters that reorder or hide text (Trojan Source), and C0/C1 controls other than tab and newline.
-_INVISIBLE = re.compile("[\u202a-\u202e\u2066-\u2069\u200b-\u200f\u061c\u2060\ufeff"
-                        "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-
-
-def shown(text: object) -> str:
-    """``text`` with every bidirectional, zero-width and control character replaced by a visible mark."""
-    if text is None:
-        return ""
-    # a lone surrogate cannot be written as UTF-8: shown as U+FFFD, as a decoder would show it
-    text = str(text).encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-    return _INVISIBLE.sub(lambda m: f"<U+{ord(m.group()):04X}>", str(text))
 
 
 def _pct(v: float | None) -> str:
@@ -90,7 +79,7 @@ def render_html(report: Report, chart_workers: int | None = None) -> str:
 
     ``chart_workers``: processes that draw the charts (None: chosen by their number, see reports/svg.py).
     """
-    from reports.charts import draw_charts, loss_spec, sweep_spec
+    from harness.reports.charts import draw_charts, loss_spec, sweep_spec
 
     keys = [(i, s.adapter_id) for i, run in enumerate(report.runs) for s in run.sweeps]
     specs = [(f"sweep-{i}-{k}", sweep_spec(s)) for i, run in enumerate(report.runs) for k, s in enumerate(run.sweeps)]

@@ -3,7 +3,7 @@
 vl-convert runs one Vega runtime per process and draws one chart at a time (threads queue behind
 it), about 50-150 ms of CPU a chart here. A report of many adapters has tens of charts, so when
 two or more workers would each get ``CHARTS_PER_WORKER`` charts they are dealt out to fresh
-interpreters running this module (``python -m reports.svg``, specs in and SVG out as JSON lines),
+interpreters running this module (``python -m harness.reports.svg``, specs in and SVG out as JSON lines),
 one per idle CPU, at most ``MAX_WORKERS``. Each worker starts its own runtime (about a second of CPU),
 so a few charts are drawn here. ``HARNESS_CHART_WORKERS`` overrides the choice (0: always in this
 process); the choice is logged. A worker checks its SVG with ``check_svg`` before sending it.
@@ -111,7 +111,7 @@ def _in_worker(specs: Sequence[dict[str, Any]]) -> list[str]:
     unguarded script twice.)"""
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-    proc = subprocess.Popen([sys.executable, "-m", "reports.svg"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "harness.reports.svg"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env)
     data = "".join(json.dumps(s) + "\n" for s in specs).encode("ascii")
     stdout, stderr = proc.communicate(data)

@@ -18,8 +18,7 @@ import pytest
 import torch
 
 from harness.cli import main
-from harness.errors import AdapterFileError, IncompatibleError, SafetyError, SuiteError
-from tests.helpers import make_tiny_llama
+from harness.errors import AdapterFileError, IncompatibleError, SafetyError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,7 +95,7 @@ def test_suite_template_cannot_run_code(tiny_model_dir, tmp_path, capsys, stored
 @pytest.mark.parametrize("expr", ["{{ ''.__class__.__mro__[1].__subclasses__() }}", "{{ lipsum.__globals__ }}",
                                   "{{ self.__init__.__globals__ }}", "{{ [].append(1) }}"])
 def test_sandbox_blocks_other_escapes(tmp_path, expr):
-    from harness.suites import load_examples, load_suite
+    from harness.suites.spec import load_examples, load_suite
 
     suite = load_suite(write_suite(tmp_path / "s", template=expr + "{{ input }}"))
     with pytest.raises(SafetyError):
@@ -178,10 +177,10 @@ def test_modules_to_save_stays_inside_the_adapter(tiny_model_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from harness.adapters import inspect_adapter
-    from harness.models import load_base, resolve_base, weights_fingerprint
-    from harness.engine import attached
-    from harness.runner import Target
+    from harness.evaluation.engine import attached
+    from harness.evaluation.targets import Target
+    from harness.models.adapters import inspect_adapter
+    from harness.models.base import load_base, resolve_base, weights_fingerprint
 
     torch.manual_seed(2)
     pm = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
@@ -212,12 +211,13 @@ def test_a_detach_that_leaves_a_trace_stops_the_run_before_the_base_generates(ti
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    import harness.engine as engine
-    import harness.runner as runner
-    from harness.adapters import inspect_adapter
-    from harness.models import load_base, resolve_base
+    import harness.evaluation.engine as engine
+    import harness.evaluation.runner as runner
+    from harness.evaluation.targets import expand_targets
+    from harness.models.adapters import inspect_adapter
+    from harness.models.base import load_base, resolve_base
     from harness.store import RunInfo, Store
-    from harness.suites import load_suite
+    from harness.suites.spec import load_suite
 
     # init_lora_weights=False: B is random, so the adapter's update (and a merge of it) is not zero
     pm = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
@@ -227,7 +227,7 @@ def test_a_detach_that_leaves_a_trace_stops_the_run_before_the_base_generates(ti
     base = load_base(resolve_base(str(tiny_model_dir)), device="cpu")
     suites = [load_suite(write_suite(tmp_path / "s1")), load_suite(write_suite(tmp_path / "s2", extra="description: two\n"))]
     store = Store(tmp_path / "h.duckdb")
-    targets = runner.expand_targets([inspect_adapter(tmp_path / "mts")], [1.0])
+    targets = expand_targets([inspect_adapter(tmp_path / "mts")], [1.0])
     with pytest.raises(SafetyError, match="weights changed"):
         with store.run(RunInfo(kind="eval", command="test")) as run:
             runner.run_eval(base, targets, suites, run, store, log=lambda m: None)
@@ -258,7 +258,7 @@ def test_explicit_hub_online_switch_is_overridden():
 
 
 def test_checkpoint_with_pickled_weights_is_refused_before_the_trainer(lora_dir, tmp_path):
-    from train.checkpoints import check_checkpoint_files
+    from harness.train.checkpoints import check_checkpoint_files
 
     ckpt = tmp_path / "checkpoint-2"
     shutil.copytree(lora_dir, ckpt)
@@ -280,7 +280,7 @@ def test_checkpoint_with_pickled_weights_is_refused_before_the_trainer(lora_dir,
 
 
 def test_allow_pickle_loads_a_bin_only_base_with_the_weights_only_guard(tiny_model_dir, tmp_path, capsys):
-    from harness.models import load_base, resolve_base
+    from harness.models.base import load_base, resolve_base
 
     d = tmp_path / "binbase"
     shutil.copytree(tiny_model_dir, d)
@@ -310,7 +310,7 @@ def test_allow_pickle_loads_a_bin_only_base_with_the_weights_only_guard(tiny_mod
 
 
 def test_train_target_modules_the_base_lacks_exit_3_before_loading(tiny_model_dir, tmp_path, capsys, monkeypatch):
-    import harness.models
+    import harness.models.base
 
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n")
@@ -320,7 +320,7 @@ def test_train_target_modules_the_base_lacks_exit_3_before_loading(tiny_model_di
     def no_load(*a, **k):
         raise AssertionError("the model was loaded before the pre-flight")
 
-    monkeypatch.setattr(harness.models, "load_base", no_load)
+    monkeypatch.setattr(harness.models.base, "load_base", no_load)
     assert main(["train", str(spec), "--db", str(tmp_path / "h.duckdb")]) == 3
     msg = one_line_error(capsys)
     assert "c_attn" in msg and "q_proj" in msg and "linear modules" in msg
@@ -328,8 +328,8 @@ def test_train_target_modules_the_base_lacks_exit_3_before_loading(tiny_model_di
 
 def test_adapter_target_modules_the_base_lacks_exit_3_naming_modules(tiny_model_dir, lora_dir, tmp_path):
     """FAULTS.md 20: another architecture's module names, wrapped with the modules the base has."""
-    from harness.adapters import inspect_adapter, load_adapter
-    from harness.models import load_base, resolve_base
+    from harness.models.adapters import inspect_adapter, load_adapter
+    from harness.models.base import load_base, resolve_base
 
     d = tmp_path / "gpt2ish"
     shutil.copytree(lora_dir, d)
@@ -410,7 +410,7 @@ def test_bad_values_in_suite_data_name_file_and_line(tmp_path, capsys, line, mat
     suite = write_suite(tmp_path / "s", rows=[ok, line])
     assert main(["eval", "--suite", str(suite), "--db", str(tmp_path / "h.duckdb")]) == 2
     out = capsys.readouterr().err
-    assert f"data.jsonl:2" in out and match in out
+    assert "data.jsonl:2" in out and match in out
 
 
 def test_bad_values_in_training_data_name_file_and_line(tiny_model_dir, tmp_path, capsys):
@@ -465,7 +465,7 @@ def test_adapter_naming_another_base_and_unknown_config_keys_warn_and_are_stored
 
 
 def test_huge_text_fields_are_capped_and_flagged(tmp_path, monkeypatch):
-    from harness.suites import load_examples, load_suite
+    from harness.suites.spec import load_examples, load_suite
 
     big = "x" * (10 << 20)
     suite = load_suite(write_suite(tmp_path / "s", rows=[json.dumps({"id": "big", "question": big, "answer": "y" * 20000})]))
@@ -483,8 +483,8 @@ def test_huge_text_fields_are_capped_and_flagged(tmp_path, monkeypatch):
 def test_faults_14_bin_beside_safetensors_is_never_opened(tiny_model_dir, lora_dir, tmp_path, monkeypatch):
     import builtins
 
-    from harness.adapters import inspect_adapter, load_adapter
-    from harness.models import load_base, resolve_base
+    from harness.models.adapters import inspect_adapter, load_adapter
+    from harness.models.base import load_base, resolve_base
 
     d = tmp_path / "both"
     shutil.copytree(lora_dir, d)
@@ -516,7 +516,7 @@ def _header_file(path: Path, header: bytes, body: bytes = b"") -> None:
 @pytest.mark.parametrize("case", ["huge_length", "bad_json", "overlap", "shape_mismatch", "pickle_renamed",
                                   "invalid_length", "trailing", "dtype"])
 def test_faults_16_crafted_headers_are_adapter_file_errors(lora_dir, tmp_path, case):
-    from harness.adapters import inspect_adapter
+    from harness.models.adapters import inspect_adapter
 
     d = tmp_path / case
     shutil.copytree(lora_dir, d)
@@ -545,7 +545,7 @@ def test_faults_16_crafted_headers_are_adapter_file_errors(lora_dir, tmp_path, c
 
 
 def test_faults_18_zero_size_tensors_name_the_fix(lora_dir, tmp_path):
-    from harness.adapters import inspect_adapter
+    from harness.models.adapters import inspect_adapter
 
     key = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
     d = _rewrite_tensors(lora_dir, tmp_path / "zero", {key: torch.zeros(0)})
@@ -557,7 +557,7 @@ def test_same_adapter_saved_twice_has_one_id(lora_dir, tmp_path):
     """Issue 10.7: PEFT writes target_modules in varying order; the header order varies too."""
     from safetensors.torch import load_file, save_file
 
-    from harness.adapters import inspect_adapter
+    from harness.models.adapters import inspect_adapter
 
     d = tmp_path / "again"
     shutil.copytree(lora_dir, d)
@@ -576,8 +576,8 @@ def test_same_adapter_saved_twice_has_one_id(lora_dir, tmp_path):
 def test_error_rows_are_retried_and_the_failed_run_keeps_its_history(tiny_model_dir, tmp_path, capsys, monkeypatch):
     import duckdb
 
-    import harness.runner as runner
-    from harness.generate import Generation
+    import harness.evaluation.runner as runner
+    from harness.generation.generate import Generation
 
     suite = write_suite(tmp_path / "s")
     args = eval_args(tiny_model_dir, tmp_path, "--suite", str(suite))

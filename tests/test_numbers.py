@@ -6,7 +6,6 @@ so it shares no SQL view and no aggregation code with what it checks."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -156,7 +155,7 @@ def test_results_adapter_view_pairs_every_example_after_a_suite_edit(history, ca
 
 def test_summary_table_and_report_figures_equal_the_raw_rows(history):
     """Issue 11.2: two adapters both called "adapter" stay two columns, each with its own figures."""
-    from harness.comparison import build_comparison
+    from harness.analysis import build_comparison
     from harness.store import Store
 
     db, runs, ids = history
@@ -186,12 +185,12 @@ def test_summary_table_and_report_figures_equal_the_raw_rows(history):
 
 def test_the_cached_rerun_shows_the_same_figures_and_loads_no_model(history, tiny_model_dir, capsys, monkeypatch):
     """Issue 11.6: a re-run with everything cached needs the tokenizer only."""
-    import harness.models
+    import harness.models.base
 
     db, runs, ids = history
     calls = []
-    real = harness.models._load_weights
-    monkeypatch.setattr(harness.models, "_load_weights", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = harness.models.base._load_weights
+    monkeypatch.setattr(harness.models.base, "_load_weights", lambda *a, **k: calls.append(1) or real(*a, **k))
     rows = raw_rows(db)
     assert independent_means(rows, runs[-1]) == independent_means(rows, runs[-2])
     con = duckdb.connect(str(db), read_only=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_gates_support import shared_gate_setup
+from tests.gates.test_gates_support import shared_gate_setup
 
 pytest_plugins = ["pytester"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,7 +80,7 @@ def test_k_and_x(project, built):
 def test_update_the_baseline_then_judge_against_it(project, built):
     run(project, built, "good", "--harness-update-baseline").assert_outcomes(passed=5, skipped=1)
     data = json.loads((project.path / "harness-baseline.json").read_text())
-    from harness.adapters import inspect_adapter
+    from harness.models.adapters import inspect_adapter
 
     assert data["adapter_id"] == inspect_adapter(built["good"]).adapter_id and data["scale"] == 1.0 and data["run_id"]
     # the next adapter is judged against it: a regression item appears and fails, paired (McNemar)

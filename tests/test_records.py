@@ -107,7 +107,7 @@ def test_todays_unversioned_harness_json_is_read_and_migrated(tmp_path):
 
 
 def test_newer_harness_json_is_refused_with_exit_3_naming_the_file(adapter_dir, tiny_model_dir, tmp_path, capsys):
-    from harness.adapters import inspect_adapter
+    from harness.models.adapters import inspect_adapter
 
     (adapter_dir / "harness.json").write_text(json.dumps({"format_version": ADAPTER_RECORD_VERSION + 1, "spec": {}}))
     try:
@@ -137,7 +137,7 @@ def test_newer_harness_json_is_refused_with_exit_3_naming_the_file(adapter_dir, 
 ])
 def test_a_damaged_harness_json_is_an_input_error_naming_the_field(adapter_dir, text, field):
     """A damaged record is refused, not ignored: ignoring it would skip the base-identity check."""
-    from harness.adapters import inspect_adapter
+    from harness.models.adapters import inspect_adapter
 
     (adapter_dir / "harness.json").write_text(text)
     try:
@@ -173,7 +173,7 @@ def test_marker_round_trips_and_an_unversioned_one_is_read(tmp_path):
 
 def test_newer_marker_is_refused_and_its_checkpoint_left_in_place(tmp_path):
     """Resume refuses a checkpoint a newer harness marked (exit 3) instead of quarantining it as partial."""
-    from train.checkpoints import RunIdentity, find_resumable
+    from harness.train.checkpoints import RunIdentity, find_resumable
 
     ckpt = tmp_path / "checkpoint-2"
     ckpt.mkdir()
@@ -226,9 +226,9 @@ def test_finding_reader_checks_severity_and_keeps_the_contract_keys():
 
 def test_a_trained_adapter_is_read_back_as_its_record(tiny_model_dir, tmp_path):
     """The recipe's writer and the adapter reader agree (one record, one place for lineage)."""
-    from harness.adapters import inspect_adapter
-    from train.recipe import train_adapter
-    from train.spec import TrainSpec
+    from harness.models.adapters import inspect_adapter
+    from harness.train.recipe import train_adapter
+    from harness.train.spec import TrainSpec
 
     rows = [{"prompt": f"Order {i} hoodies.", "completion": f'{{"item": "hoodie", "quantity": {i}}}'} for i in range(1, 5)]
     spec = TrainSpec(base=str(tiny_model_dir), max_steps=1, per_device_train_batch_size=4, r=2, lora_alpha=4)

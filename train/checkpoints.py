@@ -119,8 +119,8 @@ def check_checkpoint_files(path: Path) -> None:
     import torch
     from transformers.trainer_pt_utils import safe_globals
 
-    from harness.adapters import WEIGHTS, inspect_adapter
     from harness.errors import SafetyError
+    from harness.models.adapters import WEIGHTS, inspect_adapter
 
     if not (path / WEIGHTS).is_file():
         pickles = sorted(p.name for p in path.glob("adapter_model.*") if p.suffix != ".safetensors")

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import DatasetError
-from harness.files import write_text_atomic
+from harness.util.files import write_text_atomic
 
 if TYPE_CHECKING:
-    from harness.models import LoadedBase
+    from harness.models.base import LoadedBase
 
 REPLAY_POOL = Path(__file__).parent / "replay_pool" / "prompts.jsonl"
 REPLAY_VERSION = "2"  # bump when the way replay answers are generated changes
@@ -70,9 +70,9 @@ def normalize_row(row: Mapping[str, Any], where: str) -> Conversation:
 
 
 def load_rows(path: Path | str) -> list[dict[str, Any]]:
-    """Read a JSONL/JSON/CSV/Parquet file or a saved dataset directory (``harness.datafiles``)."""
-    from harness.datafiles import DATA_SUFFIXES, is_reader_error, pad_rows, read_rows
-    from harness.suite_data import scan_jsonl
+    """Read a JSONL/JSON/CSV/Parquet file or a saved dataset directory (``harness.util.datafiles``)."""
+    from harness.suites.data import scan_jsonl
+    from harness.util.datafiles import DATA_SUFFIXES, is_reader_error, pad_rows, read_rows
 
     path = Path(path)
     if not path.exists():
@@ -164,8 +164,8 @@ def replay_rows(base: LoadedBase, n: int, seed: int, log: Callable[[str], None] 
     under ``$HARNESS_HOME/replay/``. The pool is disjoint from the ``general-knowledge`` suite, so
     replay never trains on the test questions.
     """
-    from harness.generate import GenerationSettings, generate, render_prompt
-    from harness.models import harness_home
+    from harness.generation.generate import GenerationSettings, generate, render_prompt
+    from harness.models.base import harness_home
 
     pool = [json.loads(line)["prompt"] for line in REPLAY_POOL.read_text(encoding="utf-8").splitlines() if line.strip()]
     # The prompts used are the first n of a seeded shuffle of the pool whose answers ended on their own;

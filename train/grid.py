@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.errors import UsageError
-from train.spec import coerce_value
+from harness.train.spec import coerce_value
 
 # short names in directory names; other fields keep their own name
 _SHORT = {"lora_alpha": "alpha", "learning_rate": "lr", "lora_dropout": "dropout", "num_train_epochs": "ep"}

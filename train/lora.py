@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import InputError, UsageError
-from train.spec import TrainSpec
+from harness.train.spec import TrainSpec
 
 if TYPE_CHECKING:
-    from harness.adapters import AdapterInfo
-    from harness.models import LoadedBase
+    from harness.models.adapters import AdapterInfo
+    from harness.models.base import LoadedBase
 
 
 @dataclass
@@ -37,7 +37,7 @@ class LoraModel:
 
 
 def init_arg(name: str) -> Any:
-    """PEFT's ``init_lora_weights`` value for a spec's name (validated by ``train.spec.validate``)."""
+    """PEFT's ``init_lora_weights`` value for a spec's name (validated by ``harness.train.spec.validate``)."""
     return {"default": True, "true": True, "gaussian": "gaussian", "pissa": "pissa", "loftq": "loftq"}.get(
         str(name).lower(), name
     )
@@ -98,7 +98,7 @@ def build_lora(spec: TrainSpec, base: LoadedBase, parent: AdapterInfo | None, pr
     """
     from transformers import set_seed
 
-    from harness.adapters import check_target_modules, load_adapter
+    from harness.models.adapters import check_target_modules, load_adapter
 
     init = init_arg(spec.init_lora_weights)
     set_seed(spec.seed)
@@ -123,7 +123,7 @@ def build_lora(spec: TrainSpec, base: LoadedBase, parent: AdapterInfo | None, pr
 
 def give_base_back(base: LoadedBase, lora: LoraModel) -> None:
     """Leave ``base`` as it was: LoRA layers removed, rewritten weights restored, inference mode."""
-    from harness.adapters import detach_adapter
+    from harness.models.adapters import detach_adapter
 
     base.model = detach_adapter(lora.peft_model)
     if lora.saved_base:

@@ -32,8 +32,8 @@ from harness.records import (
     TrainingData,
     TrainMetrics,
 )
-from train.checkpoints import MARKER, RunIdentity, SaveAndStop, checkpoints, find_resumable
-from train.data import (
+from harness.train.checkpoints import MARKER, RunIdentity, SaveAndStop, checkpoints, find_resumable
+from harness.train.data import (
     TokenCheck,
     check_supervision,
     data_hash,
@@ -45,9 +45,9 @@ from train.data import (
     replay_rows,
     sample_rows,
 )
-from train.lora import LoraModel, build_lora, check_loftq_runs, give_base_back, init_arg, init_name
-from train.save import save_weights, write_record_files
-from train.sft import (
+from harness.train.lora import LoraModel, build_lora, check_loftq_runs, give_base_back, init_arg, init_name
+from harness.train.save import save_weights, write_record_files
+from harness.train.sft import (
     Precision,
     best_eval,
     default_eval_steps,
@@ -56,11 +56,11 @@ from train.sft import (
     resolve_precision,
     sft_config,
 )
-from train.spec import TrainSpec, validate
+from harness.train.spec import TrainSpec, validate
 
 if TYPE_CHECKING:
-    from harness.adapters import AdapterInfo
-    from harness.models import LoadedBase
+    from harness.models.adapters import AdapterInfo
+    from harness.models.base import LoadedBase
 
 
 @dataclass
@@ -112,7 +112,7 @@ def train_adapter(
     Raises:
         TrainingStopped: the live anomaly check stopped the run (its result rides on the error).
     """
-    from harness import distributed
+    from harness.util import distributed
 
     t0 = time.perf_counter()
     out_dir, ckpt_root = Path(out_dir), Path(out_dir) / "checkpoints"
@@ -169,7 +169,7 @@ def check_setup(spec: TrainSpec, from_adapter: Path | str | None) -> tuple[Adapt
 
     Returns the parent adapter (None for a fresh one) and the spec's warnings.
     """
-    from harness.adapters import inspect_adapter
+    from harness.models.adapters import inspect_adapter
 
     errors, warnings = validate(spec)
     if errors:
@@ -182,8 +182,8 @@ def check_setup(spec: TrainSpec, from_adapter: Path | str | None) -> tuple[Adapt
 
 def load_model(spec: TrainSpec, base: LoadedBase | None) -> LoadedBase:
     """The caller's loaded base, or the spec's base on this process's device."""
-    from harness import distributed
-    from harness.models import load_base, resolve_base
+    from harness.models.base import load_base, resolve_base
+    from harness.util import distributed
 
     return base if base is not None else load_base(resolve_base(spec.base), device=distributed.device(None))
 
@@ -208,7 +208,7 @@ def load_data(spec: TrainSpec, base: LoadedBase, examples: Sequence[dict[str, An
     """
     import datasets
 
-    from harness import distributed
+    from harness.util import distributed
 
     if distributed.is_distributed():
         prepared = distributed.broadcast(prepare_rows(spec, base, examples, log, parent) if distributed.is_main() else None)
@@ -227,7 +227,7 @@ def load_data(spec: TrainSpec, base: LoadedBase, examples: Sequence[dict[str, An
 def find_resume_point(ckpt_root: Path, identity: RunIdentity, look: bool, log: Callable[[str], None]) -> Path | None:
     """The checkpoint to resume from (the main process looks; partial checkpoints are moved aside);
     every rank gets the main process's pick."""
-    from harness import distributed
+    from harness.util import distributed
 
     resume_from = distributed.broadcast(find_resumable(ckpt_root, identity, log) if look else None)
     if resume_from is not None:
@@ -242,7 +242,7 @@ def configure_trainer(spec: TrainSpec, lora: LoraModel, data: TrainingRows, base
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTTrainer
 
-    from harness.anomaly_callback import AnomalyCallback
+    from harness.train.callbacks import AnomalyCallback
 
     n_train = len(data.train_ds)
     if data.eval_ds is not None:
@@ -271,7 +271,7 @@ def attach_kernels(spec: TrainSpec, lora: LoraModel, log: Callable[[str], None])
     own fused LM head then, and ours replaces it). Returns the handle that undoes them, or None."""
     if not spec.kernels:
         return None
-    from train.kernels import KernelPathError, apply_kernels
+    from harness.train.kernels import KernelPathError, apply_kernels
 
     try:
         return apply_kernels(lora.peft_model, log=lambda m: log("  " + m))
@@ -303,7 +303,7 @@ def train(trainer: Any, resume_from: Path | None, stopper: SaveAndStop | None, a
 
 def save(trainer: Any, lora: LoraModel, parent: AdapterInfo | None, out_dir: Path, main: bool) -> None:
     """PEFT's files into ``out_dir`` (PiSSA converted to plain LoRA; FSDP shards gathered by every rank)."""
-    from harness import distributed
+    from harness.util import distributed
 
     convert: dict[str, Any] = {}
     if lora.pissa_init_dir is not None:
@@ -329,7 +329,7 @@ def build_record(spec: TrainSpec, base: LoadedBase, data: TrainingRows, parent: 
                  precision: Precision, resume_from: Path | None, anomaly: Any, kernels: Any, trainer: Any,
                  outcome: Outcome, seconds: float) -> AdapterRecord:
     """The adapter's ``harness.json``."""
-    from harness.provenance import package_versions
+    from harness.util.provenance import package_versions
 
     state = trainer.state
     tracked = state.best_metric is not None  # the Trainer tracks the best eval only with early stopping
@@ -361,8 +361,8 @@ def build_record(spec: TrainSpec, base: LoadedBase, data: TrainingRows, parent: 
 
 def adapter_written(out_dir: Path) -> str:
     """The written adapter's id, read back from its files (on every rank, once the main process wrote them)."""
-    from harness import distributed
-    from harness.adapters import inspect_adapter
+    from harness.models.adapters import inspect_adapter
+    from harness.util import distributed
 
     distributed.barrier()  # the other ranks wait for the main process's files (nothing without a launcher)
     return inspect_adapter(out_dir).adapter_id
@@ -438,7 +438,7 @@ def _split(datasets: Any, rows: list[dict], spec: TrainSpec) -> tuple[Any, Any]:
 
 
 def _task_format(rows: list[dict]) -> TaskFormat | None:
-    from harness.taskformat import record
+    from harness.suites.taskformat import record
 
     return record([str(r["completion"][-1]["content"]) for r in rows])
 

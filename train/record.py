@@ -16,7 +16,7 @@ from contextlib import suppress
 from typing import Any
 
 from harness.records import StepLogEntry
-from train.recipe import TrainResult
+from harness.train.recipe import TrainResult
 
 
 class TrainingRun:
@@ -39,7 +39,7 @@ class TrainingRun:
 
     def finished(self, result: TrainResult) -> str:
         """An adapter was written: its row, its step logs and findings; status complete."""
-        from harness.adapters import inspect_adapter
+        from harness.models.adapters import inspect_adapter
         from harness.store import AdapterRow
 
         info = inspect_adapter(result.adapter_dir)
@@ -83,7 +83,7 @@ class TrainingRun:
 
 def store_training(store: Any, result: TrainResult, name: str, command: str, config: Mapping[str, Any]) -> str:
     """Record a finished training run after the fact, as one ``train`` run; returns the run id."""
-    from harness.adapters import inspect_adapter
+    from harness.models.adapters import inspect_adapter
 
     info = inspect_adapter(result.adapter_dir)
     run = TrainingRun(store, name, command, config, seed=info.record.seed if info.record else None,

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import TrainingStopped, UsageError
-from train.grid import GridPoint, expand, parse_grid
-from train.recipe import TrainResult
-from train.spec import TrainSpec, load_spec
+from harness.train.grid import GridPoint, expand, parse_grid
+from harness.train.recipe import TrainResult
+from harness.train.spec import TrainSpec, load_spec
 
 #: LoRA shape fields: a continued adapter keeps its parent's, so a grid over them is refused
 SHAPE_FIELDS = frozenset({"r", "lora_alpha", "target_modules", "init_lora_weights", "use_dora", "use_rslora", "bias",
@@ -91,9 +91,9 @@ def plan_training(req: TrainRequest) -> TrainingPlan:
             that already holds an adapter (without --force or --resume); a bad device.
         InputError: a bad spec, override or data file; target modules the base does not have.
     """
-    from harness.adapters import check_target_modules_names, inspect_adapter
-    from harness.models import check_device, module_names, resolve_base
-    from train.data import load_rows, map_fields, normalize_row
+    from harness.models.adapters import check_target_modules_names, inspect_adapter
+    from harness.models.base import check_device, module_names, resolve_base
+    from harness.train.data import load_rows, map_fields, normalize_row
 
     spec = load_spec(req.spec_path, dict(req.overrides))
     grid = parse_grid(req.grid)
@@ -137,10 +137,10 @@ def run_training(plan: TrainingPlan, req: TrainRequest, log: Callable[[str], Non
             names it). Other errors and Ctrl-C propagate once the point's run is marked failed or
             interrupted.
     """
-    from harness import distributed
-    from harness.models import load_base, resolve_base
+    from harness.models.base import load_base, resolve_base
     from harness.store import Store, default_db_path
-    from train.checkpoints import SaveAndStop
+    from harness.train.checkpoints import SaveAndStop
+    from harness.util import distributed
 
     base = load_base(resolve_base(plan.spec.base), device=distributed.device(req.device))
     store = Store(req.db or default_db_path())
@@ -166,9 +166,9 @@ def run_training(plan: TrainingPlan, req: TrainRequest, log: Callable[[str], Non
 def train_point(pp: PlannedPoint, plan: TrainingPlan, req: TrainRequest, base: Any, store: Any, stopper: Any,
                 log: Callable[[str], None]) -> TrainedPoint:
     """Train one point as one store run: registered before training starts, marked when it ends."""
-    from harness import distributed
-    from train.recipe import train_adapter
-    from train.record import TrainingRun
+    from harness.train.recipe import train_adapter
+    from harness.train.record import TrainingRun
+    from harness.util import distributed
 
     main = distributed.is_main()
     resume = req.resume and (not plan.grid_keys or (pp.out / "checkpoints").is_dir())

@@ -58,7 +58,7 @@ def portable_base_name(config_path: Path) -> None:
     """PEFT writes the base's local directory (for the embedded base, a path inside our cache) into
     base_model_name_or_path, so the adapter does not name its base anywhere else; write the public name
     instead (the local path stays in harness.json)."""
-    from harness.models import EMBEDDED, EMBEDDED_HUB_IDS, harness_home
+    from harness.models.base import EMBEDDED, EMBEDDED_HUB_IDS, harness_home
 
     cfg = json.loads(config_path.read_text(encoding="utf-8"))
     named = str(cfg.get("base_model_name_or_path") or "")

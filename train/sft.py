@@ -14,8 +14,8 @@ from typing import Any, NamedTuple
 
 from harness.errors import UsageError
 from harness.records import StepLogEntry
-from train.checkpoints import RunIdentity, SaveAndStop, marker_callback
-from train.spec import TrainSpec
+from harness.train.checkpoints import RunIdentity, SaveAndStop, marker_callback
+from harness.train.spec import TrainSpec
 
 #: evaluations per run when eval_steps is not set: an eval after every step took 37% of a short run
 EVALS_PER_RUN = 10
@@ -128,7 +128,7 @@ def our_callbacks(spec: TrainSpec, identity: RunIdentity, stopper: SaveAndStop |
     """Step printer, checkpoint marker, the live anomaly check, the SIGTERM stop, early stopping."""
     from transformers import EarlyStoppingCallback
 
-    from harness import distributed
+    from harness.util import distributed
 
     extra = [StepPrinter(log), marker_callback(identity, log), anomaly]
     if stopper is not None:

@@ -225,7 +225,7 @@ def load_spec(path: Path | None = None, overrides: Mapping[str, Any] | None = No
     """Read a YAML spec (optional), apply overrides, validate; all errors are reported together."""
     raw: dict[str, Any] = {}
     if path is not None:
-        from harness.yamlsafe import load_yaml_file
+        from harness.util.yamlsafe import load_yaml_file
 
         raw = load_yaml_file(Path(path), "training spec") or {}
         if not isinstance(raw, dict):

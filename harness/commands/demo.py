@@ -25,6 +25,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.demo import run_demo
+    from harness.jobs.demo import run_demo
 
     return run_demo(args.out, args.quick, args.base, args.device, log=lambda m: print(m, file=sys.stderr))

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from harness.errors import StorageError, UsageError
-from harness.records import AdapterRecord, write_adapter_record
+from harness.errors import UsageError
+from harness.jobs.export import export_merged, export_scaled
+from harness.models.base import DEFAULT_BASE
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,12 +33,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", required=True, type=float, metavar="S", help="the scale, e.g. the sweep's recommendation")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory to write (must not exist unless --force)")
     p.add_argument("--merge", action="store_true", help="write a merged full model instead of an adapter")
-    p.add_argument("--base", default="smollm2-135m", help="base model for --merge (default: %(default)s)")
+    p.add_argument("--base", default=DEFAULT_BASE, help="base model for --merge (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="replace an existing --out directory")
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.adapters import inspect_adapter
+    from harness.models.adapters import inspect_adapter
 
     if not math.isfinite(args.scale) or args.scale < 0:
         raise UsageError(f"--scale {args.scale!r}: a LoRA scale is a finite number >= 0")
@@ -51,84 +49,3 @@ def run(args: argparse.Namespace) -> int:
     path = export_merged(info, args.scale, args.base, out) if args.merge else export_scaled(info, args.scale, out)
     print(path)
     return 0
-
-
-def _staging(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Move the finished directory into place; an old one is removed only after the new one is complete."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _record(info, scale: float, kind: str) -> AdapterRecord:
-    from harness.records import ExportInfo, ParentRef
-
-    parent = info.record
-    return AdapterRecord(
-        parent_adapter=ParentRef(info.adapter_id, str(info.path)),
-        export=ExportInfo(kind, scale),
-        # what the parent knew about its base and its task carries over (identity and leakage checks)
-        base_model=parent.base_model if parent is not None else None,
-        task_format=parent.task_format if parent is not None else None,
-    )
-
-
-def export_scaled(info, scale: float, out: Path) -> Path:
-    """Write ``info`` with every lora_B (and B bias) multiplied by ``scale`` to ``out``."""
-    from safetensors.torch import load_file, save_file
-
-    from harness.adapters import CONFIG, WEIGHTS
-
-    tensors = load_file(str(info.path / WEIGHTS))
-    scaled = {k: (v * scale if (".lora_B." in k or k.endswith(".lora_embedding_B")) else v).contiguous()
-              for k, v in tensors.items()}
-    tmp = _staging(out)
-    try:
-        save_file(scaled, str(tmp / WEIGHTS), metadata={"format": "pt"})
-        shutil.copyfile(info.path / CONFIG, tmp / CONFIG)
-        write_adapter_record(tmp, _record(info, scale, "scaled adapter"))
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        _swap_in(tmp, out)
-    except OSError as exc:
-        raise StorageError(f"cannot write {out}: {exc.strerror or exc}; nothing was replaced") from None
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def export_merged(info, scale: float, base_name: str, out: Path) -> Path:
-    """Write the base with the adapter's update at ``scale`` merged in, as a safetensors model directory."""
-    from harness.adapters import check_base_identity, load_adapter, set_scale
-    from harness.models import load_base, resolve_base
-
-    ref = resolve_base(base_name)
-    check_base_identity(info, ref.model_id, ref.name)
-    base = load_base(ref, device="cpu")
-    model = base.model.float()
-    peft_model = load_adapter(model, info)
-    set_scale(peft_model, scale)
-    merged = peft_model.merge_and_unload()
-    tmp = _staging(out)
-    try:
-        merged.save_pretrained(str(tmp), safe_serialization=True)
-        base.tokenizer.save_pretrained(str(tmp))
-        write_adapter_record(tmp, _record(info, scale, "merged model"))
-        _swap_in(tmp, out)
-    except OSError as exc:
-        raise StorageError(f"cannot write {out}: {exc.strerror or exc}; nothing was replaced") from None
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out

@@ -33,10 +33,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from harness.analysis import build_report, resolve_adapters
     from harness.commands._common import existing_store, pick_run
-    from harness.comparison import build_report, resolve_adapters
     from harness.errors import UsageError
-    from reports.render import check_out_path, write_report
+    from harness.reports.render import check_out_path, write_report
 
     if args.max_examples < 0:
         raise UsageError(f"--max-examples {args.max_examples}: must be 0 or more")

@@ -29,17 +29,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from harness.analysis.summary import format_table
     from harness.commands._common import existing_store, pick_run
     from harness.errors import InputError
-    from harness.lineage import chain, parents_first
-    from harness.summary import format_table
+    from harness.util.lineage import chain, parents_first
 
     store = existing_store(args.db)
     path = store.path
     if args.adapter:
         ident = args.adapter
         if Path(ident).is_dir():
-            from harness.adapters import inspect_adapter
+            from harness.models.adapters import inspect_adapter
 
             ident = inspect_adapter(ident).adapter_id
         found = store.queries.find_adapters(ident)
@@ -84,14 +84,14 @@ def run(args: argparse.Namespace) -> int:
     if state is None:
         raise InputError(f"no run {run_id!r} in {path}; `harness runs` lists them")
     if args.json:
-        from harness.comparison import build_comparison
+        from harness.analysis import build_comparison
 
         results = [asdict(r) for r in store.queries.suite_summary(run_id)]
         retention = [asdict(r) for r in build_comparison(store, run_id).retention]
         print(json.dumps({"run": {k: (str(v) if k.endswith("_at") else v) for k, v in asdict(state).items()},
                           "results": results, "retention": retention}, indent=2, default=str))
         return 0
-    from harness.summary import print_run_summary
+    from harness.analysis.summary import print_run_summary
 
     expected = "?" if state.n_expected is None else str(state.n_expected)
     print(f"run {run_id} ({state.kind}, {state.status}): {state.n_results}/{expected} results, {state.n_errors} errors"

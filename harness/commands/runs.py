@@ -29,10 +29,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from harness.analysis.summary import format_table
     from harness.commands._common import existing_store
     from harness.errors import UsageError
-    from harness.lineage import parents_first
-    from harness.summary import format_table
+    from harness.util.lineage import parents_first
 
     if args.limit <= 0:
         raise UsageError(f"--limit {args.limit}: show at least 1 run")

@@ -27,9 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import duckdb
 
+    from harness.analysis.summary import format_table
     from harness.commands._common import existing_store
     from harness.errors import InputError
-    from harness.summary import format_table
 
     try:
         statements = duckdb.extract_statements(args.query)

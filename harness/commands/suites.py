@@ -23,8 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.suites import builtin_suites, check_suites
-    from harness.summary import format_table
+    from harness.analysis.summary import format_table
+    from harness.suites.spec import builtin_suites, check_suites
 
     if args.action == "list":
         suites, examples = check_suites(builtin_suites())

@@ -17,7 +17,7 @@ from harness.commands._common import add_db_argument
 from harness.errors import UsageError
 
 if TYPE_CHECKING:
-    from train.recipe import TrainResult
+    from harness.train.recipe import TrainResult
 
 # One line per spec field for --help; the defaults come from TrainSpec itself.
 FIELD_HELP = {
@@ -61,7 +61,7 @@ FIELD_HELP = {
 
 
 def _fields_epilog() -> str:
-    from train.spec import TrainSpec
+    from harness.train.spec import TrainSpec
 
     lines = ["spec fields (YAML keys; override any with --set FIELD=VALUE):"]
     for f in dataclasses.fields(TrainSpec):
@@ -114,7 +114,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness import distributed
+    from harness.util import distributed
 
     # Under `accelerate launch` / `torchrun` every rank trains (the Trainer's DDP); the main process
     # writes the adapter and its store rows, and every rank exits with the main process's code.
@@ -122,8 +122,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from harness import distributed
-    from train.run import TrainRequest, plan_training, run_training
+    from harness.jobs.train import TrainRequest, train
+    from harness.util import distributed
 
     main = distributed.is_main()
     log = (lambda m: print(m, file=sys.stderr)) if main else (lambda m: None)
@@ -135,8 +135,7 @@ def _run(args: argparse.Namespace) -> int:
     req = TrainRequest(spec_path=args.spec, overrides=overrides, grid=tuple(args.grid), name=args.name, out=args.out,
                        force=args.force, resume=args.resume, from_adapter=args.from_adapter, device=args.device,
                        db=args.db, command=shlex.join(["harness", *sys.argv[1:]]))
-    plan = plan_training(req)  # everything cheap is checked before the model loads
-    outcome = run_training(plan, req, log)
+    plan, outcome = train(req, log)  # everything cheap is checked before the model loads
     if not main:
         return outcome.exit_code  # the main process prints, and its code is every rank's
     if outcome.interrupted is not None:

@@ -6,9 +6,9 @@ Kinds of gate (all read the store, none generates):
   file's ``[[gates.threshold]]`` by suite role);
 - ``retention`` / ``leakage`` / ``task_gain``: relative to the base model of the same run, with suites
   told apart by role, never by name (``retention`` on a general suite, or pooled over every general
-  suite as ``harness.sweep`` computes it; leakage pooled over general and leakage suites; the task
+  suite as ``harness.analysis.sweep`` computes it; leakage pooled over general and leakage suites; the task
   headline's gain over base), and ``gain`` for a suite's ``min_gain``;
-- ``regression``: against a baseline adapter, decided on the paired examples (``harness.stats``): a
+- ``regression``: against a baseline adapter, decided on the paired examples (``harness.analysis.stats``): a
   drop fails when it is both significant after Holm's correction over every regression test of the
   check (scales × suites) and larger than the allowed margin;
 - ``completeness``: every expected result present (scored + errored == expected), errors <= allowed;

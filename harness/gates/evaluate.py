@@ -1,8 +1,8 @@
 """Evaluating a plan against one stored run.
 
-``evaluate_gates`` reads the run's per-example values once (``_RunData``), picks the candidates (each
+``evaluate_gates`` reads the run's per-example values once (``RunData``), picks the candidates (each
 adapter at each scale, or the base model alone), hands each planned gate to its kind's evaluator
-(``harness.gates.kinds``, which sees the run through ``_Ctx``), tests every regression as one
+(``harness.gates.kinds``, which sees the run through ``GateContext``), tests every regression as one
 Holm-corrected family, and fails a check that has no quality gate when one is required. ``check_run``
 returns the same as plain ``GateResult`` rows.
 """
@@ -10,11 +10,10 @@ returns the same as plain ``GateResult`` rows.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from harness.gates.context import GateContext, read_run
 from harness.gates.kinds import (
     _completeness,
     _gain,
@@ -25,50 +24,12 @@ from harness.gates.kinds import (
     _retention,
     _threshold,
 )
-from harness.gates.report import Example, GateOutcome, GateReport, GateResult
+from harness.gates.report import GateOutcome, GateReport, GateResult
 from harness.gates.spec import QUALITY_KINDS, PlannedGate, ProjectGates, plan_gates
 
 if TYPE_CHECKING:
-    from harness.comparison import Comparison
     from harness.store import Store
-    from harness.suite_types import Suite
-
-
-@dataclass
-class _RunData:
-    """One run's per-example values, read once."""
-
-    values: dict[tuple, dict[str, float | None]] = field(default_factory=lambda: defaultdict(dict))
-    outputs: dict[tuple, str | None] = field(default_factory=dict)
-    texts: dict[tuple[str, str], tuple[str | None, str | None]] = field(default_factory=dict)
-    n_examples: dict[str, int] = field(default_factory=dict)
-    errors: dict[tuple, int] = field(default_factory=lambda: defaultdict(int))
-    targets: set[tuple[str | None, float]] = field(default_factory=set)
-
-
-def _read_run(store: Store, run_id: str) -> _RunData:
-    d = _RunData()
-    for r in store.query("SELECT adapter_id, scale, suite_name, example_id, metric, value, input, target, output "
-                         "FROM v_scores WHERE run_id = ?", [run_id]):
-        t = (r["adapter_id"], float(r["scale"]) if r["adapter_id"] else 0.0)
-        # keys built first: mypy 2.4 misreads d[(*t, x)] as Python 3.11's d[*t, x]
-        metric_key, output_key = (*t, r["suite_name"], r["metric"]), (*t, r["suite_name"], r["example_id"])
-        d.values[metric_key][r["example_id"]] = r["value"]
-        d.outputs[output_key] = r["output"]
-        d.texts[(r["suite_name"], r["example_id"])] = (r["input"], r["target"])
-    for r in store.query(
-            "SELECT g.adapter_id, g.scale, s.name AS suite, g.example_id, g.error FROM run_results rr "
-            "JOIN generations g USING (cache_key) JOIN suites s ON s.suite_id = g.suite_id WHERE rr.run_id = ?", [run_id]):
-        t = (r["adapter_id"], float(r["scale"]) if r["adapter_id"] else 0.0)
-        d.targets.add(t)
-        if r["error"] is not None:
-            error_key = (*t, r["suite"])
-            d.errors[error_key] += 1
-    for r in store.query(
-            "SELECT s.name AS suite, count(DISTINCT g.example_id) AS n FROM run_results rr JOIN generations g USING (cache_key) "
-            "JOIN suites s ON s.suite_id = g.suite_id WHERE rr.run_id = ? GROUP BY s.name", [run_id]):
-        d.n_examples[r["suite"]] = int(r["n"])
-    return d
+    from harness.suites.types import Suite
 
 
 def evaluate_gates(
@@ -90,12 +51,12 @@ def evaluate_gates(
     baseline adapter is never a candidate); a run of the base model alone is judged on its thresholds.
     ``require_gates``: a check with no quality gate fails (a vacuous pass is impossible).
     """
-    from harness.comparison import build_comparison
+    from harness.analysis.build import build_comparison
 
     project = project_gates or ProjectGates()
     if plan is None:
         plan = plan_gates(suites, project, with_baseline=baseline_adapter_id is not None, provenance=adapter_id is not None)
-    data = _read_run(store, run_id)
+    data = read_run(store, run_id)
     comparison = build_comparison(store, run_id, samples_per_suite=0)
     labels = {(c.adapter_id, c.scale): c.target for c in comparison.cells if c.adapter_id}
     by_suite = {s.name: s for s in suites}
@@ -104,7 +65,7 @@ def evaluate_gates(
     base_only = not any(t[0] for t in data.targets) and adapter_id is None
     if base_only:
         cands = [(None, 0.0)]
-    ctx = _Ctx(store, run_id, data, comparison, labels, by_suite, project, baseline_adapter_id, baseline_scale)
+    ctx = GateContext(store, run_id, data, comparison, labels, by_suite, project, baseline_adapter_id, baseline_scale)
     outcomes: list[GateOutcome] = []
     skipped: list[tuple[str, str]] = []
     regressions: list[tuple[PlannedGate, tuple]] = []
@@ -165,27 +126,3 @@ def check_run(
                           project_gates=project_gates).results
 
 
-@dataclass(frozen=True)
-class _Ctx:
-    store: Store
-    run_id: str
-    data: _RunData
-    comparison: Comparison
-    labels: dict
-    suites: dict
-    project: ProjectGates
-    baseline_id: str | None
-    baseline_scale: float
-
-    def label(self, t: tuple) -> str:
-        return "base" if t[0] is None else self.labels.get(t, f"{t[0][:8]}@{t[1]:g}")
-
-    def higher_is_better(self, suite: str, metric: str) -> bool:
-        from harness.suite_types import higher_is_better, suite_directions
-
-        s = self.suites.get(suite)
-        return higher_is_better(metric, suite_directions(s) if s else None)
-
-    def example(self, t: tuple, suite: str, ex: str, value: float | None, other: float | None = None) -> Example:
-        inp, tgt = self.data.texts.get((suite, ex), (None, None))
-        return Example(suite, ex, inp, tgt, self.data.outputs.get((*t, suite, ex)), value, other)

@@ -1,4 +1,4 @@
-"""One evaluator per gate kind, each over a run read once (``harness.gates.evaluate._Ctx``).
+"""One evaluator per gate kind, each over a run read once (``harness.gates.evaluate.GateContext``).
 
 ``threshold``, ``retention``, ``leakage``, ``task_gain`` / ``gain`` and ``regression`` (every candidate's
 paired test against the baseline, Holm-corrected as one family) judge the adapter's quality;
@@ -16,19 +16,19 @@ from harness.gates.report import Example, GateOutcome, GateResult
 from harness.gates.threshold import _ci, _verdict, _vs, threshold_gate
 
 if TYPE_CHECKING:
-    from harness.gates.evaluate import _Ctx
+    from harness.analysis.stats import PairedTest
+    from harness.gates.context import GateContext
     from harness.gates.spec import PlannedGate
-    from harness.stats import PairedTest
 
 
-def _worst(ctx: _Ctx, t: tuple, suite: str, metric: str, vals: dict[str, float | None], n: int = 3) -> tuple[Example, ...]:
+def _worst(ctx: GateContext, t: tuple, suite: str, metric: str, vals: dict[str, float | None], n: int = 3) -> tuple[Example, ...]:
     hib = ctx.higher_is_better(suite, metric)
     ordered = sorted(vals.items(), key=lambda kv: (kv[1] is not None, (kv[1] or 0.0) * (1 if hib else -1)))
     return tuple(ctx.example(t, suite, ex, v) for ex, v in ordered[:n])
 
 
-def _threshold(ctx: _Ctx, g: PlannedGate, t: tuple) -> GateOutcome:
-    from harness.stats import mean_interval
+def _threshold(ctx: GateContext, g: PlannedGate, t: tuple) -> GateOutcome:
+    from harness.analysis.stats import mean_interval
 
     assert g.suite is not None  # plan_gates gives every threshold gate its suite
 
@@ -43,9 +43,9 @@ def _threshold(ctx: _Ctx, g: PlannedGate, t: tuple) -> GateOutcome:
                        _worst(ctx, t, g.suite, g.metric, vals), g.source)
 
 
-def _retention(ctx: _Ctx, g: PlannedGate, t: tuple) -> GateOutcome:
-    from harness.stats import wilson
-    from harness.sweep import curve
+def _retention(ctx: GateContext, g: PlannedGate, t: tuple) -> GateOutcome:
+    from harness.analysis.stats import wilson
+    from harness.analysis.sweep import curve
 
     label = ctx.label(t)
     threshold = g.min if g.min is not None else g.max
@@ -78,9 +78,9 @@ def _retention(ctx: _Ctx, g: PlannedGate, t: tuple) -> GateOutcome:
                        g.kind, label, t[0], t[1], g.suite, interval, None, tuple(lost[:3]), g.source)
 
 
-def _leakage(ctx: _Ctx, g: PlannedGate, t: tuple) -> GateOutcome:
-    from harness.stats import wilson
-    from harness.sweep import curve
+def _leakage(ctx: GateContext, g: PlannedGate, t: tuple) -> GateOutcome:
+    from harness.analysis.stats import wilson
+    from harness.analysis.sweep import curve
 
     assert g.max is not None  # plan_gates gives the leakage gate its max_leakage
     label = ctx.label(t)
@@ -103,10 +103,10 @@ def _leakage(ctx: _Ctx, g: PlannedGate, t: tuple) -> GateOutcome:
                        g.kind, label, t[0], t[1], None, interval, None, tuple(leaked[:3]), g.source)
 
 
-def _gain(ctx: _Ctx, g: PlannedGate, t: tuple) -> GateOutcome:
+def _gain(ctx: GateContext, g: PlannedGate, t: tuple) -> GateOutcome:
     """Adapter minus base on paired examples, in the metric's better direction; the task headlines
     of every task suite for ``task_gain``, one suite metric for ``gain``."""
-    from harness.stats import paired_test
+    from harness.analysis.stats import paired_test
 
     assert g.min is not None  # plan_gates gives every gain gate its min_gain / min_task_gain
     label = ctx.label(t)
@@ -144,9 +144,9 @@ def _gain(ctx: _Ctx, g: PlannedGate, t: tuple) -> GateOutcome:
                        tuple(e for _, e in sorted(worst, key=lambda x: x[0])[:3]), g.source)
 
 
-def _regressions(ctx: _Ctx, todo: Sequence[tuple[PlannedGate, tuple]]) -> list[GateOutcome]:
+def _regressions(ctx: GateContext, todo: Sequence[tuple[PlannedGate, tuple]]) -> list[GateOutcome]:
     """Paired tests of every (gate, candidate) against the baseline adapter, Holm-corrected together."""
-    from harness.stats import holm, paired_test
+    from harness.analysis.stats import holm, paired_test
 
     if not todo:
         return []
@@ -192,7 +192,7 @@ def _regressions(ctx: _Ctx, todo: Sequence[tuple[PlannedGate, tuple]]) -> list[G
     return out
 
 
-def _completeness(ctx: _Ctx, g: PlannedGate) -> GateOutcome:
+def _completeness(ctx: GateContext, g: PlannedGate) -> GateOutcome:
     rows = ctx.store.query("SELECT n_expected, n_results, n_errors FROM v_runs WHERE run_id = ?", [ctx.run_id])
     allowed = ctx.project.max_errors
     if not rows:
@@ -207,7 +207,7 @@ def _completeness(ctx: _Ctx, g: PlannedGate) -> GateOutcome:
                        g.kind, source=g.source)
 
 
-def _health(ctx: _Ctx, g: PlannedGate, adapter_id: str) -> GateOutcome | str:
+def _health(ctx: GateContext, g: PlannedGate, adapter_id: str) -> GateOutcome | str:
     """No error-severity anomaly in harness.json's "anomalies" or the store's findings; a reason to skip
     (a str) when there is no training record at all."""
     from harness.records import Finding, parse_adapter_record
@@ -229,7 +229,7 @@ def _health(ctx: _Ctx, g: PlannedGate, adapter_id: str) -> GateOutcome | str:
                        g.kind, None, adapter_id, source=g.source)
 
 
-def _provenance(ctx: _Ctx, g: PlannedGate, adapter_id: str | None, scale: float | None, cands: Sequence[tuple]) -> GateOutcome:
+def _provenance(ctx: GateContext, g: PlannedGate, adapter_id: str | None, scale: float | None, cands: Sequence[tuple]) -> GateOutcome:
     expected = ctx.project.adapter_id
     released = adapter_id or expected
     evaluated = sorted({t[0] for t in cands if t[0]})

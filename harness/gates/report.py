@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from harness.store import GateRow
 
 if TYPE_CHECKING:
-    from harness.stats import Interval
+    from harness.analysis.stats import Interval
 
 #: A gate's outcome is exactly the store's row, so results go into ``gate_results`` unchanged
 #: (``run.add_gate_results([...])``): {gate, metric, observed, threshold, baseline, passed, message}.

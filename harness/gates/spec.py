@@ -1,7 +1,7 @@
 """Gate specs: what a check evaluates, known before anything runs.
 
-``ProjectGates`` and ``RoleThreshold`` are the gates of a project file (``harness.project`` reads them;
-a suite's own ``gates:`` entries are ``harness.suite_types.GateSpec``). ``plan_gates`` turns the suites
+``ProjectGates`` and ``RoleThreshold`` are the gates of a project file (``harness.gates.project`` reads them;
+a suite's own ``gates:`` entries are ``harness.suites.types.GateSpec``). ``plan_gates`` turns the suites
 and the project file into the list of ``PlannedGate``, with unique names, that ``evaluate_gates`` judges
 and the pytest plugin collects as items. ``QUALITY_KINDS`` are the kinds about the adapter's quality.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from harness.suite_types import Suite
+    from harness.suites.types import Suite
 
 #: gates about the adapter's quality (a check needs at least one); the others are bookkeeping
 QUALITY_KINDS = frozenset({"threshold", "retention", "leakage", "task_gain", "gain", "regression"})
@@ -32,7 +32,7 @@ class RoleThreshold:
 
 @dataclass(frozen=True)
 class ProjectGates:
-    """The gates of a project file (``harness.project``); every field off unless set."""
+    """The gates of a project file (``harness.gates.project``); every field off unless set."""
 
     min_retention: float | None = None
     max_leakage: float | None = None

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from harness.gates.report import GateResult
 
 if TYPE_CHECKING:
-    from harness.stats import Interval
+    from harness.analysis.stats import Interval
 
 
 def threshold_gate(

@@ -7,8 +7,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from harness.scorers import Example, Score, ScoreFn, register_scorer
 from harness.scorers.normalize import normalize_answer
+from harness.scorers.registry import Example, Score, ScoreFn, register_scorer
 
 
 @register_scorer("exact_match", version="1")

@@ -2,7 +2,7 @@
 
 Every number here is the number the reference library gives with the settings below; the tests in
 ``tests/scorers/test_scorers_text.py`` check that to 1e-9 against ``rouge_score`` and ``sacrebleu`` called
-directly, and against the offline evaluate modules in ``harness/metrics/evaluate_modules``.
+directly, and against the offline evaluate modules in ``harness/scorers/evaluate_modules``.
 
 Settings
 --------
@@ -58,7 +58,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-from harness.scorers import Example, Score, ScoreFn, register_scorer
+from harness.scorers.registry import Example, Score, ScoreFn, register_scorer
 
 ROUGE_TYPES: tuple[str, ...] = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 

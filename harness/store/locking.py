@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import StorageError
-from harness.files import write_text_atomic
 from harness.store.errors import damaged, describe_pid, is_lock_conflict, lock_holder_pid, pid_alive
 from harness.store.rows import _now
+from harness.util.files import write_text_atomic
 
 _POLL = 0.05
 # (lock path, thread) -> [fd, mode, depth]: a thread that holds the lock may take it again (rebuild and

@@ -9,13 +9,20 @@ read-only query) is the one command that runs SQL it did not name.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import json
+import os
+import socket
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from harness.store import Store
+
+class _Querier(Protocol):
+    """What the queries need of a store (``Store.query``); typed structurally so this file need not import
+    the Store that builds on it."""
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]: ...
 
 
 @dataclass(frozen=True)
@@ -23,7 +30,7 @@ class RunState:
     """One row of ``v_runs``: a run with its completeness.
 
     ``status`` is the status for people: a 'running' run whose process is gone reads 'interrupted'
-    (``harness.store.run_status``). ``incomplete`` is None when the run declared no expected count
+    (``run_status``). ``incomplete`` is None when the run declared no expected count
     (a training run).
     """
 
@@ -138,7 +145,7 @@ _RUN_COLUMNS = ("run_id, kind, status, command, started_at, finished_at, pid, ho
 class Queries:
     """The read queries of one store (``Store.queries``)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: _Querier) -> None:
         self._store = store
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
@@ -171,7 +178,7 @@ class Queries:
 
     def run_adapters(self, run_ids: Sequence[str]) -> list[RunAdapter]:
         """The adapters each run evaluated or trained, with their parents; ordered by run, then adapter id
-        (``harness.lineage.parents_first`` orders them for people)."""
+        (``harness.util.lineage.parents_first`` orders them for people)."""
         rows = self._rows(
             f"""
             WITH used AS (
@@ -195,6 +202,12 @@ class Queries:
             "JOIN runs r ON r.run_id = rr.run_id WHERE g.adapter_id = ? AND g.scale > 0 GROUP BY rr.run_id "
             "HAVING count(DISTINCT g.scale) >= 2 ORDER BY t DESC, rr.run_id DESC LIMIT 1", [adapter_id])
         return rows[0]["run_id"] if rows else None
+
+    def run_config(self, run_id: str) -> dict[str, Any]:
+        """The ``config`` a run was stored with (its flags and settings), as a dict; {} when it has none."""
+        rows = self._rows("SELECT config FROM runs WHERE run_id = ?", [run_id])
+        raw = rows[0]["config"] if rows else None
+        return dict(json.loads(raw)) if isinstance(raw, str) else dict(raw or {})
 
     def suite_summary(self, run_id: str) -> list[SuiteSummaryRow]:
         rows = self._rows(
@@ -257,6 +270,17 @@ class Queries:
 
 
 def _run_state(row: dict[str, Any]) -> RunState:
-    from harness.store import run_status
 
     return RunState(**{**row, "status": run_status(row)})
+
+def run_status(row: Mapping[str, Any]) -> str:
+    """A run's status for people: a 'running' run whose process is gone was interrupted."""
+    status = row.get("status") or "unknown"
+    if status == "running" and row.get("host") == socket.gethostname() and row.get("pid"):
+        try:
+            os.kill(int(row["pid"]), 0)
+        except ProcessLookupError:
+            return "interrupted"
+        except PermissionError:
+            pass
+    return status

@@ -305,7 +305,7 @@ def _counts(db: Path) -> tuple[dict[str, int] | None, str | None]:
 
 def quarantine_wal(db_path: Path, shard_dir: Path | None = None, lock_timeout: float = 120.0) -> QuarantineReport:
     """Move ``<db>.wal`` aside (unique timestamped name), re-ingest what the shards hold, report the difference."""
-    from harness.store import Store
+    from harness.store.database import Store
 
     db_path = Path(db_path)
     wal = db_path.with_name(db_path.name + ".wal")

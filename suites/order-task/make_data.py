@@ -5,7 +5,7 @@
 
 from pathlib import Path
 
-from harness.demo_data import generate_orders, write_jsonl
+from harness.jobs.demo_data import generate_orders, write_jsonl
 
 HELD_OUT_SEED, TRAIN_SEED, N = 2, 1, 200
 

@@ -309,7 +309,7 @@ def test_cli_table() -> None:
 def _replay(name: str, args=None, corpus: Path = CORPUS, **kw):
     from transformers import TrainerControl, TrainerState
 
-    from harness.anomaly_callback import AnomalyCallback
+    from harness.train.callbacks import AnomalyCallback
 
     cb = AnomalyCallback(**kw)
     state, control = TrainerState(), TrainerControl()
@@ -345,7 +345,7 @@ def test_callback_on_log_without_history_entry() -> None:
     """on_log called with logs not (yet) in state.log_history: the new log is judged too."""
     from transformers import TrainerControl, TrainerState
 
-    from harness.anomaly_callback import AnomalyCallback
+    from harness.train.callbacks import AnomalyCallback
 
     cb, state, control = AnomalyCallback(), TrainerState(), TrainerControl()
     state.log_history = [{"loss": 1.0, "grad_norm": 0.5, "step": 1}]
@@ -360,7 +360,7 @@ def test_callback_stops_a_real_trainer(tmp_path: Path) -> None:
     from torch import nn
     from transformers import Trainer, TrainingArguments
 
-    from harness.anomaly_callback import AnomalyCallback
+    from harness.train.callbacks import AnomalyCallback
 
     class Tiny(nn.Module):
         def __init__(self) -> None:
@@ -388,7 +388,7 @@ def test_callback_check_interval_on_long_logs() -> None:
     """Past 200 logs the full check runs every len(log) // 200 logs, but a NaN log is checked at once."""
     from transformers import TrainerControl, TrainerState
 
-    from harness.anomaly_callback import AnomalyCallback
+    from harness.train.callbacks import AnomalyCallback
 
     cb, state, control = AnomalyCallback(), TrainerState(), TrainerControl()
     calls = []

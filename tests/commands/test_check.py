@@ -11,7 +11,7 @@ import duckdb
 import pytest
 
 from harness.cli import main
-from tests.test_gates_support import shared_gate_setup
+from tests.gates.test_gates_support import shared_gate_setup
 
 PROJECT = "[gates]\nmin_retention = 0.95\nmax_regression = 0.0\n"
 

@@ -11,7 +11,7 @@ import duckdb
 import pytest
 
 from harness.cli import main
-from harness.suites import Limit, load_examples, load_suite, subsample
+from harness.suites.spec import Limit, load_examples, load_suite, subsample
 from tests.commands.test_results_cli import _adapter
 
 SUITE = """\

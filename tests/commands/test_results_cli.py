@@ -39,7 +39,7 @@ def _adapter(base_dir: Path, out: Path, seed: int) -> Path:
 
 
 def test_lineage_and_child_against_parent(tiny_model_dir, tmp_path, capsys):
-    from harness.adapters import inspect_adapter
+    from harness.models.adapters import inspect_adapter
 
     d = tmp_path / "suite"
     d.mkdir()
@@ -122,7 +122,7 @@ def test_a_training_run_starts_when_training_began_not_when_it_was_stored(tmp_pa
 
 def _parent_and_child(base_dir: Path, tmp: Path) -> tuple[Path, Path, str, str, Path]:
     """A parent and its continued child, both in directories called ``final``; the child's path sorts first."""
-    from harness.adapters import inspect_adapter
+    from harness.models.adapters import inspect_adapter
 
     d = tmp / "suite"
     d.mkdir()

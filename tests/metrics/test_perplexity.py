@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from harness.generate import render_prompt
+from harness.generation.generate import render_prompt
 from harness.metrics.perplexity import reference_nll
-from harness.models import load_base, resolve_base
+from harness.models.base import load_base, resolve_base
 
 
 @pytest.fixture(scope="module")

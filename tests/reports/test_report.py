@@ -4,25 +4,42 @@ allowed by hash, colours that follow each metric's direction, the sections built
 
 from __future__ import annotations
 
-import os
-
 import base64
 import hashlib
+import os
 import re
 from dataclasses import replace
 from html.parser import HTMLParser
 
 import jinja2
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from harness.comparison import (
-    Answer, AdapterSweep, Cell, Column, Comparison, ExampleDiff, ExampleTable, Finding, LineageNode, LossPoint,
-    MetricCurve, OverviewCell, OverviewRow, Report, Retention, RunProvenance, RunReport, SuiteInfo, TrainingCurve,
+from harness.analysis import (
+    AdapterSweep,
+    Answer,
+    Cell,
+    Column,
+    Comparison,
+    ExampleDiff,
+    ExampleTable,
+    Finding,
+    LineageNode,
+    LossPoint,
+    MetricCurve,
+    OverviewCell,
+    OverviewRow,
+    Report,
+    Retention,
+    RunProvenance,
+    RunReport,
+    SuiteInfo,
+    TrainingCurve,
     build_report,
 )
-from harness.sweep import ScalePoint
-from reports.render import TEMPLATES, _env, render_html, script_and_csp, write_report
+from harness.analysis.sweep import ScalePoint
+from harness.reports.render import TEMPLATES, _env, render_html, script_and_csp, write_report
 from tests.reports.test_report_data import HOSTILE, make_store
 
 #: the elements the page itself uses; anything else in the HTML came from data
@@ -31,7 +48,7 @@ PAGE_TAGS = {"html", "head", "meta", "title", "style", "body", "header", "h1", "
              "article", "figure", "figcaption", "details", "summary", "div", "label", "input", "select", "option",
              "pre", "ul", "li", "script",
              # chart SVG (vl-convert)
-             "svg", "g", "path", "rect", "line", "text", "tspan", "title", "desc", "defs", "clippath", "circle"}
+             "svg", "g", "path", "rect", "line", "text", "tspan", "desc", "defs", "clippath", "circle"}
 
 
 class Audit(HTMLParser):
@@ -252,7 +269,7 @@ def test_lone_surrogate_does_not_stop_the_write(tmp_path):
 
 
 def test_chart_check_refuses_active_svg():
-    from reports.charts import ChartError, check_svg
+    from harness.reports.charts import ChartError, check_svg
 
     for bad in ['<svg xmlns="http://www.w3.org/2000/svg"><script>x</script></svg>',
                 '<svg xmlns="http://www.w3.org/2000/svg" onload="x"></svg>',
@@ -270,7 +287,7 @@ def test_report_file_has_the_usual_mode_not_0600(tmp_path):
     import os
     import stat
 
-    from reports.render import write_report
+    from harness.reports.render import write_report
 
     out = write_report(_report_of("plain text"), tmp_path / "r.html")
     umask = os.umask(0)
@@ -281,8 +298,8 @@ def test_report_file_has_the_usual_mode_not_0600(tmp_path):
 def test_charts_drawn_in_worker_processes_equal_charts_drawn_here(small):
     """reports/svg.py: many charts are dealt out to worker interpreters; the SVG is the same either way,
     and a chart that cannot be drawn is a ChartError on both paths."""
-    from reports.charts import loss_spec, sweep_spec
-    from reports.svg import ChartError, draw_all
+    from harness.reports.charts import loss_spec, sweep_spec
+    from harness.reports.svg import ChartError, draw_all
 
     store, run_id = small
     r = build_report(store, [run_id])
@@ -296,7 +313,7 @@ def test_charts_drawn_in_worker_processes_equal_charts_drawn_here(small):
 
 
 def test_chart_workers_chosen_by_count_and_overridden(monkeypatch):
-    from reports import svg
+    from harness.reports import svg
 
     monkeypatch.delenv("HARNESS_CHART_WORKERS", raising=False)
     monkeypatch.setattr(svg.os, "sched_getaffinity", lambda _: {0, 1}, raising=False)
@@ -324,7 +341,7 @@ def test_chart_workers_chosen_by_count_and_overridden(monkeypatch):
 
 
 def test_long_loss_curves_are_thinned_keeping_spikes():
-    from reports.charts import MAX_LOSS_POINTS, loss_spec
+    from harness.reports.charts import MAX_LOSS_POINTS, loss_spec
 
     points = tuple(LossPoint(s, 2.0 - s * 1e-4 + (3.0 if s == 4321 else 0.0) - (1.0 if s == 77 else 0.0),
                              1.5 if s % 100 == 0 else None) for s in range(1, 20_001))
@@ -346,6 +363,6 @@ def test_reports_render_without_importing_the_store():
     import subprocess
     import sys
 
-    code = ("import sys, reports.render, reports.charts; "
+    code = ("import sys, harness.reports.render, harness.reports.charts; "
             "bad = [m for m in ('duckdb', 'harness.store') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.comparison import build_report
-from reports.render import write_report
+from harness.analysis import build_report
+from harness.reports.render import write_report
 from tests.reports.test_report_data import HOSTILE, make_store
 
 

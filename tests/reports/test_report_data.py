@@ -15,7 +15,16 @@ from pathlib import Path
 import pytest
 
 from harness.store import (
-    AdapterRow, BaseModelRow, ExampleRow, FindingRow, GateRow, GenerationRow, RunInfo, ScoreRow, StepLogRow, Store,
+    AdapterRow,
+    BaseModelRow,
+    ExampleRow,
+    FindingRow,
+    GateRow,
+    GenerationRow,
+    RunInfo,
+    ScoreRow,
+    StepLogRow,
+    Store,
     SuiteRow,
 )
 
@@ -156,7 +165,7 @@ def _raw(db: Path, run_id: str) -> list[dict]:
 def test_comparison_equals_a_count_of_the_raw_rows(tmp_path):
     """build_comparison aggregates in DuckDB; every cell, retention and category figure is recomputed
     here in plain Python from the base tables, with NULL scores and truncated answers in the mix."""
-    from harness.comparison import build_comparison
+    from harness.analysis import build_comparison
 
     store, run_id = make_store(tmp_path / "h.duckdb", n_adapters=2, scales=(0.5, 1.0), n_examples=15)
     with store.connect(write=True) as con:

@@ -17,7 +17,7 @@ def test_registry_lists_builtins():
 def test_scorer_names_is_the_list_every_unknown_scorer_error_prints(tmp_path):
     """Issue 16.7: perplexity was named in an error's list but missing from scorer_names()."""
     from harness.metrics import model_metric_names
-    from harness.suites import load_suite
+    from harness.suites.spec import load_suite
 
     names = scorer_names()
     assert "perplexity" in names and set(model_metric_names()) <= set(names) and names == sorted(set(names))

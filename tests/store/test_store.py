@@ -18,7 +18,14 @@ from hypothesis import strategies as st
 from harness.errors import IncompatibleError, StorageError
 from harness.gates import threshold_gate
 from harness.store import (
-    SCHEMA, SCHEMA_VERSION, GenerationRow, ScoreRow, Store, migrations, run_status, write_shard,
+    SCHEMA,
+    SCHEMA_VERSION,
+    GenerationRow,
+    ScoreRow,
+    Store,
+    migrations,
+    run_status,
+    write_shard,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,8 +109,8 @@ def test_a_shard_whose_writer_died_before_ingest_is_ingested_once_by_the_next_pr
 
 def test_runs_device_comes_from_run_info(tmp_path):
     """RunInfo.device is the runs.device column; a caller that still puts it in config keeps working."""
-    from harness.provenance import provenance
     from harness.store import RunInfo
+    from harness.util.provenance import provenance
 
     store = Store(tmp_path / "h.duckdb")
     for info in (RunInfo(kind="eval", command="a", device="cuda:7", config={"device": "cpu"}),

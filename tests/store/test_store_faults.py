@@ -217,9 +217,8 @@ def test_a_plain_duckdb_holder_is_named_and_a_stale_owner_record_is_not(tmp_path
         # readers share DuckDB's read-only lock: they are not blocked
         assert Store(db, lock_timeout=2, read_only=True).query("SELECT count(*) AS n FROM runs")[0]["n"] == 1
         t0 = time.monotonic()
-        with pytest.raises(StorageError) as err:
-            with Store(db, lock_timeout=1.0).connect():
-                pass
+        with pytest.raises(StorageError) as err, Store(db, lock_timeout=1.0).connect():
+            pass
         assert time.monotonic() - t0 < 3
         msg = str(err.value)
         assert f"PID {holder.pid} (not a harness process" in msg and f"PID {stale}" not in msg and "pass --db" in msg
@@ -272,17 +271,16 @@ def test_stale_temporary_shards_are_removed_on_the_next_open(tmp_path):
 def test_disk_full_while_writing_a_shard_removes_the_temporary_files_and_keeps_stored_rows(tmp_path, monkeypatch):
     db = tmp_path / "h.duckdb"
     store = fill(db, n_shards=2)
-    with pytest.raises(StorageError) as err:
-        with store.run(RunInfo(kind="eval", command="t")) as w:
-            before = counts(db)
-            w.add_generations([])
-            w._rows = shard_tables("x", 0, 3)  # rows of the run, as the runner would add them
+    with pytest.raises(StorageError) as err, store.run(RunInfo(kind="eval", command="t")) as w:
+        before = counts(db)
+        w.add_generations([])
+        w._rows = shard_tables("x", 0, 3)  # rows of the run, as the runner would add them
 
-            def full(fd: int) -> None:
-                raise OSError(errno.ENOSPC, "No space left on device")
+        def full(fd: int) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
 
-            monkeypatch.setattr(os, "fsync", full)
-            w.flush()
+        monkeypatch.setattr(os, "fsync", full)
+        w.flush()
     msg = str(err.value)
     assert "disk full (ENOSPC)" in msg and str(store.shard_dir) in msg and msg.count("\n") == 0
     monkeypatch.undo()

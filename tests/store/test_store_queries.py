@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
-from dataclasses import fields
 from pathlib import Path
 
 import duckdb
@@ -14,7 +13,15 @@ import pytest
 
 from harness.cli import main
 from harness.store import AdapterRow, RunInfo, StepLogRow, Store
-from harness.store.queries import AdapterLineage, DbCounts, RunAdapter, RunState, SuiteSummaryRow, VsBaseRow, VsParentRow
+from harness.store.queries import (
+    AdapterLineage,
+    DbCounts,
+    RunAdapter,
+    RunState,
+    SuiteSummaryRow,
+    VsBaseRow,
+    VsParentRow,
+)
 from tests.commands.test_results_cli import _adapter
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,7 +43,7 @@ def db(tiny_model_dir, tmp_path_factory):
     """Three runs: an eval of base + parent + child at scales 0.5 and 1, an eval of the child at scale 1, and
     a training run (written through the store's run API, as train/record.py writes it) of a grandchild whose
     parent only its harness.json names."""
-    from harness.adapters import inspect_adapter
+    from harness.models.adapters import inspect_adapter
 
     tmp = tmp_path_factory.mktemp("queries")
     d = tmp / "suite"

@@ -7,12 +7,12 @@ import re
 import pytest
 import torch
 
-from harness.adapters import inspect_adapter
 from harness.errors import DatasetError, UsageError
-from harness.models import load_base, resolve_base
-from train.data import normalize_row
-from train.recipe import train_adapter
-from train.spec import TrainSpec
+from harness.models.adapters import inspect_adapter
+from harness.models.base import load_base, resolve_base
+from harness.train.data import normalize_row
+from harness.train.recipe import train_adapter
+from harness.train.spec import TrainSpec
 
 ROWS = [{"prompt": f"Order {i} red hoodies, size M.", "completion": f'{{"item": "hoodie", "quantity": {i}}}'} for i in range(1, 9)]
 
@@ -109,7 +109,7 @@ def _losses(result):
 
 
 def test_stopped_then_resumed_run_matches_an_uninterrupted_one(base, tiny_model_dir, tmp_path):
-    from train.checkpoints import MARKER, SaveAndStop
+    from harness.train.checkpoints import MARKER, SaveAndStop
 
     spec = _spec(tiny_model_dir, max_steps=4)
     whole = train_adapter(spec, tmp_path / "whole", examples=ROWS * 2, base=base, log=lambda s: None)
@@ -137,7 +137,7 @@ def test_stopped_then_resumed_run_matches_an_uninterrupted_one(base, tiny_model_
 
 def test_resume_refuses_a_changed_spec_or_data_and_needs_a_marked_checkpoint(base, tiny_model_dir, tmp_path):
     from harness.errors import InputError
-    from train.checkpoints import SaveAndStop
+    from harness.train.checkpoints import SaveAndStop
 
     spec = _spec(tiny_model_dir, max_steps=4)
     with pytest.raises(InputError, match="no complete checkpoint"):
@@ -154,7 +154,7 @@ def test_resume_refuses_a_changed_spec_or_data_and_needs_a_marked_checkpoint(bas
 def test_sigterm_handler_only_sets_a_flag_and_a_second_signal_is_not_caught():
     import signal
 
-    from train.checkpoints import SaveAndStop
+    from harness.train.checkpoints import SaveAndStop
 
     stopper = SaveAndStop()
     before = signal.getsignal(signal.SIGTERM)
@@ -174,7 +174,7 @@ def test_continued_fine_tuning_changes_the_weights_and_stores_lineage(base, tiny
     from safetensors.torch import load_file
 
     from harness.store import Store
-    from train.record import store_training
+    from harness.train.record import store_training
 
     parent = train_adapter(_spec(tiny_model_dir), tmp_path / "parent", examples=ROWS, base=base, log=lambda s: None)
     more = [{"prompt": f"Cancel order {i}.", "completion": f'{{"cancel": {i}}}'} for i in range(1, 9)]
@@ -202,7 +202,7 @@ def test_continued_fine_tuning_changes_the_weights_and_stores_lineage(base, tiny
 # --- spec options --------------------------------------------------------------------------------------
 
 def test_pissa_and_gaussian_init_give_adapters_for_the_untouched_base(base, tiny_model_dir, tmp_path):
-    from harness.adapters import load_adapter
+    from harness.models.adapters import load_adapter
 
     before = {k: v.clone() for k, v in base.model.state_dict().items()}
     for init in ("gaussian", "pissa"):
@@ -257,14 +257,14 @@ def test_early_stopping_ends_a_diverging_run(base, tiny_model_dir, tmp_path):
 )
 def test_spec_validation_names_the_field(overrides, match):
     from harness.errors import InputError
-    from train.spec import load_spec
+    from harness.train.spec import load_spec
 
     with pytest.raises(InputError, match=match):
         load_spec(None, overrides)
 
 
 def test_spec_values_are_typed_by_field_so_yaml_and_flags_agree():
-    from train.spec import coerce_value, load_spec
+    from harness.train.spec import coerce_value, load_spec
 
     spec = load_spec(None, {"learning_rate": "1e-4", "lora_alpha": "16", "r": "8", "save_steps": "none",
                             "target_modules": "q_proj,v_proj", "mix": "{general: 0.2}"})
@@ -278,8 +278,8 @@ def test_data_override_keeps_the_specs_column_mapping(tiny_model_dir, tmp_path):
     """`harness train spec.yaml --data next.jsonl` (a next round, the same columns) keeps the spec's
     data.fields; an override that maps its own columns replaces them. Found by the README's
     continued fine-tuning example, which failed with "unknown shape (columns: id, message, target)"."""
-    from train.run import TrainRequest, plan_training
-    from train.spec import load_spec
+    from harness.train.run import TrainRequest, plan_training
+    from harness.train.spec import load_spec
 
     for name in ("first", "next"):
         (tmp_path / f"{name}.jsonl").write_text("".join(
@@ -300,7 +300,7 @@ def test_data_override_keeps_the_specs_column_mapping(tiny_model_dir, tmp_path):
 def test_pissa_adapter_saved_as_lora_reproduces_the_trained_model_on_the_original_base(base, tiny_model_dir, tmp_path):
     from transformers import TrainerCallback
 
-    from harness.adapters import load_adapter
+    from harness.models.adapters import load_adapter
 
     ids = base.tokenizer("Order 3 red hoodies", return_tensors="pt")["input_ids"]
     seen = {}
@@ -321,7 +321,7 @@ def test_pissa_adapter_saved_as_lora_reproduces_the_trained_model_on_the_origina
 
 
 def test_replay_mix_uses_base_model_answers_generated_once_and_cached(tiny_model_dir, tmp_path, monkeypatch):
-    from train.data import REPLAY_POOL, replay_rows
+    from harness.train.data import REPLAY_POOL, replay_rows
 
     monkeypatch.setenv("HARNESS_HOME", str(tmp_path / "home"))
     base = load_base(resolve_base(str(tiny_model_dir)))
@@ -357,9 +357,9 @@ def test_replay_never_trains_on_an_answer_cut_at_the_token_limit(tiny_model_dir,
     # A cut answer followed by end-of-turn teaches the adapter to stop mid-sentence; the next prompt of the
     # shuffled pool takes its place. Which answers are cut is set here (the generation itself is the
     # real one in the test above): every third prompt of the pool runs to the limit.
-    import harness.generate
-    from harness.generate import Generation
-    from train.data import REPLAY_MAX_NEW_TOKENS, REPLAY_POOL, replay_rows
+    import harness.generation.generate
+    from harness.generation.generate import Generation
+    from harness.train.data import REPLAY_MAX_NEW_TOKENS, REPLAY_POOL, replay_rows
 
     monkeypatch.setenv("HARNESS_HOME", str(tmp_path / "home"))
     base = load_base(resolve_base(str(tiny_model_dir)))
@@ -374,7 +374,7 @@ def test_replay_never_trains_on_an_answer_cut_at_the_token_limit(tiny_model_dir,
         return [Generation(f"answer to {t}", 10, REPLAY_MAX_NEW_TOKENS if t in cut_prompts else 3, 0.0,
                            truncated=t in cut_prompts) for t in texts]
 
-    monkeypatch.setattr(harness.generate, "generate", answers)
+    monkeypatch.setattr(harness.generation.generate, "generate", answers)
     rows = replay_rows(base, 12, seed=1, log=lambda s: None)
     used = [r["prompt"][0]["content"] for r in rows]
     assert len(used) == 12 == len(set(used)) and not set(used) & cut_prompts
@@ -392,7 +392,7 @@ def test_replay_never_trains_on_an_answer_cut_at_the_token_limit(tiny_model_dir,
 def test_training_data_loads_from_jsonl_csv_parquet_and_a_dataset_directory(tmp_path):
     import datasets
 
-    from train.data import load_rows
+    from harness.train.data import load_rows
 
     rows = [{"instruction": "Say hi", "input": "", "output": "hi"}, {"instruction": "Say bye", "input": "", "output": "bye"}]
     (tmp_path / "d.jsonl").write_text("".join(__import__("json").dumps(r) + "\n" for r in rows))
@@ -412,7 +412,7 @@ def test_training_data_loads_from_jsonl_csv_parquet_and_a_dataset_directory(tmp_
 
 
 def test_mixing_your_own_general_data_and_the_parents_data(base, tiny_model_dir, tmp_path):
-    from train.recipe import prepare_rows
+    from harness.train.recipe import prepare_rows
 
     task_file = tmp_path / "task.jsonl"
     task_file.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
@@ -429,7 +429,7 @@ def test_mixing_your_own_general_data_and_the_parents_data(base, tiny_model_dir,
     train_adapter(_spec(tiny_model_dir, data=str(task_file)), tmp_path / "parent", base=base, log=lambda s: None)
     new = tmp_path / "new.jsonl"
     new.write_text("".join(json.dumps({"prompt": f"Cancel order {i}.", "completion": "ok"}) + "\n" for i in range(12)))
-    from harness.adapters import inspect_adapter
+    from harness.models.adapters import inspect_adapter
 
     rows, _, _ = prepare_rows(_spec(tiny_model_dir, data=str(new), mix={"parent": 0.25}), base, None, lambda s: None,
                               inspect_adapter(tmp_path / "parent"))
@@ -443,8 +443,8 @@ def test_mixing_your_own_general_data_and_the_parents_data(base, tiny_model_dir,
 def test_the_parents_data_is_read_through_the_parents_column_mapping(base, tiny_model_dir, tmp_path):
     """A parent trained on data.fields-mapped columns: mix.parent reads its file with that mapping (the
     README's continued fine-tuning example failed with "unknown shape (columns: id, message, target)")."""
-    from harness.adapters import inspect_adapter
-    from train.recipe import prepare_rows
+    from harness.models.adapters import inspect_adapter
+    from harness.train.recipe import prepare_rows
 
     mapping = {"prompt": "message", "completion": "target"}
     for name, word in (("first", "Order"), ("next", "Cancel")):
@@ -461,7 +461,7 @@ def test_the_parents_data_is_read_through_the_parents_column_mapping(base, tiny_
 @pytest.mark.parametrize("mix, match", [({"wiki": 0.2}, "mix.wiki: unknown"), ({"general": 1.5}, "between 0 and 1"),
                                         ({"general": 0.6, "parent": 0.5}, "add up to 1.1")])
 def test_bad_mix_is_explained(mix, match):
-    from train.spec import validate
+    from harness.train.spec import validate
 
     errors, _ = validate(TrainSpec(mix=mix))
     assert any(re.search(match, e) for e in errors), errors
@@ -498,9 +498,9 @@ def test_training_sees_the_prompt_exactly_as_evaluation_renders_it(tiny_model_di
     import datasets
     from trl import SFTConfig, SFTTrainer
 
-    from harness.generate import render_prompt
-    from harness.models import load_base, resolve_base
-    from train.data import normalize_row
+    from harness.generation.generate import render_prompt
+    from harness.models.base import load_base, resolve_base
+    from harness.train.data import normalize_row
 
     base = load_base(resolve_base(str(tiny_model_dir)), device="cpu")
     row = normalize_row({"prompt": "Order two red hoodies, size M.", "completion": '{"item": "hoodie"}'}, "test")

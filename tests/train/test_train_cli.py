@@ -65,7 +65,7 @@ def test_missing_spec_file_exits_2(tmp_path, capsys):
 def test_help_documents_every_option_and_spec_field(capsys):
     import dataclasses
 
-    from train.spec import TrainSpec
+    from harness.train.spec import TrainSpec
 
     with pytest.raises(SystemExit):
         main(["train", "--help"])
@@ -181,11 +181,11 @@ def test_a_run_that_fails_after_it_started_is_listed_as_failed(spec_file, tmp_pa
 
 
 def test_cli_resume_finishes_a_stopped_run_like_an_uninterrupted_one(spec_file, tiny_model_dir, tmp_path, capsys):
-    from harness.models import load_base, resolve_base
+    from harness.models.base import load_base, resolve_base
+    from harness.train.checkpoints import SaveAndStop
+    from harness.train.recipe import train_adapter
+    from harness.train.spec import load_spec
     from tests.train.test_train import _stop_at
-    from train.checkpoints import SaveAndStop
-    from train.recipe import train_adapter
-    from train.spec import load_spec
 
     db = str(tmp_path / "h.duckdb")
     assert main(["train", str(spec_file), "--out", str(tmp_path / "whole"), "--db", db, "--set", "max_steps=4"]) == 0

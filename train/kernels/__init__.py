@@ -5,8 +5,8 @@ and a PyTorch reference (the fallback and the test oracle). ``apply_kernels`` at
 model's module instances and returns a handle that undoes it; which path runs is decided once and logged.
 """
 
-from train.kernels._path import ENV, KernelPath, KernelPathError, choose_path, interpreted
-from train.kernels.apply import FusedLMOutput, KernelsHandle, apply_kernels
+from harness.train.kernels._path import ENV, KernelPath, KernelPathError, choose_path, interpreted
+from harness.train.kernels.apply import FusedLMOutput, KernelsHandle, apply_kernels
 
 __all__ = ["ENV", "FusedLMOutput", "KernelPath", "KernelPathError", "KernelsHandle", "apply_kernels", "choose_path",
            "interpreted"]

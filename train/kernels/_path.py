@@ -30,7 +30,7 @@ class KernelPathError(RuntimeError):
 
 def interpreted() -> bool:
     """True when this process's kernels were built for Triton's CPU interpreter."""
-    from train.kernels.rms_norm import _rms_norm_fwd
+    from harness.train.kernels.rms_norm import _rms_norm_fwd
 
     try:
         from triton.runtime.interpreter import InterpretedFunction

@@ -27,19 +27,19 @@ from typing import Any
 
 import torch
 
-from train.kernels._path import KernelPath, choose_path
-from train.kernels.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy_per_token
-from train.kernels.lora_linear import lora_linear
-from train.kernels.multi_scale_lora import multi_scale_lora
-from train.kernels.rms_norm import rms_norm
-from train.kernels.rope import rope
-from train.kernels.swiglu import swiglu
+from harness.train.kernels._path import KernelPath, choose_path
+from harness.train.kernels.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy_per_token
+from harness.train.kernels.lora_linear import lora_linear
+from harness.train.kernels.multi_scale_lora import multi_scale_lora
+from harness.train.kernels.rms_norm import rms_norm
+from harness.train.kernels.rope import rope
+from harness.train.kernels.swiglu import swiglu
 
 #: A PEFT LoRA layer or a transformers module, read by attribute name (lora_A, base_layer, q_proj,
 #: config, ...). torch types ``Module.__getattr__`` as ``Tensor | Module``, which fits none of them.
 DuckModule = Any
 
-logger = logging.getLogger("train.kernels")
+logger = logging.getLogger("harness.train.kernels")
 
 FAMILIES = ("Llama", "Qwen2", "Mistral")  # share RMSNorm, SwiGLU MLP, rotary attention and the causal-LM head
 _SLIDING: dict[str, Callable[[Any], Any]] = {  # the one difference between the three attention forwards
@@ -326,7 +326,7 @@ def apply_kernels(model: torch.nn.Module, rms_norm: bool = True, rope: bool = Tr
         rms_norm, rope, swiglu, lora, cross_entropy: which ops to attach.
         path: "triton", "reference" or "auto"; None reads ``HARNESS_KERNELS`` (see ``choose_path``).
         log: where the one summary line (and any once-per-reason fallback line) goes; default the
-            ``train.kernels`` logger at INFO.
+            ``harness.train.kernels`` logger at INFO.
 
     Returns:
         A handle; ``handle.undo()`` restores the model exactly.

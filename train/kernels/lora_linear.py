@@ -7,7 +7,7 @@ one pass. ``x A^T`` is recomputed in the backward rather than stored. The small 
 weight gradients (``dA``, ``dB``) go through ``torch.matmul`` (cuBLAS on a GPU), as Unsloth's LoRA does.
 
 Only the plain LoRA form is fused: dropout 0, no DoRA, LoRA bias "none". The caller checks that (see
-``train.kernels.apply``) and keeps PEFT's own forward otherwise.
+``harness.train.kernels.apply``) and keeps PEFT's own forward otherwise.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Shared by the tests/train/kernels/test_*.py files: Triton's CPU interpreter, per-dtype tolerances, gradients.
 
 Triton picks interpreter or compiler when a kernel is decorated, and reads ``TRITON_INTERPRET`` again
-lazily while launching, so the variable is set before ``train.kernels`` is first imported and stays set
+lazily while launching, so the variable is set before ``harness.train.kernels`` is first imported and stays set
 for the rest of the test process. Nothing else in this project runs Triton kernels (no torch.compile in
 the suite), so no other test changes. It is only set where there is no CUDA: conftest hides the GPUs
 unless HARNESS_TEST_GPU=1, and a ``-m gpu`` run then uses the compiled kernels.
@@ -15,10 +15,10 @@ import sys
 import pytest
 import torch
 
-if "train.kernels" not in sys.modules and not torch.cuda.is_available():
+if "harness.train.kernels" not in sys.modules and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
-from train.kernels import interpreted  # noqa: E402
+from harness.train.kernels import interpreted
 
 # |a - b| <= atol + rtol * max|b|, per dtype: fp32 is near-exact; fp16 kernels accumulate in fp32 and round
 # once, the fp16 reference rounds after every op, so they differ by a few fp16 ulps
@@ -33,8 +33,8 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def require_triton() -> None:
     """Fail (not skip) when the Triton path cannot run: a CPU test run must exercise the kernels."""
     assert interpreted() or torch.cuda.is_available(), (
-        "train.kernels was imported without TRITON_INTERPRET=1 and there is no CUDA; import tests.train.kernels.kernel_support "
-        "before anything that imports train.kernels")
+        "harness.train.kernels was imported without TRITON_INTERPRET=1 and there is no CUDA; import tests.train.kernels.kernel_support "
+        "before anything that imports harness.train.kernels")
 
 
 def assert_close(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype, what: str) -> None:

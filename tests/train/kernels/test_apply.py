@@ -9,10 +9,9 @@ import json
 import pytest
 import torch
 
-import tests.train.kernels.kernel_support  # noqa: F401  (Triton's interpreter on before train.kernels is imported)
+import tests.train.kernels.kernel_support  # noqa: F401  (Triton's interpreter on before harness.train.kernels is imported)
+from harness.train.kernels import KernelPathError, _path, apply_kernels, choose_path
 from tests.train.kernels.kernel_support import require_triton
-from train.kernels import KernelPathError, apply_kernels, choose_path
-from train.kernels import _path
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # fp32 end to end: the kernels accumulate like the reference; what is left is summation order
@@ -129,10 +128,9 @@ def test_a_disabled_adapter_runs_peft_forward_and_says_so_once():
     model = _tiny("Llama").eval()
     batch = _batch()
     lines: list[str] = []
-    with apply_kernels(model, path="reference", log=lines.append):
-        with model.disable_adapter():
-            base_out = model(**batch).loss.item()
-            model(**batch)
+    with apply_kernels(model, path="reference", log=lines.append), model.disable_adapter():
+        base_out = model(**batch).loss.item()
+        model(**batch)
     with model.disable_adapter():
         assert abs(model(**batch).loss.item() - base_out) <= LOSS_TOL
     fallbacks = [ln for ln in lines if "ran PEFT's own forward: adapters disabled" in ln]
@@ -281,8 +279,9 @@ def test_hub_kernels_are_off_for_every_model_the_harness_loads(tiny_model_dir):
     """transformers >= 5.25 turns hub kernels on by default (code fetched from the Hub, re-applied on
     every train()/eval()); importing the harness switches them off, so a loaded model keeps its own
     forwards and ours stay attached through train()."""
-    import harness  # noqa: F401  (sets the switches)
     from transformers import AutoModelForCausalLM
+
+    import harness  # noqa: F401  (sets the switches)
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert not getattr(model, "use_kernels", False)

@@ -4,13 +4,13 @@ odd vocabularies, ignored labels, chunk sizes from one token to all of them, on 
 import pytest
 import torch
 
-from tests.train.kernels.kernel_support import DTYPES, assert_close, compare, gpu, leaves, needs_cuda, require_triton
-from train.kernels.linear_cross_entropy import (
+from harness.train.kernels.linear_cross_entropy import (
     default_chunk_size,
     linear_cross_entropy,
     linear_cross_entropy_per_token,
     reference_linear_cross_entropy,
 )
+from tests.train.kernels.kernel_support import DTYPES, assert_close, compare, gpu, leaves, needs_cuda, require_triton
 
 # (tokens, hidden, vocab, chunk): one token, odd sizes with a ragged last chunk, one chunk for all, many rows
 CASES = [(1, 1, 2, None), (13, 24, 67, 4), (40, 16, 4099, None), (70, 8, 33, 1)]

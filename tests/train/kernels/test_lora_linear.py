@@ -4,8 +4,8 @@ base bias; gradients of x, A, B (and of W and the bias, which LoRA leaves frozen
 import pytest
 import torch
 
+from harness.train.kernels.lora_linear import LoRALinearFunction, lora_linear, reference_lora_linear
 from tests.train.kernels.kernel_support import DTYPES, compare, gpu, leaves, needs_cuda, require_triton
-from train.kernels.lora_linear import LoRALinearFunction, lora_linear, reference_lora_linear
 
 # (leading dims, in features K, out features N, rank r): one row, odd everything, past one tile in M/N/K
 CASES = [((1,), 1, 1, 1), ((3, 7), 37, 45, 5), ((2, 33), 65, 70, 16), ((130,), 40, 24, 8)]

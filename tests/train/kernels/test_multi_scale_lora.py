@@ -4,9 +4,9 @@ adapter (-1), every row on one entry, leading batch dims; the output and every g
 import pytest
 import torch
 
+from harness.train.kernels.lora_linear import reference_lora_linear
+from harness.train.kernels.multi_scale_lora import MultiScaleLoRAFunction, multi_scale_lora, reference_multi_scale_lora
 from tests.train.kernels.kernel_support import DTYPES, compare, gpu, leaves, needs_cuda, require_triton
-from train.kernels.lora_linear import reference_lora_linear
-from train.kernels.multi_scale_lora import MultiScaleLoRAFunction, multi_scale_lora, reference_multi_scale_lora
 
 # (rows, K, N, r, stack size, idx): one row, odd sizes with base rows, everyone on entry 2, past one block
 CASES = [(1, 1, 1, 1, 1, [0]), (9, 37, 45, 5, 3, [0, 1, 2, -1, 2, 2, 0, 1, -1]), (4, 16, 8, 4, 3, [2, 2, 2, 2]),

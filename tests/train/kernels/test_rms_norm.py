@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from harness.train.kernels.rms_norm import RMSNormFunction, reference_rms_norm, rms_norm
 from tests.train.kernels.kernel_support import DTYPES, compare, gpu, leaves, needs_cuda, require_triton
-from train.kernels.rms_norm import RMSNormFunction, reference_rms_norm, rms_norm
 
 SHAPES = [(1, 1), (3, 37), (2, 5, 64), (129, 24)]  # one element, odd width, batch dims, rows past one block
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from harness.train.kernels.rope import RoPEFunction, reference_rope, rope
 from tests.train.kernels.kernel_support import DTYPES, compare, gpu, leaves, needs_cuda, require_triton
-from train.kernels.rope import RoPEFunction, reference_rope, rope
 
 
 def _cos_sin(batch, seq, dim, dtype, device="cpu"):

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from harness.train.kernels.swiglu import SwiGLUFunction, reference_swiglu, swiglu
 from tests.train.kernels.kernel_support import DTYPES, compare, gpu, leaves, needs_cuda, require_triton
-from train.kernels.swiglu import SwiGLUFunction, reference_swiglu, swiglu
 
 SHAPES = [(1,), (3, 37), (2, 5, 129), (1031,)]  # one element, odd, batch dims, past one 1024 block
 

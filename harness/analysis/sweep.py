@@ -1,0 +1,211 @@
+"""Scale sweeps as pure functions over stored aggregates: curves, the Pareto front, the recommended scale.
+
+A sweep evaluates one adapter at several LoRA scales (0 is the base model). For each scale this module
+reads three figures from a ``Comparison``: the task suites' headline (higher is better, as the suite
+declares it), the retention of every ``general`` suite (of the base's correct answers, the share kept)
+and the format leakage on ``general`` / ``leakage`` suites. Which suite is which comes from the suites'
+roles, never from their names. Nothing here generates or queries: the sweep job (``harness/jobs/sweep.py``) does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from harness.analysis.stats import wilson
+from harness.analysis.types import Comparison
+
+#: the release limits: the recommendation's default gates, and the release check's defaults (defined once)
+MIN_RETENTION = 0.95
+MAX_LEAKAGE = 0.02
+
+
+class Limits(NamedTuple):
+    """The retention and leakage limits a recommendation is made under (stored with the sweep run)."""
+
+    min_retention: float = MIN_RETENTION
+    max_leakage: float = MAX_LEAKAGE
+
+
+def run_limits(config: Mapping[str, Any] | None) -> Limits:
+    """The limits a stored run recommended with: its ``config["sweep"]`` (``harness sweep`` stores the
+    ``--min-retention`` / ``--max-leakage`` it ran with), else the defaults. Every face that shows a run's
+    recommendation (the sweep's table, the report, ``check --recommended``) reads them here, so one run
+    has one recommendation."""
+    sweep = (config or {}).get("sweep") or {}
+    return Limits(float(sweep.get("min_retention", MIN_RETENTION)), float(sweep.get("max_leakage", MAX_LEAKAGE)))
+
+
+@dataclass(frozen=True)
+class ScalePoint:
+    """One adapter at one scale.
+
+    Attributes:
+        scale: the LoRA scale (0 = the base model).
+        task: mean headline of the task suites (None when no task suite was scored).
+        retention: retention over the general suites' base-correct items (None: no general suite, or the
+            base got none right), with ``kept`` / ``base_correct`` the counts behind it.
+        leakage: share of general and leakage answers in the task's format (None: not measured), over
+            ``n_leakage`` answers.
+        n_task: task examples behind ``task``.
+    """
+
+    scale: float
+    task: float | None
+    retention: float | None
+    leakage: float | None
+    n_task: int = 0
+    kept: int = 0
+    base_correct: int = 0
+    n_leakage: int = 0
+    n_leaked: int = 0
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The scale to ship, or None when no scale meets the gates, with a sentence that says why."""
+
+    scale: float | None
+    point: ScalePoint | None
+    sentence: str
+    min_retention: float
+    max_leakage: float
+
+
+def _label_scale(target: str) -> float | None:
+    if target == "base":
+        return 0.0
+    try:
+        return float(target.rsplit("@", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def curve(c: Comparison, adapter_id: str) -> list[ScalePoint]:
+    """The adapter's points at every scale in the comparison, with the base model as scale 0."""
+    roles = {s.name: s for s in c.suites}
+    labels: dict[float, str] = {0.0: "base"}
+    for cell in c.cells:
+        if cell.adapter_id == adapter_id:
+            labels[cell.scale] = cell.target
+    points = []
+    for scale, label in sorted(labels.items()):
+        task_cells = [(x.mean, x.n_scored) for x in c.cells if x.target == label and x.suite in roles
+                      and roles[x.suite].role == "task" and x.metric == roles[x.suite].headline and x.mean is not None]
+        n_task = sum(n for _, n in task_cells)
+        task = sum(mean * n for mean, n in task_cells) / n_task if n_task else None
+        if label == "base":
+            general = [x for x in c.cells if x.target == "base" and x.suite in roles and roles[x.suite].role == "general"
+                       and x.metric == roles[x.suite].headline]
+            base_correct = kept = sum(round((x.mean or 0.0) * x.n_scored) for x in general)
+            retention = 1.0 if base_correct else None
+        else:
+            rets = [r for r in c.retention if r.target == label]
+            base_correct, kept = sum(r.base_correct for r in rets), sum(r.kept for r in rets)
+            retention = kept / base_correct if base_correct else None
+        leak_cells = [(x.mean, x.n_scored) for x in c.cells if x.target == label and x.metric == "format_leakage"
+                      and x.suite in roles and roles[x.suite].role in ("general", "leakage") and x.mean is not None]
+        n_leak = sum(n for _, n in leak_cells)
+        n_leaked = sum(round(mean * n) for mean, n in leak_cells)
+        leakage = n_leaked / n_leak if n_leak else None
+        points.append(ScalePoint(scale, task, retention, leakage, n_task, kept, base_correct, n_leak, n_leaked))
+    return points
+
+
+def _dominates(a: ScalePoint, b: ScalePoint) -> bool:
+    """a is at least as good as b on task, retention and leakage, and better on one."""
+    def vals(p: ScalePoint) -> tuple[float, float, float]:
+        return (p.task if p.task is not None else -math.inf,
+                p.retention if p.retention is not None else -math.inf,
+                -(p.leakage if p.leakage is not None else math.inf))
+
+    va, vb = vals(a), vals(b)
+    return all(x >= y for x, y in zip(va, vb)) and any(x > y for x, y in zip(va, vb))
+
+
+def pareto_front(points: Sequence[ScalePoint]) -> list[ScalePoint]:
+    """The points no other point beats on all of task score, retention and (lower) leakage, by scale."""
+    return [p for p in points if not any(_dominates(q, p) for q in points if q is not p)]
+
+
+def passes(p: ScalePoint, min_retention: float = MIN_RETENTION, max_leakage: float = MAX_LEAKAGE) -> bool:
+    """Retention and leakage within the gates (a figure that was not measured does not block)."""
+    ok_ret = p.retention is None or p.retention >= min_retention
+    ok_leak = p.leakage is None or p.leakage <= max_leakage
+    return ok_ret and ok_leak
+
+
+def recommend(points: Sequence[ScalePoint], min_retention: float = MIN_RETENTION,
+              max_leakage: float = MAX_LEAKAGE) -> Recommendation:
+    """The non-zero scale with the highest task score whose retention and leakage meet the gates.
+
+    Ties on the task score go to the smaller scale (less change to the base for the same skill). The
+    sentence states the numbers, the counts and a 95% interval on the task score.
+    """
+    gates = f"retention >= {min_retention:.0%} and leakage <= {max_leakage:.0%}"
+    candidates = [p for p in points if p.scale > 0 and passes(p, min_retention, max_leakage)]
+    if not [p for p in points if p.scale > 0]:
+        return Recommendation(None, None, "no adapter scale was evaluated; nothing to recommend", min_retention, max_leakage)
+    if not candidates:
+        worst = ", ".join(f"{p.scale:g}: {_figures(p)}" for p in points if p.scale > 0)
+        return Recommendation(None, None, f"no scale meets {gates} ({worst}); do not ship this adapter as it is",
+                              min_retention, max_leakage)
+    best = max(candidates, key=lambda p: (p.task if p.task is not None else -math.inf, -p.scale))
+    base = next((p for p in points if p.scale == 0 and p.task is not None), None)
+    if base is not None and base.task is not None and best.task is not None and best.task <= base.task:
+        # a scale that keeps retention only by doing no more than the base does is not worth shipping
+        return Recommendation(None, None,
+                              f"no scale that meets {gates} does better on the task than the base model (best: scale "
+                              f"{best.scale:g}, task score {best.task:.1%} against the base's {base.task:.1%}; "
+                              f"{_figures(best)}); do not ship this adapter as it is",
+                              min_retention, max_leakage)
+    interval = wilson(round((best.task or 0.0) * best.n_task), best.n_task) if best.task is not None else None
+    ci = f" (95% interval {interval.low:.0%}-{interval.high:.0%})" if interval else ""
+    task = f"task score {best.task:.1%} over {best.n_task} examples{ci}" if best.task is not None else "no task suite scored"
+    return Recommendation(best.scale, best,
+                          f"ship scale {best.scale:g}: {task}, {_figures(best)}; the highest task score with {gates}",
+                          min_retention, max_leakage)
+
+
+def _figures(p: ScalePoint) -> str:
+    ret = "retention not measured" if p.retention is None else f"retention {p.retention:.1%} ({p.kept}/{p.base_correct})"
+    leak = "leakage not measured" if p.leakage is None else f"leakage {p.leakage:.1%} ({p.n_leaked}/{p.n_leakage})"
+    return f"{ret}, {leak}"
+
+
+def refine_scales(points: Sequence[ScalePoint], min_retention: float = MIN_RETENTION,
+                  max_leakage: float = MAX_LEAKAGE) -> float | None:
+    """The midpoint between the last passing and the first failing scale (bisection step), or None
+    when there is no boundary to refine (all pass, none pass, or they are already close)."""
+    ordered = sorted((p for p in points if p.scale > 0), key=lambda p: p.scale)
+    for lo, hi in itertools.pairwise(ordered):
+        if passes(lo, min_retention, max_leakage) and not passes(hi, min_retention, max_leakage):
+            mid = round((lo.scale + hi.scale) / 2, 4)
+            return mid if hi.scale - lo.scale > 0.01 else None
+    return None
+
+
+@dataclass(frozen=True)
+class SweepView:
+    """One adapter's sweep as every face shows it: its points by scale, the Pareto front, the recommendation."""
+
+    adapter_id: str
+    label: str
+    points: tuple[ScalePoint, ...]
+    front: frozenset[float]
+    recommendation: Recommendation
+
+
+def sweep_views(c: Comparison, adapter_ids: Sequence[str], limits: Limits) -> list[SweepView]:
+    """Per adapter, its curve, front and the one recommendation under ``limits`` (the run's, ``run_limits``)."""
+    out = []
+    for aid in adapter_ids:
+        points = curve(c, aid)
+        label = next((x.target.rsplit("@", 1)[0] for x in c.cells if x.adapter_id == aid), aid[:12])
+        out.append(SweepView(aid, label, tuple(points), frozenset(p.scale for p in pareto_front(points)),
+                             recommend(points, *limits)))
+    return out
+

@@ -1,0 +1,526 @@
+"""Adapter pre-flight and loading: safetensors only, checked against the base before PEFT sees it.
+
+PEFT on its own falls back to a pickled ``adapter_model.bin``, looks a missing local path up on the
+Hub, loads NaN weights, and silently drops keys a smaller base does not have (FAULTS.md 13-26). The
+pre-flight here reads the config and the safetensors header and tensors directly and refuses those
+cases with a message that names the file and the fix.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from harness.errors import AdapterConfigError, AdapterFileError, IncompatibleError, SafetyError
+from harness.models.safety import PICKLE_SUFFIXES
+from harness.records import AdapterRecord, read_adapter_record
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+
+WEIGHTS = "adapter_model.safetensors"
+CONFIG = "adapter_config.json"
+ADAPTER_NAME = "default"
+
+
+@dataclass(frozen=True, eq=False)
+class AdapterInfo:
+    """A checked adapter directory.
+
+    Attributes:
+        path: the adapter directory.
+        adapter_id: SHA-256 of the canonical config plus every tensor (the adapter's identity; see
+            ``canonical_config``).
+        config: the parsed ``adapter_config.json``.
+        record: its ``harness.json`` when the harness trained (or exported) it, else None.
+    """
+
+    path: Path
+    adapter_id: str
+    config: dict[str, Any]
+    record: AdapterRecord | None
+    #: one line each: unknown config keys and the like (shown and stored with the run)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def harness(self) -> dict[str, Any] | None:
+        """The record as a JSON-ready dict (its current layout), for callers not yet on ``record``."""
+        return self.record.to_dict() if self.record is not None else None
+
+    @property
+    def base_model_name(self) -> str | None:
+        return self.config.get("base_model_name_or_path")
+
+    # Identity is the id (plus where it was read from): the parsed config dicts are not hashable.
+    def __hash__(self) -> int:
+        return hash((self.adapter_id, str(self.path)))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AdapterInfo) and (self.adapter_id, self.path) == (other.adapter_id, other.path)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    cfg_path = path / CONFIG
+    try:
+        text = cfg_path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise AdapterConfigError(f"{cfg_path} is not UTF-8 text (byte {exc.start}); fix: re-save the adapter") from None
+    if not text.strip():
+        raise AdapterConfigError(f"{cfg_path} is empty; fix: re-save the adapter with save_pretrained")
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise AdapterConfigError(f"{cfg_path}:{exc.lineno}:{exc.colno}: invalid JSON ({exc.msg})") from None
+    if not isinstance(cfg, dict):
+        raise AdapterConfigError(f"{cfg_path} must hold a JSON object, not {type(cfg).__name__}")
+    problems = []
+    if cfg.get("peft_type") != "LORA":
+        problems.append(f"peft_type is {cfg.get('peft_type')!r}; only 'LORA' adapters are supported")
+    r = cfg.get("r")
+    if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
+        problems.append(f"r must be a positive integer, not {r!r}")
+    alpha = cfg.get("lora_alpha")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha) or alpha <= 0:
+        # A negative alpha silently flips the adapter's update; PEFT accepts it.
+        problems.append(f"lora_alpha must be a positive finite number, not {alpha!r}")
+    if problems:
+        raise AdapterConfigError(f"{cfg_path}: " + "; ".join(problems))
+    return cfg
+
+
+# Fields that say where or how an adapter was saved, not what it computes: the same weights saved from
+# another directory, another PEFT release, or in inference mode are the same adapter.
+_IDENTITY_IGNORED = frozenset({"base_model_name_or_path", "revision", "inference_mode", "peft_version"})
+# List-valued fields whose order carries no meaning (PEFT writes target_modules from a set, in varying order).
+_SET_FIELDS = frozenset({"target_modules", "modules_to_save", "exclude_modules", "layers_to_transform"})
+
+
+def canonical_config(cfg: dict[str, Any]) -> str:
+    """The adapter config as identity sees it: sorted keys, set-like lists sorted, save-time fields dropped."""
+    out = {}
+    for k, v in cfg.items():
+        if k in _IDENTITY_IGNORED:
+            continue
+        if k in _SET_FIELDS and isinstance(v, list):
+            v = sorted(v, key=lambda x: json.dumps(x, sort_keys=True))
+        out[k] = v
+    return json.dumps(out, sort_keys=True, separators=(",", ":"))
+
+
+def adapter_id(path: Path) -> str:
+    """The adapter's identity: SHA-256 of ``canonical_config`` and of every tensor (name, dtype, shape,
+    bytes) in name order. Two saves of the same weights get the same id whatever order PEFT wrote the
+    header or ``target_modules`` in."""
+    h = hashlib.sha256(canonical_config(_read_config(path)).encode())
+    for key, dtype, shape, data in _raw_tensors(path / WEIGHTS):
+        _hash_tensor(h, key, dtype, shape, data)
+    return h.hexdigest()
+
+
+#: safetensors' dtype names -> torch's (the names the adapter id has always hashed)
+_DTYPES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "uint16", "I16": "int16", "U32": "uint32",
+           "I32": "int32", "U64": "uint64", "I64": "int64", "F16": "float16", "BF16": "bfloat16", "F32": "float32",
+           "F64": "float64", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+#: floating dtypes stored as (unsigned view, exponent mask): all exponent bits set is NaN or Inf
+_NONFINITE_MASKS = {"F16": ("<u2", 0x7C00), "BF16": ("<u2", 0x7F80), "F32": ("<u4", 0x7F800000),
+                    "F64": ("<u8", 0x7FF0000000000000), "F8_E5M2": ("u1", 0x7C), "F8_E4M3": ("u1", 0x7F)}
+
+
+def _raw_tensors(weights: Path) -> list[tuple[str, str, list[int], bytearray]]:
+    """(name, safetensors dtype, shape, raw little-endian bytes) of every tensor, in name order.
+
+    The file is parsed by safetensors' own (Rust) reader, so offsets and sizes are validated there; no
+    torch is imported, so a damaged or hostile adapter is refused in a fraction of a second.
+
+    Raises:
+        SafetensorError: not a readable safetensors file. OSError: it cannot be read.
+    """
+    from safetensors import deserialize
+
+    # sorted by name (names are unique, so the bytes are never compared); the data is not copied again
+    return sorted(((key, t["dtype"], list(t["shape"]), t["data"]) for key, t in deserialize(weights.read_bytes())),
+                  key=lambda x: x[0])
+
+
+def _all_finite(dtype: str, data: bytearray) -> bool:
+    """No NaN or Inf in a floating tensor's bytes (integer tensors are always finite)."""
+    import numpy as np
+
+    if dtype not in _NONFINITE_MASKS:
+        return True
+    view, mask = _NONFINITE_MASKS[dtype]
+    bits = np.frombuffer(data, dtype=view)
+    return not bool(np.any((bits & np.array(mask, dtype=view)) == np.array(mask, dtype=view)))
+
+
+def _hash_tensor(h: hashlib._Hash, key: str, dtype: str, shape: list[int], data: bytearray) -> None:
+    h.update(f"{key}|{_DTYPES.get(dtype, dtype.lower())}|{list(shape)}|".encode())
+    h.update(data)
+
+
+def inspect_adapter(path: Path | str, allow_pickle: bool = False) -> AdapterInfo:
+    """Check an adapter directory's files, config and tensors (not yet against a base).
+
+    Raises:
+        AdapterFileError: missing directory or weights, unreadable safetensors, NaN/Inf or empty tensors.
+        AdapterConfigError: malformed or invalid adapter_config.json.
+        SafetyError: the weights exist only as a pickle (``adapter_model.bin``).
+        RecordError: a damaged ``harness.json`` (exit 2); RecordVersionError: one a newer harness wrote (exit 3).
+    """
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise AdapterFileError(
+            f"adapter directory {path} does not exist (cwd {Path.cwd()}); fix: pass the directory that holds "
+            f"{CONFIG} and {WEIGHTS}"
+        )
+    if not (path / WEIGHTS).is_file():
+        pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        if pickles and not allow_pickle:
+            raise SafetyError(
+                f"{path} has no {WEIGHTS}, only pickle weights ({', '.join(pickles)}), which can run code when "
+                "loaded; refused. Fix: convert in a trusted session (PeftModel.from_pretrained, then "
+                "save_pretrained(safe_serialization=True))"
+            )
+        raise AdapterFileError(
+            f"{path} has no {WEIGHTS}; fix: pass an adapter directory saved by PEFT's save_pretrained "
+            "(adapter_config.json + adapter_model.safetensors)"
+        )
+    if not (path / CONFIG).is_file():
+        raise AdapterFileError(f"{path} has no {CONFIG}; fix: copy the adapter's config next to its weights")
+    cfg = _read_config(path)
+    digest = _check_tensors(path / WEIGHTS, cfg)
+    record = read_adapter_record(path)  # a damaged one is refused: it would skip the base-identity check
+    return AdapterInfo(path.resolve(), digest, cfg, record, tuple(_config_warnings(path / CONFIG, cfg)))
+
+
+def _known_config_keys() -> set[str]:
+    """Every key a ``LoraConfig`` of the installed peft has, read from peft's source (importing peft
+    costs ~10 s, most of a fully cached eval); the import is the fallback when the source reads wrong."""
+    keys = set(_config_keys_from_source())
+    if not keys:
+        import dataclasses
+
+        from peft import LoraConfig
+
+        keys = {f.name for f in dataclasses.fields(LoraConfig)}
+    return keys | {"auto_mapping", "peft_version"}
+
+
+@functools.lru_cache(maxsize=1)
+def _config_keys_from_source() -> frozenset[str]:
+    """The annotated fields of peft's ``LoraConfig`` and its config base classes, by parsing the files."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("peft")  # locates the package without running it
+    if spec is None or not spec.submodule_search_locations:
+        return frozenset()
+    root = Path(next(iter(spec.submodule_search_locations)))
+    classes: dict[str, tuple[list[str], set[str]]] = {}
+    for rel in ("config.py", "tuners/lora/config.py"):
+        try:
+            tree = ast.parse((root / rel).read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, UnicodeDecodeError):
+            return frozenset()
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef):
+                bases = [b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases]
+                fields = {n.target.id for n in node.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+                classes[node.name] = (bases, fields)
+    keys: set[str] = set()
+    todo, seen = ["LoraConfig"], set()
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in classes:
+            continue
+        seen.add(name)
+        bases, fields = classes[name]
+        keys |= fields
+        todo.extend(bases)
+    return frozenset(keys) if "LoraConfig" in seen and "r" in keys and "peft_type" in keys else frozenset()
+
+
+def _config_warnings(cfg_path: Path, cfg: dict[str, Any]) -> list[str]:
+    unknown = sorted(set(cfg) - _known_config_keys())
+    if not unknown:
+        return []
+    # PEFT ignores keys it does not know (with a warning on some versions): the adapter may have been
+    # saved by a newer PEFT with a feature this one would silently drop.
+    return [f"{cfg_path}: unknown key(s) {', '.join(unknown)} are ignored by peft; the adapter may need a newer peft "
+            "than the one installed"]
+
+
+_LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight", ".lora_embedding_A", ".lora_embedding_B")
+_DORA_SUFFIXES = (".lora_magnitude_vector", ".lora_magnitude_vector.weight")
+
+
+def unaccounted_tensor(key: str, cfg: dict[str, Any]) -> str | None:
+    """Why ``key`` is not a tensor this LoRA config can hold, or None when it is.
+
+    A LoRA adapter holds A/B matrices (plus B's bias with ``lora_bias``, DoRA magnitudes with
+    ``use_dora``) and whole copies of the modules named in ``modules_to_save``. Anything else would be
+    loaded by PEFT (``strict=False``) straight into the base model: a ``model.norm.weight`` of zeros
+    in an adapter file overwrote the base's norm and stayed after ``unload()``.
+    """
+    if key.endswith(_LORA_SUFFIXES):
+        return None
+    if key.endswith(".lora_B.bias"):
+        return None if cfg.get("lora_bias") else "a LoRA bias, but adapter_config.json has no lora_bias: true"
+    if key.endswith(_DORA_SUFFIXES):
+        return None if cfg.get("use_dora") else "a DoRA magnitude, but adapter_config.json has no use_dora: true"
+    module = key.removeprefix("base_model.model.").rpartition(".")[0]
+    saved = cfg.get("modules_to_save") or []
+    if isinstance(saved, str):
+        saved = [saved]
+    if ".lora_" not in key and any(module == m or module.endswith("." + str(m)) for m in saved):
+        return None
+    return "not a LoRA weight, and its module is not in modules_to_save"
+
+
+def _check_tensors(weights: Path, cfg: dict[str, Any]) -> str:
+    """Check every tensor; return the adapter id (config and tensors hashed in the same pass)."""
+    from safetensors import SafetensorError
+
+    h = hashlib.sha256(canonical_config(cfg).encode())
+    try:
+        tensors = _raw_tensors(weights)
+    except SafetensorError as exc:
+        raise AdapterFileError(
+            f"{weights} is not a readable safetensors file ({exc}); fix: re-copy the artifact (it may be truncated)"
+        ) from None
+    except OSError as exc:
+        raise AdapterFileError(f"cannot read {weights}: {exc}") from None
+    if not tensors:
+        raise AdapterFileError(f"{weights} holds no tensors; fix: re-save the adapter")
+    for key, *_ in tensors:
+        why = unaccounted_tensor(key, cfg)
+        if why is not None:
+            raise SafetyError(
+                f"{weights}: tensor {key} is {why}; an adapter may not carry base-model weights, refused. "
+                "Fix: re-save the adapter with PEFT's save_pretrained, or declare the module in modules_to_save"
+            )
+    for key, dtype, shape, data in tensors:
+        if math.prod(shape) == 0:
+            raise AdapterFileError(
+                f"{weights}: tensor {key} has shape {shape}; fix: re-save with gathered params "
+                "(a ZeRO-3 save without gathering writes empty tensors)"
+            )
+        if not _all_finite(dtype, data):
+            raise AdapterFileError(f"{weights}: tensor {key} holds NaN or Inf values; the training run diverged")
+        if ".lora_A." in key and len(shape) == 2 and shape[0] != cfg["r"] and not cfg.get("rank_pattern"):
+            raise AdapterConfigError(f"{weights}: {key} has rank {shape[0]} but {CONFIG} says r={cfg['r']}")
+        _hash_tensor(h, key, dtype, shape, data)
+    return h.hexdigest()
+
+
+def check_base_name(info: AdapterInfo, ref: Any) -> str | None:
+    """A warning when ``base_model_name_or_path`` names a model other than the base given (PEFT never
+    checks it; an adapter for Llama-2-7b on SmolLM2 fails on shapes, a sibling of the base does not)."""
+    named = info.base_model_name
+    if not named:
+        return None
+    trained_on = info.record.base_model_id if info.record else None
+    if trained_on and trained_on == ref.model_id:
+        return None
+    from harness.models.base import EMBEDDED_HUB_IDS
+
+    accepted = {str(ref.name), str(ref.path), ref.path.name, *EMBEDDED_HUB_IDS.get(str(ref.name), ())}
+    norm = lambda x: str(x).rstrip("/").lower()  # noqa: E731
+    if norm(named) in {norm(a) for a in accepted} or Path(str(named)).name.lower() in {Path(a).name.lower() for a in accepted}:
+        return None
+    return (f"{info.path / CONFIG}: base_model_name_or_path is {named!r}, but the base given is {ref.name!r}; "
+            "check that this adapter was trained on this base")
+
+
+def check_base_identity(info: AdapterInfo, base_model_id: str, base_name: str, allow_mismatch: bool = False) -> str | None:
+    """Refuse an adapter the harness trained on another base model (same shapes, other weights).
+
+    Shapes alone cannot tell a fine-tuned sibling of the base from the base itself: an adapter on the
+    wrong one loads without error and gives quietly worse numbers. ``harness.json`` records the exact
+    base (a hash of its weights), so the check is exact for our adapters; adapters from elsewhere
+    carry no such record and are checked by shape only. Returns a warning when ``allow_mismatch``.
+    """
+    base = info.record.base_model if info.record else None
+    trained_on = base.model_id if base else None
+    if not base or not trained_on or trained_on == base_model_id:
+        return None
+    trained_name = base.name
+    message = (
+        f"{info.path}: trained on base {trained_name!r} (weights {trained_on[:12]}), but the base given is "
+        f"{base_name!r} (weights {base_model_id[:12]}); pass --base {trained_name} or, if this is intended, "
+        "--allow-base-mismatch"
+    )
+    if not allow_mismatch:
+        raise IncompatibleError(message)
+    return message
+
+
+def check_against_base(info: AdapterInfo, model: PreTrainedModel) -> None:
+    """Check every LoRA tensor's shape against the base module it attaches to.
+
+    Raises:
+        IncompatibleError: a target module is absent or a shape does not fit.
+    """
+    from safetensors import safe_open
+
+    modules = dict(model.named_modules())
+    linear = linear_module_names(model)
+    with safe_open(str(info.path / WEIGHTS), framework="pt") as f:
+        for key in f.keys():  # noqa: SIM118 - a safetensors safe_open handle is not iterable
+            if ".lora_A." not in key and ".lora_B." not in key:
+                continue
+            module_path = key.split(".lora_")[0]
+            # PEFT saves keys as base_model.model.<module path>.lora_A.weight
+            target = module_path.removeprefix("base_model.model.")
+            mod = modules.get(target)
+            if mod is None or not hasattr(mod, "in_features"):
+                raise IncompatibleError(
+                    f"{info.path}: adapter tensor {key} targets module {target!r}, which the base model does not "
+                    f"have (adapter trained for {info.base_model_name!r}); linear modules in this base: "
+                    f"{', '.join(linear)}"
+                )
+            shape = list(f.get_slice(key).get_shape())
+            want_in = [shape[0], mod.in_features] if ".lora_A." in key else [mod.out_features, shape[1]]
+            if shape != want_in:
+                raise IncompatibleError(
+                    f"{info.path}: {key} has shape {shape} but the base's {target} needs {want_in}; the adapter was "
+                    f"trained for a different base ({info.base_model_name!r})"
+                )
+
+
+def load_adapter(model: PreTrainedModel, info: AdapterInfo, trainable: bool = False,
+                 adapter_name: str = ADAPTER_NAME) -> PeftModel:
+    """Attach a checked adapter to ``model``, reading the safetensors file ourselves.
+
+    ``PeftModel.from_pretrained`` would resolve the path on its own (falling back to a pickle or the
+    Hub); here the weights come only from the file the pre-flight checked, and a partial load (keys
+    missing or unexpected) is refused instead of silently leaving layers at their no-op init.
+    """
+    from peft import LoraConfig, NoMatchingPeftModuleError, PeftModel
+
+    check_against_base(info, model)
+    check_target_modules(info.config.get("target_modules"), model, str(info.path / CONFIG))
+    config = LoraConfig.from_pretrained(str(info.path))
+    config.inference_mode = not trainable
+    try:
+        peft_model = PeftModel(model, config, adapter_name=adapter_name)
+    except (NoMatchingPeftModuleError, ValueError) as exc:
+        raise IncompatibleError(f"{info.path}: the adapter's config does not fit this base: {str(exc).splitlines()[0]}") from None
+    _load_state(peft_model, info, adapter_name)
+    if trainable:
+        n = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+        if n == 0:
+            raise IncompatibleError(f"{info.path}: loaded as trainable but no parameter requires grad")
+    else:
+        peft_model.eval()
+    return peft_model
+
+
+def _load_state(peft_model: PeftModel, info: AdapterInfo, adapter_name: str) -> None:
+    """Load the checked safetensors file into ``adapter_name``; refuse a partial load."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = load_file(str(info.path / WEIGHTS), device=str(next(peft_model.parameters()).device))
+    # peft annotates the return as `namedtuple`; it is torch's _IncompatibleKeys (missing/unexpected keys)
+    result: Any = set_peft_model_state_dict(peft_model, state, adapter_name=adapter_name)
+    missing = [k for k in result.missing_keys if ".lora_" in k and f".{adapter_name}." in k]
+    unexpected = list(result.unexpected_keys)
+    if missing or unexpected:
+        raise IncompatibleError(
+            f"{info.path}: partial load ({len(missing)} missing, {len(unexpected)} unexpected keys, e.g. "
+            f"{(missing + unexpected)[0]}); the adapter was trained for a different base "
+            f"({info.base_model_name!r}) or with other target_modules"
+        )
+
+
+def add_adapter(peft_model: PeftModel, info: AdapterInfo, adapter_name: str) -> None:
+    """Load one more checked adapter into ``peft_model`` under ``adapter_name`` (for mixed batches)."""
+    from peft import LoraConfig
+
+    base = cast("PreTrainedModel", peft_model.base_model.model)  # torch types it as Module.__getattr__'s Tensor | Module
+    check_against_base(info, base)
+    check_target_modules(info.config.get("target_modules"), base, str(info.path / CONFIG))
+    config = LoraConfig.from_pretrained(str(info.path))
+    config.inference_mode = True
+    try:
+        peft_model.add_adapter(adapter_name, config)
+    except ValueError as exc:
+        raise IncompatibleError(f"{info.path}: the adapter's config does not fit this base: {str(exc).splitlines()[0]}") from None
+    _load_state(peft_model, info, adapter_name)
+    peft_model.eval()
+
+
+def linear_module_names(model: PreTrainedModel) -> list[str]:
+    """The short names (q_proj, down_proj, ...) of the base's linear and embedding modules."""
+    return sorted({n.split(".")[-1] for n, m in model.named_modules() if n and hasattr(m, "in_features")})
+
+
+def check_target_modules(target_modules: Any, model: PreTrainedModel, where: str) -> None:
+    """Refuse ``target_modules`` naming modules the base lacks, before PEFT raises NoMatchingPeftModuleError."""
+    check_target_modules_names(target_modules, [n for n, _ in model.named_modules() if n], where,
+                               linear_module_names(model))
+
+
+def check_target_modules_names(target_modules: Any, names: list[str], where: str,
+                               linear: list[str] | None = None) -> None:
+    """The same check against a list of module paths (read from a base's safetensors headers).
+
+    A string is a regex over full module names (PEFT's rule); a list names module suffixes.
+    """
+    import re
+
+    if linear is None:  # from weight names: modules holding a 2-D weight are the projections
+        linear = sorted({n.split(".")[-1] for n in names if n.split(".")[-1].endswith(("proj", "fc", "fc1", "fc2", "dense", "lm_head", "c_attn", "c_proj", "c_fc", "query_key_value"))})
+    if target_modules in (None, "all-linear"):
+        return
+    if isinstance(target_modules, str):
+        try:
+            pattern = re.compile(target_modules)
+        except re.error as exc:
+            raise IncompatibleError(f"{where}: target_modules {target_modules!r} is not a valid regex ({exc})") from None
+        if not any(pattern.fullmatch(n) for n in names):
+            raise IncompatibleError(
+                f"{where}: target_modules regex {target_modules!r} matches no module of this base; linear modules: "
+                f"{', '.join(linear)}"
+            )
+        return
+    missing = [t for t in target_modules if not any(n == t or n.endswith("." + str(t)) for n in names)]
+    if missing:
+        raise IncompatibleError(
+            f"{where}: target_modules {', '.join(map(str, missing))} not found in this base (another architecture?); "
+            f"linear modules in this base: {', '.join(linear)}"
+        )
+
+
+def detach_adapter(peft_model: PeftModel) -> PreTrainedModel:
+    """Remove the adapter and hand back the base modules as they were before it was attached.
+
+    ``unload()`` alone is not enough: for a ``modules_to_save`` module it keeps the adapter's trained
+    copy in place of the base's own module, so the next base-model generation would silently run
+    with the adapter's lm_head. The originals are put back first.
+    """
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    inner = cast("PreTrainedModel", peft_model.base_model.model)  # torch types it as Module.__getattr__'s Tensor | Module
+    for name, module in list(inner.named_modules()):
+        if isinstance(module, AuxiliaryTrainingWrapper):
+            parent_name, _, child = name.rpartition(".")
+            parent = inner.get_submodule(parent_name) if parent_name else inner
+            setattr(parent, child, module.original_module)
+    return peft_model.unload()
+
+
+def set_scale(model: PeftModel, scale: float, adapter: str = ADAPTER_NAME) -> None:
+    """Multiply the adapter's update by ``scale`` (1.0 = as trained; alpha/r or alpha/sqrt(r) times it)."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            module.set_scale(adapter, scale)

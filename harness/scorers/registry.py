@@ -1,0 +1,145 @@
+"""The scorer registry: ``register_scorer`` and the lookups (the package docstring says how to add one).
+
+Importing any module of ``harness.scorers`` runs the package ``__init__`` first, which imports the built-in
+scorer modules, so the registry never lacks them."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.errors import SuiteError
+
+
+@dataclass(frozen=True)
+class Example:
+    """One evaluation item, after a suite's field mapping.
+
+    Attributes:
+        id: unique within its suite.
+        input: the text the prompt template renders (a question, a customer message).
+        target: the reference answer, if any (a string; JSON for structured tasks).
+        aliases: other accepted answers (alias match).
+        references: reference texts for ROUGE/BLEU (defaults to ``(target,)``).
+        category: optional group for per-category breakdowns.
+        fields: every column of the data row, for templates and scorers that need more.
+        truncated: the fields that were longer than the suite's ``max_chars`` and were cut.
+    """
+
+    id: str
+    input: str
+    target: str | None = None
+    aliases: tuple[str, ...] = ()
+    references: tuple[str, ...] = ()
+    category: str | None = None
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    #: names of the fields cut to the suite's max_chars (stored with the example)
+    truncated: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Score:
+    """One metric value for one example: finite, or None with the reason it could not be scored."""
+
+    metric: str
+    value: float | None
+    reason: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.value is not None and not math.isfinite(self.value):
+            # DuckDB sorts NaN above every number, so a NaN would pass a ">=" gate: refuse it here.
+            object.__setattr__(self, "reason", self.reason or f"non-finite value {self.value!r}")
+            object.__setattr__(self, "value", None)
+
+
+ScoreFn = Callable[[str, Example], "list[Score]"]
+
+
+@dataclass(frozen=True)
+class ScorerInfo:
+    name: str
+    version: str
+    factory: Callable[..., ScoreFn]
+    description: str
+
+
+@dataclass(frozen=True)
+class BoundScorer:
+    """A scorer with its arguments applied, ready to score examples."""
+
+    name: str
+    version: str
+    args: Mapping[str, Any]
+    fn: ScoreFn
+
+    def __call__(self, output: str, example: Example) -> list[Score]:
+        return self.fn(output, example)
+
+
+_REGISTRY: dict[str, ScorerInfo] = {}
+
+
+def register_scorer(name: str, version: str = "1") -> Callable[[Callable[..., ScoreFn]], Callable[..., ScoreFn]]:
+    """Register a scorer factory under ``name``; bump ``version`` when its numbers change."""
+
+    def deco(factory: Callable[..., ScoreFn]) -> Callable[..., ScoreFn]:
+        if name in _REGISTRY:
+            raise ValueError(f"scorer {name!r} registered twice")
+        doc = (inspect.getdoc(factory) or "").split("\n")[0]
+        _REGISTRY[name] = ScorerInfo(name, version, factory, doc)
+        return factory
+
+    return deco
+
+
+def scorer_names() -> list[str]:
+    """Every name a suite's ``scorers:`` may list: the registered scorers of output text, and the metrics
+    the runner computes with the model itself (``harness.metrics.model_metric_names``: perplexity).
+
+    The one list: "unknown scorer" errors print it.
+    """
+    from harness.metrics import model_metric_names
+
+    return sorted(set(_REGISTRY) | set(model_metric_names()))
+
+
+def unknown_scorer(name: str) -> str:
+    """The message for a scorer name that is not one of ``scorer_names()``."""
+    return f"unknown scorer {name!r}; available: {', '.join(scorer_names())}"
+
+
+def scorer_info(name: str) -> ScorerInfo:
+    """The registered scorer of output text called ``name`` (a model metric such as perplexity has none:
+    the runner computes it with the model)."""
+    from harness.metrics import model_metric_names
+
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name in model_metric_names():
+        raise SuiteError(f"{name!r} is a model metric (the runner computes it with the model, from the reference "
+                         "answer's likelihood), not a scorer of output text")
+    raise SuiteError(unknown_scorer(name))
+
+
+def check_scorer_args(name: str, args: Mapping[str, Any]) -> list[str]:
+    """Return the problems with ``args`` for scorer ``name`` (empty when they bind)."""
+    info = scorer_info(name)
+    try:
+        inspect.signature(info.factory).bind(**args)
+    except TypeError as exc:
+        params = ", ".join(inspect.signature(info.factory).parameters) or "none"
+        return [f"scorer {name!r}: {exc} (accepted arguments: {params})"]
+    return []
+
+
+def get_scorer(name: str, args: Mapping[str, Any] | None = None) -> BoundScorer:
+    """Build the scorer ``name`` with ``args``."""
+    info = scorer_info(name)
+    args = dict(args or {})
+    problems = check_scorer_args(name, args)
+    if problems:
+        raise SuiteError(problems[0])
+    return BoundScorer(info.name, info.version, args, info.factory(**args))

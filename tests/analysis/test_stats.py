@@ -1,0 +1,126 @@
+"""harness.analysis.stats against the libraries it wraps, on known cases; and paired versus unpaired on data
+built so that the difference shows."""
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+from statsmodels.stats.multitest import multipletests
+
+from harness.analysis import stats
+
+
+def test_exact_mcnemar_is_the_binomial_test_on_discordant_pairs():
+    # 9 examples lost, 2 gained: P(X >= 9 | n=11, p=1/2) = (C(11,9)+C(11,10)+C(11,11)) / 2^11
+    expected = (55 + 11 + 1) / 2**11
+    assert stats.mcnemar_exact(9, 2) == pytest.approx(expected)
+    assert stats.mcnemar_exact(9, 2) == pytest.approx(sps.binomtest(9, 11, 0.5, alternative="greater").pvalue)
+    assert stats.mcnemar_exact(0, 0) == 1.0  # nothing changed: nothing to decide
+    # paired_test finds the same discordant counts from the 0/1 vectors
+    base = [1] * 9 + [0] * 2 + [1] * 20 + [0] * 5
+    cand = [0] * 9 + [1] * 2 + [1] * 20 + [0] * 5
+    t = stats.paired_test(cand, base)
+    assert (t.test, t.n_worse, t.n_better, t.n_pairs) == ("exact McNemar", 9, 2, 36)
+    assert t.p_value == pytest.approx(expected)
+    assert t.drop == pytest.approx(7 / 36)
+
+
+def test_lower_is_better_flips_the_direction():
+    base = [1.0] * 10 + [0.0] * 30
+    cand = [0.0] * 40  # leaked less: better on a lower-is-better metric
+    assert stats.paired_test(cand, base, higher_is_better=False).drop == pytest.approx(-0.25)
+    assert stats.paired_test(cand, base, higher_is_better=False).p_value == 1.0
+
+
+def test_paired_bootstrap_equals_scipy_with_the_same_seed():
+    rng = np.random.default_rng(1)
+    b = rng.normal(0.5, 0.2, 50)
+    c = b - 0.05 + rng.normal(0, 0.02, 50)
+    ours = stats.paired_bootstrap(c, b)
+    theirs = sps.bootstrap((c, b), lambda x, y, axis=-1: np.mean(y - x, axis=axis), paired=True, vectorized=True,
+                           n_resamples=stats.N_RESAMPLES, method="percentile", rng=np.random.default_rng(stats.SEED))
+    assert ours.confidence_interval.low == pytest.approx(theirs.confidence_interval.low)
+    assert ours.confidence_interval.high == pytest.approx(theirs.confidence_interval.high)
+    t = stats.paired_test(c, b)
+    assert t.test == "paired bootstrap" and t.interval.low > 0 and t.p_value < 0.01
+    assert t.interval.low <= t.drop <= t.interval.high
+    # deterministic: the same data gives the same interval
+    assert stats.paired_test(c, b).interval == t.interval
+
+
+def test_holm_equals_statsmodels():
+    ps = [0.01, 0.04, 0.03, 0.005]
+    reject, adj, _, _ = multipletests(ps, alpha=0.05, method="holm")
+    assert stats.holm(ps) == [(bool(r), pytest.approx(a)) for r, a in zip(reject, adj)]
+    # by hand: sorted 0.005*4=0.02, 0.01*3=0.03, 0.03*2=0.06, 0.04*1 -> max(0.06, 0.04)
+    assert [p for _, p in stats.holm(ps)] == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert stats.holm([]) == []
+
+
+def test_wilson_equals_scipy_and_mean_interval_picks_its_method():
+    w = stats.wilson(8, 10)
+    ci = sps.binomtest(8, 10).proportion_ci(method="wilson")
+    assert (w.low, w.high) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    assert stats.mean_interval([1.0, 0.0, 1.0]).method == "Wilson"
+    assert stats.mean_interval([0.2, 0.4, 0.9]).method == "bootstrap"
+    assert stats.wilson(0, 0) is None and stats.mean_interval([]) is None
+
+
+def test_identical_differences_and_empty_input():
+    t = stats.paired_test([0.4] * 5, [0.5] * 5)
+    assert t.drop == pytest.approx(0.1) and t.p_value == 0.0 and t.interval.low == t.interval.high
+    with pytest.raises(ValueError, match="no paired examples"):
+        stats.paired_test([], [])
+    with pytest.raises(ValueError, match="equal lengths"):
+        stats.paired_test([1.0], [1.0, 0.0])
+
+
+# -- paired versus unpaired ------------------------------------------------------------------------
+
+def _unpaired_bootstrap_low(cand, base):
+    """scipy's unpaired (independent samples) bootstrap of mean(base) - mean(cand): its lower bound."""
+    res = sps.bootstrap((np.asarray(cand), np.asarray(base)), lambda x, y, axis=-1: np.mean(y, axis=axis) - np.mean(x, axis=axis),
+                        paired=False, vectorized=True, n_resamples=2000, method="percentile", rng=np.random.default_rng(0))
+    return res.confidence_interval.low
+
+
+def test_a_clear_paired_drop_is_a_regression_that_the_unpaired_test_misses():
+    """Examples differ a lot in difficulty (scores spread over 0..1); the candidate loses 0.03 on every
+    one of them, with a little noise. Paired: a clear regression. Unpaired: the drop hides in the spread
+    between examples, and the interval includes zero: the regression would be missed."""
+    rng = np.random.default_rng(7)
+    base = rng.uniform(0.0, 1.0, 80)
+    cand = base - 0.03 + rng.normal(0, 0.01, 80)
+    t = stats.paired_test(cand, base)
+    assert t.interval.low > 0 and t.p_value < 0.001
+    assert _unpaired_bootstrap_low(cand, base) < 0  # unpaired: no evidence of a drop
+
+
+def test_a_drop_smaller_than_the_noise_is_not_a_regression():
+    """The candidate differs from the baseline by pure noise (mean drop ~0.002, per-example noise 0.1)."""
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0.0, 1.0, 80)
+    cand = base + rng.normal(0, 0.1, 80)
+    t = stats.paired_test(cand, base)
+    assert t.interval.low < 0 < t.interval.high and t.p_value > 0.05
+
+
+def test_mcnemar_catches_a_pass_fail_drop_a_two_proportion_z_test_misses():
+    """200 items; the candidate fails 12 the baseline passed and passes none the baseline failed
+    (accuracy 0.50 -> 0.44). McNemar on the 12 discordant pairs: p = 2^-12. A two-proportion z-test,
+    treating the two runs as independent samples, sees 100/200 vs 88/200 and misses it."""
+    base = np.array([1] * 100 + [0] * 100)
+    cand = base.copy()
+    cand[:12] = 0
+    t = stats.paired_test(cand.tolist(), base.tolist())
+    assert (t.n_worse, t.n_better) == (12, 0) and t.p_value == pytest.approx(0.5**12)
+    p1, p2, n = base.mean(), cand.mean(), 200
+    pooled = (p1 + p2) / 2
+    z = (p1 - p2) / np.sqrt(pooled * (1 - pooled) * 2 / n)
+    assert sps.norm.sf(z) > 0.05  # one-sided z-test: not significant
+
+
+def test_mcnemar_does_not_flag_churn_without_a_net_drop():
+    """30 items flip each way: accuracy unchanged, no regression (also unpaired, here)."""
+    base = [1] * 30 + [0] * 30 + [1] * 40
+    cand = [0] * 30 + [1] * 30 + [1] * 40
+    assert stats.paired_test(cand, base).p_value > 0.5

@@ -1,0 +1,192 @@
+"""Adapter pre-flight: safetensors only, valid config, finite tensors, shapes that fit the base."""
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.errors import AdapterConfigError, AdapterFileError, IncompatibleError, SafetyError
+from harness.models.adapters import inspect_adapter, load_adapter, set_scale
+from harness.models.base import load_base, resolve_base
+from tests.helpers import make_tiny_llama
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_model_dir, tmp_path_factory):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights="gaussian"))
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)  # a non-zero update, so attaching it changes outputs
+    out = tmp_path_factory.mktemp("adapter")
+    peft_model.save_pretrained(out)
+    return out
+
+
+def copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_good_adapter_loads_and_scale_changes_output(adapter_dir, tiny_model_dir):
+    info = inspect_adapter(adapter_dir)
+    assert len(info.adapter_id) == 64
+    base = load_base(resolve_base(str(tiny_model_dir)))
+    ids = torch.tensor([[1, 5, 9, 12]])
+    ref = base.model(ids).logits
+    pm = load_adapter(base.model, info)
+    full = pm(ids).logits
+    set_scale(pm, 0.0)
+    assert torch.allclose(pm(ids).logits, ref, atol=1e-5)
+    assert not torch.allclose(full, ref, atol=1e-3)
+    pm.unload()
+
+
+def test_missing_dir_names_path(tmp_path):
+    with pytest.raises(AdapterFileError, match="does not exist"):
+        inspect_adapter(tmp_path / "typo")
+
+
+def test_no_safetensors_exit_2(tmp_path):
+    (tmp_path / "adapter_config.json").write_text("{}")
+    with pytest.raises(AdapterFileError) as e:
+        inspect_adapter(tmp_path)
+    assert e.value.exit_code == 2 and "adapter_model.safetensors" in str(e.value)
+
+
+class Payload:
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(SENTINEL),))
+
+
+SENTINEL = ""
+
+
+def test_pickle_only_adapter_refused_without_running_it(adapter_dir, tmp_path):
+    global SENTINEL
+    d = tmp_path / "a"
+    d.mkdir()
+    shutil.copy(adapter_dir / "adapter_config.json", d)
+    SENTINEL = str(tmp_path / "executed")
+    (d / "adapter_model.bin").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(SafetyError) as e:
+        inspect_adapter(d)
+    assert e.value.exit_code == 4 and not (tmp_path / "executed").exists()
+
+
+@pytest.mark.parametrize("cut", [0, 7, 100, -10])
+def test_truncated_safetensors(adapter_dir, tmp_path, cut):
+    d = copy(adapter_dir, tmp_path / "t")
+    data = (d / "adapter_model.safetensors").read_bytes()
+    (d / "adapter_model.safetensors").write_bytes(data[:cut] if cut >= 0 else data[:cut])
+    with pytest.raises(AdapterFileError, match="re-copy"):
+        inspect_adapter(d)
+
+
+def test_nan_weights_refused_naming_tensor(adapter_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    d = copy(adapter_dir, tmp_path / "n")
+    t = load_file(d / "adapter_model.safetensors")
+    key = sorted(t)[0]
+    t[key][0, 0] = float("nan")
+    save_file(t, d / "adapter_model.safetensors")
+    with pytest.raises(AdapterFileError, match=key.replace(".", r"\.")):
+        inspect_adapter(d)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_nonfinite_weights_refused_in_every_float_dtype(adapter_dir, tmp_path, dtype, bad):
+    # the check reads the raw bytes (no torch); torch itself says which values are not finite
+    from safetensors.torch import load_file, save_file
+
+    d = copy(adapter_dir, tmp_path / "n")
+    t = {k: v.to(dtype) for k, v in load_file(d / "adapter_model.safetensors").items()}
+    save_file(t, d / "adapter_model.safetensors")
+    inspect_adapter(d)  # finite in this dtype: accepted
+    key = sorted(t)[-1]
+    t[key][-1, -1] = bad
+    assert not bool(torch.isfinite(t[key]).all())
+    save_file(t, d / "adapter_model.safetensors")
+    with pytest.raises(AdapterFileError, match=key.replace(".", r"\.") + " holds NaN or Inf"):
+        inspect_adapter(d)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.int64])
+def test_adapter_id_is_the_hash_of_torch_tensor_bytes(adapter_dir, tmp_path, dtype):
+    # the id has always been SHA-256 of the canonical config and, per tensor in name order, "name|dtype|shape|"
+    # and the tensor's bytes as torch holds them; read from the raw file now, it must not change
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    from harness.models.adapters import adapter_id, canonical_config
+
+    d = copy(adapter_dir, tmp_path / "n")
+    t = {k: v.to(dtype) for k, v in load_file(d / "adapter_model.safetensors").items()}
+    save_file(t, d / "adapter_model.safetensors")
+    h = hashlib.sha256(canonical_config(json.loads((d / "adapter_config.json").read_text())).encode())
+    for key in sorted(t):
+        v = t[key].contiguous()
+        h.update(f"{key}|{str(v.dtype).removeprefix('torch.')}|{list(v.shape)}|".encode())
+        h.update(v.view(-1).view(torch.uint8).numpy().tobytes())
+    assert adapter_id(d) == h.hexdigest()
+    if dtype.is_floating_point:
+        assert inspect_adapter(d).adapter_id == h.hexdigest()
+
+
+@pytest.mark.parametrize(
+    "patch,match",
+    [({"lora_alpha": -8}, "lora_alpha"), ({"r": 0}, "r must be"), ({"peft_type": "IA3"}, "peft_type")],
+)
+def test_bad_config_values(adapter_dir, tmp_path, patch, match):
+    d = copy(adapter_dir, tmp_path / "c")
+    cfg = json.loads((d / "adapter_config.json").read_text())
+    cfg.update(patch)
+    (d / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(AdapterConfigError, match=match):
+        inspect_adapter(d)
+
+
+def test_malformed_config_names_line(adapter_dir, tmp_path):
+    d = copy(adapter_dir, tmp_path / "m")
+    (d / "adapter_config.json").write_text('{\n  "r": 4,\n  oops\n}')
+    with pytest.raises(AdapterConfigError, match=r"adapter_config.json:3:"):
+        inspect_adapter(d)
+
+
+def test_adapter_for_other_base_is_incompatible(adapter_dir, tmp_path):
+    other = make_tiny_llama(tmp_path / "wide", hidden=96)
+    base = load_base(resolve_base(str(other)))
+    with pytest.raises(IncompatibleError, match="shape") as e:
+        load_adapter(base.model, inspect_adapter(adapter_dir))
+    assert e.value.exit_code == 3
+
+
+def test_base_with_fewer_layers_is_a_partial_load(adapter_dir, tmp_path):
+    other = make_tiny_llama(tmp_path / "short", layers=1)
+    base = load_base(resolve_base(str(other)))
+    with pytest.raises(IncompatibleError, match="does not have"):
+        load_adapter(base.model, inspect_adapter(adapter_dir))
+
+
+def test_the_config_keys_read_from_peft_source_are_the_ones_peft_defines():
+    """The unknown-key warning reads LoraConfig's fields from peft's files (importing peft costs ~10 s
+    of a fully cached eval); the list must be exactly what the imported dataclass has."""
+    import dataclasses
+
+    from peft import LoraConfig
+
+    from harness.models.adapters import _config_keys_from_source
+
+    assert set(_config_keys_from_source()) == {f.name for f in dataclasses.fields(LoraConfig)}
