@@ -216,7 +216,11 @@ class GatesFile(pytest.File):
                     nearby.append(load_suite(path))
         names = {s.name for s in listed}
         bare = [replace(s, gates=()) for s in listed + [s for s in nearby if s.name not in names]]
-        for planned in plan_gates(bare, cfg.gates, with_baseline=state.with_baseline, provenance=True):
+        # the release defaults of `harness check` (retention, leakage, task; opted out of only by `skip`): the
+        # plugin is another face of the same check, so it judges the same gates
+        from harness.jobs.check import release_defaults
+
+        for planned in plan_gates(bare, release_defaults(cfg.gates), with_baseline=state.with_baseline, provenance=True):
             yield GateItem.from_parent(self, name=(p := state.register(planned)).name, planned=p)
         for s in listed:
             if not _under_args(self.config, Path(s.path)):  # else its own SuiteFile lists them

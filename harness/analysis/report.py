@@ -181,5 +181,5 @@ def _gates(r: Reader, run_id: str, c: Comparison) -> tuple[Gate, ...]:
         if target is None and g.get("adapter_id"):
             target = labels.get((g["adapter_id"], g.get("scale", 1.0)))
         out.append(Gate(str(g["gate"]), str(g["metric"] or ""), finite(g["observed"]), finite(g["threshold"]),
-                        finite(g["baseline"]), bool(g["passed"]), str(g["message"] or ""), target))
+                        finite(g["baseline"]), bool(g["passed"]), str(g["message"] or ""), target, g.get("rule")))
     return tuple(out)

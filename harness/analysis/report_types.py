@@ -73,6 +73,9 @@ class Gate:
     message: str
     #: the target label the gate judged, when the store records one (None: the run as a whole)
     target: str | None = None
+    #: the rule that decided it ("bound", "point", "not measured"; "skip": a release default opted out of,
+    #: shown but deciding nothing; None in runs stored before the rule was recorded)
+    rule: str | None = None
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,9 @@ def paired_test(candidate: Sequence[float], baseline: Sequence[float], higher_is
         better = sum(1 for x, y in zip(candidate, baseline) if x != y) - worse
         return PairedTest(drop, mcnemar_exact(worse, better), interval, n, "exact McNemar", worse, better)
     if len(set(diffs)) == 1:
-        p = 0.0 if drop > 0 else 1.0  # every pair moved by the same amount: no noise to weigh it against
+        # every pair moved by the same amount: no spread to resample; the sign test weighs the pairs instead
+        # (one pair: 0.5), so a single pair or zero variance never yields p = 0
+        p = sign_test_p(diffs)
     else:
         res = paired_bootstrap(c, b, confidence, seed=seed)
         dist = res.bootstrap_distribution
@@ -181,3 +183,78 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95, seed: int =
                           confidence_level=confidence, method="percentile", rng=_rng(seed))
     low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
     return Interval(mean, low if math.isfinite(low) else mean, high if math.isfinite(high) else mean, confidence, "bootstrap")
+
+
+# -- one-sided bounds: what a release gate decides on ------------------------------------------------------
+#
+# A gate that promises "at least 0.95" must show it: the one-sided (1 - alpha) bound of the estimate has to
+# clear the threshold, not the point estimate. Proportions (0/1 scores, retention, leakage) use the exact
+# Clopper-Pearson bound (scipy's ``binomtest(...).proportion_ci(method="exact")``: the one-sided 95% bound is
+# a bound of the two-sided 90% interval); continuous means use the seeded percentile bootstrap. Paired 0/1
+# differences (a drop against a baseline, a gain over the base) bound each discordant rate exactly at
+# alpha / 2 and combine them (Bonferroni): conservative, so it errs against the adapter, never for it.
+
+SIDES = ("lower", "upper")
+
+
+def proportion_bound(k: int, n: int, side: str, alpha: float = 0.05) -> float:
+    """The exact one-sided (1 - alpha) Clopper-Pearson bound of a proportion k/n (n > 0)."""
+    if side not in SIDES or n <= 0 or not 0 <= k <= n:
+        raise ValueError(f"proportion_bound({k}, {n}, {side!r}): needs 0 <= k <= n, n > 0, side lower|upper")
+    from scipy import stats
+
+    ci = stats.binomtest(k, n).proportion_ci(confidence_level=1 - 2 * alpha, method="exact")
+    return float(ci.low if side == "lower" else ci.high)
+
+
+def examples_needed(threshold: float, side: str, alpha: float = 0.05) -> int | None:
+    """The fewest examples whose exact one-sided bound can clear ``threshold`` at all: every one right for a
+    lower bound (k = n: the bound is alpha ** (1 / n)), none for an upper bound (k = 0: 1 - alpha ** (1 / n)).
+    None when no number of examples can (a lower bound of 1, an upper bound of 0)."""
+    if side == "lower":
+        if threshold <= 0:
+            return 1
+        if threshold >= 1:
+            return None
+        return max(1, math.ceil(math.log(alpha) / math.log(threshold) - 1e-12))
+    if threshold >= 1:
+        return 1
+    if threshold <= 0:
+        return None
+    return max(1, math.ceil(math.log(alpha) / math.log(1 - threshold) - 1e-12))
+
+
+def paired_binary_bound(n_worse: int, n_better: int, n: int, side: str, alpha: float = 0.05) -> float:
+    """A one-sided (1 - alpha) bound of the paired drop (n_worse - n_better) / n of 0/1 scores: the rate of
+    pairs only the baseline passes minus the rate only the candidate passes, each bounded exactly at
+    alpha / 2 (the upper bound of the drop takes the upper bound of the first and the lower of the second)."""
+    if side == "upper":
+        return proportion_bound(n_worse, n, "upper", alpha / 2) - proportion_bound(n_better, n, "lower", alpha / 2)
+    return proportion_bound(n_worse, n, "lower", alpha / 2) - proportion_bound(n_better, n, "upper", alpha / 2)
+
+
+def mean_bound(values: Sequence[float], side: str, alpha: float = 0.05, seed: int = SEED) -> float | None:
+    """The one-sided (1 - alpha) percentile-bootstrap bound of a mean, seeded; None for fewer than two values
+    (one value shows no spread to bound). Identical values bound at their value."""
+    if len(values) < 2:
+        return None
+    if len(set(values)) == 1:
+        return float(values[0])
+    import numpy as np
+    from scipy import stats
+
+    res = stats.bootstrap((np.asarray(values, dtype=float),), np.mean, n_resamples=N_RESAMPLES,
+                          confidence_level=1 - 2 * alpha, method="percentile", rng=_rng(seed))
+    return float(res.confidence_interval.low if side == "lower" else res.confidence_interval.high)
+
+
+def sign_test_p(diffs: Sequence[float]) -> float:
+    """One-sided sign-test p-value that the differences are positive (ties dropped); 1.0 with none left.
+    Used where a bootstrap has no spread to resample (identical differences): one pair gives 0.5, not 0."""
+    from scipy import stats
+
+    pos = sum(1 for d in diffs if d > 0)
+    neg = sum(1 for d in diffs if d < 0)
+    if pos + neg == 0:
+        return 1.0
+    return float(stats.binomtest(pos, pos + neg, 0.5, alternative="greater").pvalue)

@@ -146,28 +146,41 @@ def recommend(points: Sequence[ScalePoint], min_retention: float = MIN_RETENTION
     sentence states the numbers, the counts and a 95% interval on the task score.
     """
     gates = f"retention >= {min_retention:.0%} and leakage <= {max_leakage:.0%}"
-    candidates = [p for p in points if p.scale > 0 and passes(p, min_retention, max_leakage)]
-    if not [p for p in points if p.scale > 0]:
+    scaled = [p for p in points if p.scale > 0]
+    if not scaled:
         return Recommendation(None, None, "no adapter scale was evaluated; nothing to recommend", min_retention, max_leakage)
+    if all(p.task is None for p in points):
+        # without a task score every scale ties, and the smallest would win by default: a scale the base model
+        # itself dominates (it changes nothing it is meant to)
+        return Recommendation(None, None, "no task suite was scored, so nothing tells which scale does the task: add a "
+                              "suite with role task; no scale is recommended", min_retention, max_leakage)
+    candidates = [p for p in scaled if passes(p, min_retention, max_leakage)]
     if not candidates:
-        worst = ", ".join(f"{p.scale:g}: {_figures(p)}" for p in points if p.scale > 0)
+        worst = ", ".join(f"{p.scale:g}: {_figures(p)}" for p in scaled)
         return Recommendation(None, None, f"no scale meets {gates} ({worst}); do not ship this adapter as it is",
                               min_retention, max_leakage)
     best = max(candidates, key=lambda p: (p.task if p.task is not None else -math.inf, -p.scale))
     base = next((p for p in points if p.scale == 0 and p.task is not None), None)
-    if base is not None and base.task is not None and best.task is not None and best.task <= base.task:
-        # a scale that keeps retention only by doing no more than the base does is not worth shipping
+    if base is None or base.task is None or best.task is None or best.task <= base.task:
+        # a scale that keeps retention only by doing no more than the base does is not worth shipping; and with no
+        # base task score on the same examples there is nothing to show it does more
+        against = f"against the base's {base.task:.1%}" if base is not None and base.task is not None else \
+            "and no base-model task score on the same examples to compare with"
+        got = f"task score {best.task:.1%}" if best.task is not None else "no task score"
         return Recommendation(None, None,
                               f"no scale that meets {gates} does better on the task than the base model (best: scale "
-                              f"{best.scale:g}, task score {best.task:.1%} against the base's {base.task:.1%}; "
-                              f"{_figures(best)}); do not ship this adapter as it is",
+                              f"{best.scale:g}, {got} {against}; {_figures(best)}); do not ship this adapter as it is",
                               min_retention, max_leakage)
-    interval = wilson(round((best.task or 0.0) * best.n_task), best.n_task) if best.task is not None else None
+    interval = wilson(round(best.task * best.n_task), best.n_task)
     ci = f" (95% interval {interval.low:.0%}-{interval.high:.0%})" if interval else ""
-    task = f"task score {best.task:.1%} over {best.n_task} examples{ci}" if best.task is not None else "no task suite scored"
+    unmeasured = [what for what, v in (("retention", best.retention), ("leakage", best.leakage)) if v is None]
+    applied = (f"the highest task score with {gates}" if not unmeasured else
+               f"the highest task score; {' and '.join(unmeasured)} not measured, so "
+               f"{'that limit was' if len(unmeasured) == 1 else 'those limits were'} not applied (add a general suite"
+               f"{' and a task format' if 'leakage' in unmeasured else ''}; a release check fails on it)")
     return Recommendation(best.scale, best,
-                          f"ship scale {best.scale:g}: {task}, {_figures(best)}; the highest task score with {gates}",
-                          min_retention, max_leakage)
+                          f"ship scale {best.scale:g}: task score {best.task:.1%} over {best.n_task} examples{ci}, "
+                          f"{_figures(best)}; {applied}", min_retention, max_leakage)
 
 
 def _figures(p: ScalePoint) -> str:

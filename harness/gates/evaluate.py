@@ -2,8 +2,9 @@
 
 ``evaluate_gates`` reads the run's per-example values once (``RunData``), picks the candidates (each
 adapter at each scale, or the base model alone), hands each planned gate to its kind's evaluator
-(``harness.gates.kinds``, which sees the run through ``GateContext``), tests every regression as one
-Holm-corrected family, and fails a check that has no quality gate when one is required. ``check_run``
+(``harness.gates.kinds``, which sees the run through ``GateContext`` and decides by ``harness.gates.decide``),
+lists the release defaults the gates file opted out of, and fails a check that has no quality gate when one
+is required. ``check_run``
 returns the same as plain ``GateResult`` rows.
 """
 
@@ -24,7 +25,7 @@ from harness.gates.kinds import (
     _retention,
     _threshold,
 )
-from harness.gates.report import GateOutcome, GateReport, GateResult
+from harness.gates.report import OPT_OUT, GateOutcome, GateReport, GateResult
 from harness.gates.spec import QUALITY_KINDS, PlannedGate, ProjectGates, plan_gates
 
 if TYPE_CHECKING:
@@ -102,6 +103,9 @@ def evaluate_gates(
             elif g.kind == "regression":
                 regressions.append((g, t))
     outcomes.extend(_regressions(ctx, regressions))
+    for name in project.skip:  # release defaults the gates file opted out of: shown and stored, never silent
+        skipped.append((name, f"{OPT_OUT} in {project.source} (skip = {list(project.skip)}): the {name} release default "
+                              "is not judged"))
     if require_gates and not any(o.kind in QUALITY_KINDS for o in outcomes):
         outcomes.append(GateOutcome(GateResult("gates", "gates", 0.0, 1.0, None, False,
                                                "no quality gate applies: define gates in the suites (gates:) or in "

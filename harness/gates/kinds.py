@@ -12,11 +12,11 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from harness.gates.decide import decide_paired, decide_proportion
 from harness.gates.report import Example, GateOutcome, GateResult
 from harness.gates.threshold import _ci, _verdict, _vs, threshold_gate
 
 if TYPE_CHECKING:
-    from harness.analysis.stats import PairedTest
     from harness.gates.context import GateContext
     from harness.gates.spec import PlannedGate
 
@@ -38,9 +38,14 @@ def _threshold(ctx: GateContext, g: PlannedGate, t: tuple) -> GateOutcome:
     base = _mean(list(base_vals.values())) if t[0] is not None else None
     interval = mean_interval(finite) if finite else None
     r = threshold_gate(g.name, g.metric, list(vals.values()), ctx.data.n_examples.get(g.suite, 0),
-                       ctx.data.errors.get((*t, g.suite), 0), g.min, g.max, base, interval, f"{ctx.label(t)} {g.suite} ")
+                       ctx.data.errors.get((*t, g.suite), 0), g.min, g.max, base, interval, f"{ctx.label(t)} {g.suite} ",
+                       rule=ctx.project.decision, alpha=ctx.project.alpha, who=_who(ctx, t))
     return GateOutcome(r, g.kind, ctx.label(t), t[0], t[1], g.suite, interval, None,
                        _worst(ctx, t, g.suite, g.metric, vals), g.source)
+
+
+def _who(ctx: GateContext, t: tuple) -> str:
+    return "the base model" if t[0] is None else f"the adapter ({ctx.label(t)})"
 
 
 def _retention(ctx: GateContext, g: PlannedGate, t: tuple) -> GateOutcome:
@@ -49,6 +54,7 @@ def _retention(ctx: GateContext, g: PlannedGate, t: tuple) -> GateOutcome:
 
     label = ctx.label(t)
     threshold = g.min if g.min is not None else g.max
+    assert threshold is not None  # plan_gates gives every retention gate its bound
     if g.suite is not None:  # one general suite's retention, from the comparison
         rets = [r for r in ctx.comparison.retention if r.target == label and r.suite == g.suite]
         kept, base_correct = sum(r.kept for r in rets), sum(r.base_correct for r in rets)
@@ -60,21 +66,25 @@ def _retention(ctx: GateContext, g: PlannedGate, t: tuple) -> GateOutcome:
         where = f"{label} retention (every general suite)"
         metrics = [(s.name, s.headline) for s in ctx.comparison.suites if s.role == "general" and s.headline]
     if not base_correct:
-        why = "no general suite in the run" if not metrics else "the base model answered none of the general items correctly"
+        why = ("no general suite in the run: add a suite with role general (e.g. --suite general-knowledge)" if not metrics
+               else "the base model answered none of the general items correctly: add general items it knows")
         return GateOutcome(GateResult(g.name, "retention", None, threshold, None, False,
-                                      f"{where}: not measured ({why}); needs >= {threshold:g}: FAIL"),
+                                      f"{where}: not measured ({why}); needs >= {threshold:g}: FAIL", rule="not measured", n=0),
                            g.kind, label, t[0], t[1], g.suite, source=g.source)
     ret = kept / base_correct
-    ok = (g.min is None or ret >= g.min) and (g.max is None or ret <= g.max)
+    errored = sum(ctx.data.errors.get((*t, s), 0) for s, _ in metrics)
+    decision = decide_proportion(kept, base_correct, threshold, g.max is None, ctx.project.decision, ctx.project.alpha,
+                                 unit="base-correct answers", best="all of them kept" if g.max is None else None)
     interval = wilson(kept, base_correct)
     lost: list[Example] = []
     for suite, metric in metrics:
         base_vals = ctx.data.values.get((None, 0.0, suite, metric), {})
         mine = ctx.data.values.get((*t, suite, metric), {})
         lost.extend(ctx.example(t, suite, ex, mine.get(ex), 1.0) for ex, v in base_vals.items() if v == 1.0 and mine.get(ex) != 1.0)
-    return GateOutcome(GateResult(g.name, "retention", ret, threshold, 1.0, ok,
-                                  f"{where} = {ret:.4g} ({kept}/{base_correct} of the base's correct answers kept){_ci(interval)}; "
-                                  f"needs >= {threshold:g}; base 1: {_verdict(ok)}"),
+    erred = f"; {errored} of the adapter's answers errored and count as lost" if errored else ""
+    return GateOutcome(GateResult(g.name, "retention", ret, threshold, 1.0, decision.passed,
+                                  f"{where} = {ret:.4g} ({kept}/{base_correct} of the base's correct answers kept){_ci(interval)}"
+                                  f"{erred}; {decision.sentence}", rule=decision.rule, n=base_correct),
                        g.kind, label, t[0], t[1], g.suite, interval, None, tuple(lost[:3]), g.source)
 
 
@@ -88,19 +98,46 @@ def _leakage(ctx: GateContext, g: PlannedGate, t: tuple) -> GateOutcome:
     point = next((p for s, p in points.items() if math.isclose(s, t[1])), None)
     base = points.get(0.0)
     if point is None or point.leakage is None:
+        has_suite = any(s.role in ("general", "leakage") for s in ctx.comparison.suites)
+        why = ("the task's output format is not known: evaluate a task suite with JSON targets, or pass --task-format KEY,KEY"
+               if has_suite else "no general or leakage suite in the run: add one (e.g. --suite format-leakage)")
         return GateOutcome(GateResult(g.name, "format_leakage", None, g.max, None, False,
-                                      f"{label} format_leakage: not measured (no general or leakage suite scored for the task's "
-                                      f"format); needs <= {g.max:g}: FAIL"), g.kind, label, t[0], t[1], source=g.source)
-    ok = point.leakage <= g.max
+                                      f"{label} format_leakage: not measured ({why}); needs <= {g.max:g}: FAIL",
+                                      rule="not measured", n=0), g.kind, label, t[0], t[1], source=g.source)
+    decision = decide_proportion(point.n_leaked, point.n_leakage, g.max, False, ctx.project.decision, ctx.project.alpha,
+                                 unit="general and leakage answers", best="none of them leaked")
     interval = wilson(point.n_leaked, point.n_leakage)
     base_leak = base.leakage if base is not None else None
     leaked = [ctx.example(t, s, ex, v) for (aid, sc, s, m), vals in ctx.data.values.items()
               if (aid, sc) == t and m == "format_leakage" for ex, v in vals.items() if v == 1.0]
-    return GateOutcome(GateResult(g.name, "format_leakage", point.leakage, g.max, base_leak, ok,
+    return GateOutcome(GateResult(g.name, "format_leakage", point.leakage, g.max, base_leak, decision.passed,
                                   f"{label} format_leakage = {point.leakage:.4g} ({point.n_leaked}/{point.n_leakage} general and "
-                                  f"leakage answers in the task's format){_ci(interval)}; needs <= {g.max:g}"
-                                  f"{_vs(base_leak, 'base')}: {_verdict(ok)}"),
+                                  f"leakage answers in the task's format){_ci(interval)}{_vs(base_leak, 'base')}; "
+                                  f"{decision.sentence}", rule=decision.rule, n=point.n_leakage),
                        g.kind, label, t[0], t[1], None, interval, None, tuple(leaked[:3]), g.source)
+
+
+def _paired_values(ctx: GateContext, cand: tuple, ref: tuple, suite: str, metric: str
+                   ) -> tuple[list[str], dict[str, float], dict[str, float], int]:
+    """The examples the reference scored, with the candidate's score on each, oriented higher-is-better.
+
+    An example the candidate errored on (or has no score for) counts as a failure: the worst score of the
+    metric (0 or 1 for 0/1 scores; the worst value seen in the run otherwise), never a dropped pair.
+    Returns (keys, candidate, reference, how many of the candidate's were failures put in)."""
+    sign = 1.0 if ctx.higher_is_better(suite, metric) else -1.0
+    a = {ex: sign * v for ex, v in ctx.data.values.get((*cand, suite, metric), {}).items() if v is not None and math.isfinite(v)}
+    b = {ex: sign * v for ex, v in ctx.data.values.get((*ref, suite, metric), {}).items() if v is not None and math.isfinite(v)}
+    everything = [sign * v for (aid, sc, s, m), vals in ctx.data.values.items() if s == suite and m == metric
+                  for v in vals.values() if v is not None and math.isfinite(v)]
+    binary = all(abs(v) in (0.0, 1.0) for v in everything)
+    worst = (0.0 if sign > 0 else -1.0) if binary else min(everything, default=0.0)
+    keys = sorted(b)
+    filled = 0
+    for k in keys:
+        if k not in a:
+            a[k] = worst
+            filled += 1
+    return keys, a, b, filled
 
 
 def _gain(ctx: GateContext, g: PlannedGate, t: tuple) -> GateOutcome:
@@ -118,77 +155,68 @@ def _gain(ctx: GateContext, g: PlannedGate, t: tuple) -> GateOutcome:
         pairs_of = [(g.suite, g.metric)]
         where = f"{label} {g.suite} {g.metric} gain over base"
     mine, base, worst = [], [], []
+    failed_in = 0
     for suite, metric in pairs_of:
-        sign = 1.0 if ctx.higher_is_better(suite, metric) else -1.0
-        a = ctx.data.values.get((*t, suite, metric), {})
-        b = ctx.data.values.get((None, 0.0, suite, metric), {})
-        for ex in sorted(set(a) & set(b)):
-            va, vb = a[ex], b[ex]
-            if va is not None and vb is not None:
-                mine.append(sign * va)
-                base.append(sign * vb)
-                worst.append((sign * (va - vb), ctx.example(t, suite, ex, va, vb)))
+        keys, a, b, filled = _paired_values(ctx, t, (None, 0.0), suite, metric)
+        failed_in += filled
+        for ex in keys:
+            mine.append(a[ex])
+            base.append(b[ex])
+            worst.append((a[ex] - b[ex], ctx.example(t, suite, ex, a[ex], b[ex])))
     if not mine:
+        why = ("no task suite in the run: add a suite with role task" if not pairs_of else
+               "no example scored for the base model (run the base too)")
         return GateOutcome(GateResult(g.name, g.metric, None, g.min, None, False,
-                                      f"{where}: no example scored for both the adapter and the base model (run the base too); "
-                                      f"needs >= {g.min:g}: FAIL"), g.kind, label, t[0], t[1], g.suite, source=g.source)
+                                      f"{where}: not measured ({why}); needs >= {g.min:g}: FAIL", rule="not measured", n=0),
+                           g.kind, label, t[0], t[1], g.suite, source=g.source)
     test = paired_test(base, mine)  # drop of base relative to the adapter = the adapter's gain
     gain, mean_a, mean_b = test.drop, sum(mine) / len(mine), sum(base) / len(base)
-    ok = gain >= g.min
-    interval = test.interval
-    return GateOutcome(GateResult(g.name, g.metric, gain, g.min, abs(mean_b), ok,
+    decision = decide_paired(mine, base, min_gain=g.min, rule=ctx.project.decision, alpha=ctx.project.alpha)
+    erred = f"; {failed_in} of the adapter's answers errored or went unscored and count as failures" if failed_in else ""
+    return GateOutcome(GateResult(g.name, g.metric, gain, g.min, abs(mean_b), decision.passed,
                                   f"{where} = {gain:+.4g} (adapter {abs(mean_a):.4g}, base {abs(mean_b):.4g} over {len(mine)} paired "
-                                  f"examples; 95% {interval.method} interval {interval.low:+.4g} to {interval.high:+.4g}); "
-                                  f"needs >= {g.min:+g}: {_verdict(ok)}"),
-                       g.kind, label, t[0], t[1], g.suite, interval, None,
+                                  f"examples{erred}); {decision.sentence}", rule=decision.rule, n=len(mine)),
+                       g.kind, label, t[0], t[1], g.suite, test.interval, test.p_value,
                        tuple(e for _, e in sorted(worst, key=lambda x: x[0])[:3]), g.source)
 
 
 def _regressions(ctx: GateContext, todo: Sequence[tuple[PlannedGate, tuple]]) -> list[GateOutcome]:
-    """Paired tests of every (gate, candidate) against the baseline adapter, Holm-corrected together."""
-    from harness.analysis.stats import holm, paired_test
+    """Each (gate, candidate) against the baseline adapter on the paired examples: the upper bound of the
+    paired drop must be within the margin (absence of evidence is not a pass). Every regression gate must
+    hold, so no multiplicity correction is needed (an intersection-union rule); the one-sided McNemar or
+    bootstrap p-value of "any drop" is shown beside it, deciding nothing."""
+    from harness.analysis.stats import paired_test
 
-    if not todo:
-        return []
+    out: list[GateOutcome] = []
     bt = (ctx.baseline_id, ctx.baseline_scale)
     blabel = ctx.labels.get(bt, f"{(ctx.baseline_id or '?')[:8]}@{ctx.baseline_scale:g}")
-    tests: list[tuple[PlannedGate, tuple, list[str], dict[str, float], dict[str, float], bool, PairedTest | None]] = []
-    out: list[GateOutcome] = []
     for g, t in todo:
-        assert g.suite is not None  # plan_gates gives every regression gate its suite
-        hib = ctx.higher_is_better(g.suite, g.metric)
-        # the scored examples (None is no score) of the candidate and the baseline
-        a = {ex: v for ex, v in ctx.data.values.get((*t, g.suite, g.metric), {}).items() if v is not None}
-        b = {ex: v for ex, v in ctx.data.values.get((*bt, g.suite, g.metric), {}).items() if v is not None}
-        keys = sorted(set(a) & set(b))
-        tests.append((g, t, keys, a, b, hib, paired_test([a[k] for k in keys], [b[k] for k in keys], hib) if keys else None))
-    family = [x[-1].p_value for x in tests if x[-1] is not None]
-    adjusted = iter(holm(family, ctx.project.alpha))
-    for g, t, keys, a, b, hib, test in tests:
         assert g.suite is not None and g.max is not None  # plan_gates: its suite and max_drop / max_regression
         label = ctx.label(t)
         where = f"{label} {g.suite} {g.metric} vs baseline {blabel}"
-        if test is None:
+        keys, a, b, filled = _paired_values(ctx, t, bt, g.suite, g.metric)
+        if not keys:
             out.append(GateOutcome(GateResult(g.name, g.metric, None, g.max, None, False,
-                                              f"{where}: no example scored for both (evaluate the baseline in the same run); "
-                                              f"allowed drop {g.max:g}: FAIL"), g.kind, label, t[0], t[1], g.suite, source=g.source))
+                                              f"{where}: not measured (no example of the baseline scored: evaluate the baseline "
+                                              f"in the same run); allowed drop {g.max:g}: FAIL", rule="not measured", n=0),
+                                   g.kind, label, t[0], t[1], g.suite, source=g.source))
             continue
-        reject, p_adj = next(adjusted)
-        mean_a, mean_b = sum(a[k] for k in keys) / len(keys), sum(b[k] for k in keys) / len(keys)
-        ok = not (reject and test.drop > g.max)
+        hib = ctx.higher_is_better(g.suite, g.metric)
+        sign = 1.0 if hib else -1.0
+        cand, base = [a[k] for k in keys], [b[k] for k in keys]
+        test = paired_test(cand, base)  # oriented already: higher is better
+        decision = decide_paired(cand, base, max_drop=g.max, rule=ctx.project.decision, alpha=ctx.project.alpha)
+        mean_a, mean_b = sign * sum(cand) / len(keys), sign * sum(base) / len(keys)
         threshold = mean_b - g.max if hib else mean_b + g.max
         counts = f", {test.n_worse} worse, {test.n_better} better" if test.test == "exact McNemar" else ""
-        verdict = ("pass" if not reject else "pass (a significant drop, within the margin)") if ok else "FAIL"
-        iv = test.interval
-        msg = (f"{where}: {mean_a:.4g} vs {mean_b:.4g}, drop {test.drop:+.4g} (95% paired bootstrap interval "
-               f"{iv.low:+.4g} to {iv.high:+.4g}) over {test.n_pairs} paired examples{counts}; {test.test} p = {test.p_value:.3g}, "
-               f"Holm-adjusted {p_adj:.3g} over {len(family)} test(s), alpha {ctx.project.alpha:g}; allowed drop {g.max:g} "
-               f"(needs {'>=' if hib else '<='} {threshold:.4g}): {verdict}")
-        sign = 1.0 if hib else -1.0
-        worst = sorted(keys, key=lambda k: sign * (a[k] - b[k]))[:3]
-        out.append(GateOutcome(GateResult(g.name, g.metric, mean_a, threshold, mean_b, ok, msg), g.kind, label, t[0], t[1],
-                               g.suite, iv, p_adj, tuple(ctx.example(t, g.suite, k, a[k], b[k]) for k in worst
-                                                          if sign * (a[k] - b[k]) < 0), g.source))
+        erred = f", {filled} of the candidate's errored or unscored and counted as failures" if filled else ""
+        msg = (f"{where}: {mean_a:.4g} vs {mean_b:.4g}, drop {test.drop:+.4g} over {test.n_pairs} paired examples{counts}{erred} "
+               f"({test.test} p = {test.p_value:.3g} for any drop); allowed drop {g.max:g}; {decision.sentence}")
+        worst = sorted(keys, key=lambda k: a[k] - b[k])[:3]
+        out.append(GateOutcome(GateResult(g.name, g.metric, mean_a, threshold, mean_b, decision.passed, msg,
+                                          rule=decision.rule, n=len(keys)), g.kind, label, t[0], t[1],
+                               g.suite, test.interval, test.p_value,
+                               tuple(ctx.example(t, g.suite, k, sign * a[k], sign * b[k]) for k in worst if a[k] < b[k]), g.source))
     return out
 
 

@@ -11,9 +11,12 @@ Read from ``harness.toml`` (top level) or from ``[tool.harness]`` in ``pyproject
     min_task_gain = 0.3          # task headline, adapter minus base
     max_regression = 0.02        # against --baseline: allowed drop of every suite's headline (paired, Holm)
     max_errors = 0               # completeness: errored results allowed
-    alpha = 0.05                 # significance of the regression tests, after Holm's correction
+    alpha = 0.05                 # every bound is one-sided at 1 - alpha (95%)
     training_health = true       # no error-severity anomaly in the adapter's training record
     adapter_id = "..."           # provenance: the adapter hash being released (optional)
+    decision = "bound"           # "bound" (default): the one-sided 95% bound must clear each threshold;
+                                 # "point": the point estimate alone (exploratory runs; printed on every gate)
+    skip = ["leakage"]           # opt out of release defaults (retention, leakage, task): printed and stored
 
     [[gates.threshold]]          # absolute bounds, by suite role (never by suite name)
     role = "task"
@@ -37,13 +40,14 @@ else:  # tomllib joined the standard library in 3.11; tomli is the same parser (
     import tomli as tomllib
 
 from harness.errors import InputError
-from harness.gates.spec import ProjectGates, RoleThreshold
+from harness.gates.decide import RULES
+from harness.gates.spec import RELEASE_DEFAULTS, ProjectGates, RoleThreshold
 from harness.suites.types import ROLES
 
 PROJECT_FILES = ("harness.toml", "pyproject.toml")
 _TOP = {"base", "suites", "gates"}
 _FLOATS = ("min_retention", "max_leakage", "min_task_gain", "max_regression", "alpha")
-_GATE_KEYS = {*_FLOATS, "max_errors", "training_health", "adapter_id", "threshold"}
+_GATE_KEYS = {*_FLOATS, "max_errors", "training_health", "adapter_id", "threshold", "decision", "skip"}
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,18 @@ def load_project(path: Path) -> ProjectConfig:
             err("gates.adapter_id", "must be the adapter's 64-character SHA-256 (`harness runs` shows it)")
         else:
             values["adapter_id"] = g["adapter_id"]
+    if "decision" in g:
+        if g["decision"] not in RULES:
+            err("gates.decision", f"must be one of {', '.join(repr(r) for r in RULES)}, not {g['decision']!r}")
+        else:
+            values["decision"] = g["decision"]
+    if "skip" in g:
+        skip = g["skip"]
+        if not isinstance(skip, list) or not all(isinstance(x, str) and x in RELEASE_DEFAULTS for x in skip):
+            err("gates.skip", f"must be a list of release defaults to opt out of, from {', '.join(RELEASE_DEFAULTS)}; "
+                              f"got {skip!r}")
+        else:
+            values["skip"] = tuple(skip)
     thresholds = []
     for i, t in enumerate(g.get("threshold", []) if isinstance(g.get("threshold", []), list) else [None]):
         where = f"gates.threshold[{i}]"

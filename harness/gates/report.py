@@ -14,6 +14,9 @@ from harness.store import GateRow
 if TYPE_CHECKING:
     from harness.analysis.stats import Interval
 
+#: how an opted-out release default's reason starts (``GateReport.skipped``); such a skip is stored too
+OPT_OUT = "opted out"
+
 #: A gate's outcome is exactly the store's row, so results go into ``gate_results`` unchanged
 #: (``run.add_gate_results([...])``): {gate, metric, observed, threshold, baseline, passed, message}.
 GateResult = GateRow
@@ -65,10 +68,14 @@ class GateReport:
         return [o.result for o in self.outcomes]
 
     def rows(self) -> list[GateRow]:
-        """The results as stored: each with its interval and p-value as numbers."""
-        return [dataclasses.replace(o.result, interval_low=o.interval.low if o.interval else None,
-                                    interval_high=o.interval.high if o.interval else None, p_value=o.p_value)
-                for o in self.outcomes]
+        """The results as stored: each with its interval and p-value as numbers; then each gate the gates
+        file opted out of (``rule`` "skip", ``passed`` NULL: it decides nothing, but the record shows it)."""
+        judged = [dataclasses.replace(o.result, interval_low=o.interval.low if o.interval else None,
+                                      interval_high=o.interval.high if o.interval else None, p_value=o.p_value)
+                  for o in self.outcomes]
+        opted = [GateRow(name, name, None, None, None, None, f"skip {name}: {why}", rule="skip")  # type: ignore[arg-type]
+                 for name, why in self.skipped if why.startswith(OPT_OUT)]
+        return judged + opted
 
     @property
     def failures(self) -> list[GateOutcome]:

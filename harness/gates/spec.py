@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 #: gates about the adapter's quality (a check needs at least one); the others are bookkeeping
 QUALITY_KINDS = frozenset({"threshold", "retention", "leakage", "task_gain", "gain", "regression"})
 
+#: the gates a release check applies even where the project file sets none (``harness check``): a team opts
+#: out of one only by name, in the gates file's ``skip``, and the skip is printed and stored
+RELEASE_DEFAULTS = ("retention", "leakage", "task")
+
 
 @dataclass(frozen=True)
 class RoleThreshold:
@@ -44,6 +48,10 @@ class ProjectGates:
     adapter_id: str | None = None
     thresholds: tuple[RoleThreshold, ...] = ()
     source: str = "defaults"
+    #: "bound" (the one-sided (1 - alpha) bound clears each threshold) or "point" (the estimate alone)
+    decision: str = "bound"
+    #: release defaults opted out of (``RELEASE_DEFAULTS``), by name
+    skip: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -28,11 +28,16 @@ def threshold_gate(
     baseline: float | None = None,
     interval: Interval | None = None,
     what: str = "",
+    rule: str = "bound",
+    alpha: float = 0.05,
+    who: str = "",
 ) -> GateResult:
-    """Pass when every expected example was scored with a finite value and the mean is within bounds.
+    """Pass when every expected example was scored with a finite value and the mean is within bounds by
+    ``rule`` (``harness.gates.decide``: "bound", the one-sided (1 - alpha) bound of the mean clears each
+    bound; "point", the mean itself).
 
     ``baseline`` (the base model's mean) and ``interval`` (on the mean) go into the sentence; ``what``
-    (target and suite) prefixes it.
+    (target and suite) prefixes it; ``who`` names whose answers errored ("the adapter (a@1)").
     """
     if min is None and max is None:
         raise ValueError(f"gate {name}: give min or max")
@@ -43,7 +48,8 @@ def threshold_gate(
     bad = len(values) - len(finite)
 
     def fail(msg: str) -> GateResult:
-        return GateResult(name, metric, None, threshold, baseline, False, f"{head}: {msg}; needs {bound}: FAIL")
+        return GateResult(name, metric, None, threshold, baseline, False, f"{head}: {msg}; needs {bound}: FAIL",
+                          rule="not measured", n=len(finite))
 
     if n_expected <= 0:
         return fail("no examples were expected; a gate over nothing cannot pass")
@@ -52,14 +58,18 @@ def threshold_gate(
     if len(values) + n_errored != n_expected:
         return fail(f"incomplete run: {len(values)} scored + {n_errored} errored != {n_expected} expected; rerun to finish it")
     if n_errored:
-        return fail(f"{n_errored} of {n_expected} examples errored")
+        return fail(f"{n_errored} of {n_expected} examples errored" + (f" ({who}'s answers)" if who else "")
+                    + "; errors are never scored as a pass")
     if bad:
         return fail(f"{bad} of {n_expected} scores are missing or not finite; a gate cannot pass on them")
+    from harness.gates.decide import decide_mean
+
     mean = sum(finite) / len(finite)
-    ok = (min is None or mean >= min) and (max is None or mean <= max)
+    decisions = [decide_mean(finite, b, floor, rule, alpha) for b, floor in ((min, True), (max, False)) if b is not None]
+    ok = all(d.passed for d in decisions)
     return GateResult(name, metric, mean, threshold, baseline, ok,
-                      f"{head} = {mean:.4g}{_ci(interval)} over {n_expected} examples; needs {bound}"
-                      f"{_vs(baseline, 'base')}: {'pass' if ok else 'FAIL'}")
+                      f"{head} = {mean:.4g}{_ci(interval)} over {n_expected} examples{_vs(baseline, 'base')}; "
+                      + "; ".join(d.sentence for d in decisions), rule=decisions[0].rule, n=len(finite))
 
 
 def _ci(interval: Interval | None) -> str:

@@ -80,8 +80,7 @@ def run_check(req: CheckRequest, plan: Sequence[Any] | None = None, require_gate
         raise UsageError(f"baseline {req.baseline} is the same adapter as {req.adapter} (same hash)")
     keys, key_source = taskformat.resolve(suites, examples, [a for a in (adapter, baseline) if a], req.task_format)
     suites = taskformat.with_leakage(suites, keys)
-    project = release_defaults(req.project, retention=any(s.role == "general" for s in suites),
-                               leakage=bool(keys) and any(s.role in ("general", "leakage") for s in suites))
+    project = release_defaults(req.project)
     ref = resolve_base(req.base, allow_pickle=req.allow_pickle)
     warnings = adapter_warnings([a for a in (adapter, baseline) if a is not None], ref, req.allow_base_mismatch)
     db = Path(req.db or default_db_path())
@@ -123,17 +122,20 @@ def run_check(req: CheckRequest, plan: Sequence[Any] | None = None, require_gate
     return CheckResult(report, context, stats)
 
 
-def release_defaults(gates: Any, retention: bool, leakage: bool) -> Any:
-    """A release check gates retention and leakage even where the project file does not: at the limits a
-    sweep recommends with (``harness.analysis.sweep``: retention >= 0.95 of the base's correct answers, leakage
-    <= 0.02), each where the check can measure it (a general suite; a known task format and a general or
-    leakage suite). A project file's own limits win; eval and sweep apply only the files' gates."""
+def release_defaults(gates: Any) -> Any:
+    """A release check gates retention, leakage and the task even where the project file does not, at the
+    limits a sweep recommends with (``harness.analysis.sweep``: retention >= 0.95 of the base's correct
+    answers, leakage <= 0.02) and a task gain over the base of at least 0. A default the run cannot measure
+    (no general suite, no known task format, no task suite) is a failed gate that says what to add, never a
+    gate left out; a team opts out only by name (``skip = [...]`` in the gates file), and the skip is
+    printed and stored. A project file's own limits win; eval and sweep apply only the files' gates."""
     import dataclasses
 
     from harness.analysis.sweep import MAX_LEAKAGE, MIN_RETENTION
 
-    filled = {k: v for k, v, on in (("min_retention", MIN_RETENTION, retention), ("max_leakage", MAX_LEAKAGE, leakage))
-              if on and getattr(gates, k) is None}
+    defaults = (("retention", "min_retention", MIN_RETENTION), ("leakage", "max_leakage", MAX_LEAKAGE),
+                ("task", "min_task_gain", 0.0))
+    filled = {field: v for name, field, v in defaults if name not in gates.skip and getattr(gates, field) is None}
     if not filled:
         return gates
     return dataclasses.replace(gates, **filled, source=f"{gates.source} + release defaults ({', '.join(filled)})")

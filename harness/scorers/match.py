@@ -11,7 +11,7 @@ from harness.scorers.normalize import normalize_answer
 from harness.scorers.registry import Example, Score, ScoreFn, register_scorer
 
 
-@register_scorer("exact_match", version="1")
+@register_scorer("exact_match", version="2")  # 2: invisible characters and dotted abbreviations fold
 def exact_match(normalize: bool = True) -> ScoreFn:
     """1.0 when the output equals the target (after normalisation unless normalize=False)."""
 
@@ -42,15 +42,69 @@ def structured_answer(output: str) -> str | None:
     return None
 
 
-@register_scorer("alias_match", version="2")
+#: words that, before an answer in the same clause, deny it ("It is not Paris, it is Lyon.")
+_NEGATIONS = frozenset({"not", "no", "never", "neither", "nor", "isn", "wasn", "aren", "weren", "doesn", "don", "didn",
+                        "cannot", "cant", "won", "hardly"})
+_CLAUSE = re.compile(r"[,;:.!?()\n]+(?!\d)")  # a comma or full stop inside a number (1,000 / 16.5) is no break
+#: words after which an earlier negation no longer applies ("not Saturn but Jupiter")
+_CONTRAST = frozenset({"but", "rather", "instead", "however", "actually"})
+#: a clause that is nothing but a denial rejects the clause before it ("Canberra? No. Sydney.")
+_DENIALS = frozenset({"no", "nope", "not", "wrong", "incorrect", "false"})
+
+
+def _protect_numbers(text: str) -> str:
+    """Keep numbers whole through normalisation ("16.5" and "-4" are other numbers than 16 and 4), and fold
+    dotted abbreviations before the text is cut into clauses ("U.S.A." is one word, not three clauses)."""
+    text = re.sub(r"\b(?:[A-Za-z]\.){2,}", lambda m: m.group(0).replace(".", ""), text)
+    text = re.sub(r"(?<=\d)\.(?=\d)", "point", text)
+    return re.sub(r"(?:(?<=^)|(?<=[\s(\[=:]))[-\u2212](?=\d)", "minus", text)
+
+
+def _prose(output: str) -> str:
+    """The output without its JSON segments: every ``{...}`` (and a last one cut off before it closes)."""
+    out, depth = [], 0
+    for ch in output:
+        if ch == "{":
+            depth += 1
+        elif ch == "}" and depth:
+            depth -= 1
+            continue
+        if depth == 0:
+            out.append(ch)
+    return "".join(out)
+
+
+def _alias_credited(clauses: list[list[str]], norm: list[str]) -> bool:
+    """Whether ``norm`` (an alias's words) stands in a clause as an answer: not denied by a negation before it
+    in its clause, and not one of a list of alternatives ("Lyon, Marseille or Paris", "Paris or Lyon")."""
+    k = len(norm)
+    for c, words in enumerate(clauses):
+        denied_after = c + 1 < len(clauses) and clauses[c + 1] and set(clauses[c + 1]) <= _DENIALS
+        for i in range(len(words) - k + 1):
+            if words[i:i + k] != norm or denied_after:
+                continue
+            before, after = words[:i], words[i + k:i + k + 1]
+            last_contrast = max((j for j, w in enumerate(before) if w in _CONTRAST), default=-1)
+            if _NEGATIONS & set(before[last_contrast + 1:]):
+                continue
+            if (before and before[-1] in ("or", "either")) or after == ["or"]:
+                continue
+            return True
+    return False
+
+
+@register_scorer("alias_match", version="3")
 def alias_match(mode: str = "contains", max_words: int | None = None, structured_is_wrong: bool = True) -> ScoreFn:
-    """1.0 when the target or an accepted alias appears in the output as whole words.
+    """1.0 when the target or an accepted alias appears in the output as whole words, as an answer.
 
     mode="contains" accepts a chatty answer ("The capital of France is Paris."); mode="exact" wants
     the normalised output to equal one of them. max_words limits how much of the output is searched,
-    so a long ramble that happens to mention the answer late is not credited. An answer given as a
-    JSON object scores 0 with the reason (a leaked answer is never a correct one) unless
-    structured_is_wrong=False.
+    so a long ramble that happens to mention the answer late is not credited. Not credited (version 3): an
+    alias denied in its clause ("It is not Paris, it is Lyon."), offered among alternatives ("Lyon,
+    Marseille or Paris"), or inside another number ("16.5" or "-4" for 16 or 4), and an alias found only
+    inside JSON: an answer given as (or cut off inside) a JSON object scores 0 with the reason (a leaked
+    answer is never a correct one) unless structured_is_wrong=False; a right answer followed by unrelated
+    JSON still counts. Dotted abbreviations and invisible characters fold ("The US" is "U.S.").
     """
     if mode not in ("contains", "exact"):
         raise ValueError(f"alias_match mode must be 'contains' or 'exact', not {mode!r}")
@@ -59,29 +113,47 @@ def alias_match(mode: str = "contains", max_words: int | None = None, structured
         answers = [a for a in ((example.target,) if example.target else ()) + tuple(example.aliases) if a]
         if not answers:
             return [Score("alias_match", None, "example has no target or aliases")]
+        text, leaked = output, None
         if structured_is_wrong:
             leaked = structured_answer(output)
-            if leaked:
+            prose = _prose(output)
+            if leaked and (output.lstrip().startswith(("{", "[", "```")) or not normalize_answer(prose)):
                 return [Score("alias_match", 0.0, leaked)]
-        words = normalize_answer(output).split()
+            text = prose  # a right answer with JSON after it: the answer is the prose
+        raw = _protect_numbers(text)
+        words = normalize_answer(raw).split()
         if max_words is not None:
             words = words[:max_words]
-        text = " " + " ".join(words) + " "
+            raw = " ".join(words)
+        clauses = [normalize_answer(c).split() for c in _CLAUSE.split(raw)]
         for ans in answers:
-            norm = normalize_answer(ans)
+            norm = normalize_answer(_protect_numbers(ans)).split()
             if not norm:
                 continue
-            if (mode == "exact" and text.strip() == norm) or (mode == "contains" and f" {norm} " in text):
+            if mode == "exact":
+                if words == norm:
+                    return [Score("alias_match", 1.0)]
+            elif _alias_credited(clauses, norm):
                 return [Score("alias_match", 1.0)]
-        return [Score("alias_match", 0.0)]
+        # not in the prose; when the output also holds JSON, that is where the answer went: say so
+        return [Score("alias_match", 0.0, leaked)]
 
     return score
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise ValueError(f"duplicate key {dup[0]!r}")
+    return dict(pairs)
 
 
 def extract_json_object(text: str) -> tuple[dict[str, Any] | None, str | None]:
     """Parse the first JSON object in ``text`` (a code fence or prose around it is allowed).
 
-    Returns (object, None) or (None, reason).
+    An object with a duplicate key is refused (a JSON reader keeps the last value silently; which one the
+    model meant is unknown). Returns (object, None) or (None, reason).
     """
     text = text.strip()
     fence = re.search(r"```(?:json)?\s*(.*?)```", text, re.S)
@@ -91,31 +163,38 @@ def extract_json_object(text: str) -> tuple[dict[str, Any] | None, str | None]:
     if start < 0:
         return None, "no JSON object in output"
     try:
-        obj, _ = json.JSONDecoder().raw_decode(text[start:])
+        obj, _ = json.JSONDecoder(object_pairs_hook=_no_duplicates).raw_decode(text[start:])
     except json.JSONDecodeError as exc:
         return None, f"invalid JSON: {exc.msg} at char {exc.pos}"
+    except ValueError as exc:
+        return None, f"invalid JSON object: {exc}"
     if not isinstance(obj, dict):
         return None, f"JSON is a {type(obj).__name__}, not an object"
     return obj, None
 
 
 def _canon(value: Any) -> Any:
+    """A JSON value for comparison: strings case- and space-folded, 2.0 the number 2; types kept apart (true
+    is not 1, "1" is not 1: ``(type tag, value)`` pairs, since Python has True == 1)."""
+    if isinstance(value, bool):
+        return ("bool", value)
     if isinstance(value, str):
-        return " ".join(value.lower().split())
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
+        return ("str", " ".join(value.lower().split()))
+    if isinstance(value, (int, float)):
+        return ("num", int(value) if isinstance(value, float) and value.is_integer() else value)
     if isinstance(value, dict):
         return {str(k): _canon(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_canon(v) for v in value]
-    return value
+        return ("list", [_canon(v) for v in value])
+    return ("null", None) if value is None else value
 
 
-@register_scorer("json_field", version="1")
+@register_scorer("json_field", version="2")  # 2: JSON types compared strictly, duplicate keys refused
 def json_field(fields: Sequence[str] | None = None) -> ScoreFn:
     """Per-field and whole-object match of a JSON answer against a JSON target.
 
-    Key order and whitespace do not matter; strings compare case-insensitively. Emits
+    Key order and whitespace do not matter; strings compare case-insensitively; JSON types do matter (``true``
+    is not ``1``, ``"1"`` is not ``1``) and an object with a duplicate key is invalid. Emits
     ``json_valid``, ``json_exact`` (every field right) and ``json_field/<name>`` per field. Invalid
     JSON scores 0 everywhere with the parse error stored as the reason.
     """
@@ -137,24 +216,36 @@ def json_field(fields: Sequence[str] | None = None) -> ScoreFn:
     return score
 
 
-@register_scorer("format_leakage", version="2")
+@register_scorer("format_leakage", version="3")
 def format_leakage(keys: Sequence[str], min_keys: int = 1) -> ScoreFn:
-    """1.0 when a general answer takes the task's output format: a JSON object with the task's keys.
+    """1.0 when a general answer takes the task's output format: an object holding the task's keys.
 
-    An answer leaks when it parses as a JSON object holding at least ``min_keys`` of ``keys``, or when
-    it starts as such an object and was cut off by max_new_tokens before it closed (a truncated
-    ``{"item": "water", "quantity": 1, ...`` is the same leak).
+    Version 3 looks anywhere in the answer, the way a careful grader reads it: an object after prose ("Sure!
+    Here is the order: {"item": ...") or after a stray character (``"{"item": ...``), closed or cut off by
+    max_new_tokens, with double, single or no quotes around the keys and the keys in any case. An answer
+    leaks when one ``{`` opens a segment in which at least ``min_keys`` of ``keys`` appear as keys
+    (``"item":``, ``'Item':``, ``item:``). Errs towards leakage, never away from it.
     """
-    wanted = set(keys)
-    key_re = re.compile(r'"(' + "|".join(re.escape(k) for k in sorted(wanted)) + r')"\s*:')
+    wanted = sorted({k.lower() for k in keys}, key=len, reverse=True)
+    key_re = re.compile(r"""(?:^|[{,\n])\s*\\?["'`]?\s*(""" + "|".join(re.escape(k) for k in wanted) + r""")\s*\\?["'`]?\s*:""",
+                        re.IGNORECASE)
+
+    def segments(output: str) -> list[str]:
+        out = []
+        for i, ch in enumerate(output):
+            if ch != "{":
+                continue
+            depth, end = 0, len(output)
+            for j in range(i, len(output)):
+                depth += {"{": 1, "}": -1}.get(output[j], 0)
+                if depth == 0:
+                    end = j + 1
+                    break
+            out.append(output[i:end])
+        return out
 
     def score(output: str, example: Example) -> list[Score]:
-        obj, _ = extract_json_object(output)
-        if obj is not None:
-            leaked = len(wanted & set(obj)) >= min_keys
-        else:
-            head = output.lstrip().removeprefix("```json").removeprefix("```").lstrip()
-            leaked = head.startswith("{") and len(set(key_re.findall(head))) >= min_keys
-        return [Score("format_leakage", float(leaked))]
+        found = max((len({m.group(1).lower() for m in key_re.finditer(seg)}) for seg in segments(output)), default=0)
+        return [Score("format_leakage", float(found >= min_keys))]
 
     return score

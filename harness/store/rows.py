@@ -149,6 +149,10 @@ class GateRow:
     interval_low: float | None = None
     interval_high: float | None = None
     p_value: float | None = None
+    #: the rule that decided it ("bound", "point"; "skip" for a release default opted out of) and the
+    #: examples or pairs behind it
+    rule: str | None = None
+    n: int | None = None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
--- adapter-harness results store: the current schema (version 6), for reading.
+-- adapter-harness results store: the current schema (version 8), for reading.
 -- The database is built by the numbered files in migrations/; a test checks that applying them to an
 -- empty database gives exactly this schema. Long format: one row per generation, one per
 -- (generation, metric) score. Open it yourself: duckdb harness.duckdb "SELECT * FROM v_runs"
@@ -59,6 +59,7 @@ CREATE TABLE findings (
 CREATE TABLE gate_results (
     run_id VARCHAR, gate VARCHAR, metric VARCHAR, observed DOUBLE, threshold DOUBLE, baseline DOUBLE,
     passed BOOLEAN, message VARCHAR, seq INTEGER, interval_low DOUBLE, interval_high DOUBLE, p_value DOUBLE,
+    rule VARCHAR, n INTEGER,
     PRIMARY KEY (run_id, seq)
 );
 -- Shard files already moved into the database (an ingest never happens twice).

@@ -323,6 +323,52 @@ def _suite_hash(spec: Path, data: Path) -> str:
     return h.hexdigest()
 
 
+#: metrics the harness adds to a suite's own scorers: retention (general suites, from the base's correct
+#: answers) and format leakage (general and leakage suites, for the task's format)
+_ADDED_METRICS = {"general": {"retention", "format_leakage"}, "leakage": {"format_leakage"}}
+
+
+def emitted_metrics(suite: Suite, examples: Sequence[Example]) -> set[str] | None:
+    """The metric names this suite's scorers produce, found by scoring its first example (a wrong answer and
+    the target itself: scorers emit the same names for both); None when that cannot be known without the
+    model (a scorer that fails on the probe)."""
+    from harness.metrics import model_metric_names
+    from harness.scorers import get_scorer
+
+    names: set[str] = set()
+    if not examples:
+        return None
+    ex = examples[0]
+    for sc in suite.scorers:
+        if sc.name in model_metric_names():
+            names |= {"nll", "perplexity"}
+            continue
+        fn = get_scorer(sc.name, sc.args).fn
+        for output in ("", ex.target or "x"):
+            try:
+                names |= {score.metric for score in fn(output, ex)}
+            except Exception:
+                return None
+    return names | _ADDED_METRICS.get(suite.role, set())
+
+
+def unscored_metrics(suite: Suite, examples: Sequence[Example]) -> list[str]:
+    """A headline or a gate on a metric that no scorer of the suite produces: each a problem, found with no
+    model loaded (otherwise it would fail only after generation, or a gate would judge nothing)."""
+    emitted = emitted_metrics(suite, examples)
+    if emitted is None:
+        return []
+    have = ", ".join(sorted(emitted))
+    out = []
+    if suite.headline and suite.headline not in emitted:
+        out.append(f"headline: no scorer of the suite emits {suite.headline!r} (they emit {have}); name one of those")
+    for i, g in enumerate(suite.gates):
+        if g.metric not in emitted:
+            out.append(f"gates[{i}].metric: no scorer of the suite emits {g.metric!r} (they emit {have}); a gate on it "
+                       "would judge nothing")
+    return out
+
+
 def check_suites(names_or_paths: Sequence[str | Path], limit: int | Limit | None = None) -> tuple[list[Suite], dict[str, list[Example]]]:
     """Load and fully check every suite (spec, data, every template rendered against every example,
     every scorer built, gates), and raise one SuiteError listing the problems of all of them.
@@ -346,6 +392,10 @@ def check_suites(names_or_paths: Sequence[str | Path], limit: int | Limit | None
             continue
         if suite.name in {s.name for s in suites}:
             problems.append(f"{suite.path}: a second suite named {suite.name!r} in one run; rename one (name:)")
+            continue
+        unknown = unscored_metrics(suite, examples[suite.name])
+        if unknown:
+            problems.append(f"{len(unknown)} problem(s) in suite {suite.path}:\n  " + "\n  ".join(unknown))
             continue
         suites.append(suite)
     if problems:

@@ -67,7 +67,11 @@ def test_wilson_equals_scipy_and_mean_interval_picks_its_method():
 
 def test_identical_differences_and_empty_input():
     t = stats.paired_test([0.4] * 5, [0.5] * 5)
-    assert t.drop == pytest.approx(0.1) and t.p_value == 0.0 and t.interval.low == t.interval.high
+    # identical differences: no spread to bootstrap; the sign test weighs the 5 pairs (0.5 ** 5), never p = 0
+    assert t.drop == pytest.approx(0.1) and t.p_value == pytest.approx(0.5 ** 5) and t.interval.low == t.interval.high
+    one = stats.paired_test([0.4], [0.5])
+    assert one.p_value == pytest.approx(0.5) and one.p_value > 0
+    assert stats.paired_test([0.5] * 3, [0.5] * 3).p_value == 1.0
     with pytest.raises(ValueError, match="no paired examples"):
         stats.paired_test([], [])
     with pytest.raises(ValueError, match="equal lengths"):
@@ -124,3 +128,100 @@ def test_mcnemar_does_not_flag_churn_without_a_net_drop():
     base = [1] * 30 + [0] * 30 + [1] * 40
     cand = [0] * 30 + [1] * 30 + [1] * 40
     assert stats.paired_test(cand, base).p_value > 0.5
+
+
+# -- the one-sided bounds the gates decide on, against scipy on random data -------------------------------
+
+@pytest.mark.parametrize("seed", range(40))
+def test_proportion_bounds_equal_scipys_exact_interval(seed):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 300))
+    k = int(rng.integers(0, n + 1))
+    alpha = float(rng.choice([0.01, 0.05, 0.1]))
+    ci = sps.binomtest(k, n).proportion_ci(confidence_level=1 - 2 * alpha, method="exact")
+    assert stats.proportion_bound(k, n, "lower", alpha) == pytest.approx(ci.low, abs=1e-12)
+    assert stats.proportion_bound(k, n, "upper", alpha) == pytest.approx(ci.high, abs=1e-12)
+    # the same bound from the beta distribution (Clopper-Pearson's definition), computed independently
+    lo = 0.0 if k == 0 else sps.beta.ppf(alpha, k, n - k + 1)
+    hi = 1.0 if k == n else sps.beta.ppf(1 - alpha, k + 1, n - k)
+    assert stats.proportion_bound(k, n, "lower", alpha) == pytest.approx(lo, abs=1e-9)
+    assert stats.proportion_bound(k, n, "upper", alpha) == pytest.approx(hi, abs=1e-9)
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 1), (1, 1), (0, 2), (2, 2), (1, 2), (0, 59), (59, 59), (0, 149)])
+def test_proportion_bounds_at_the_edges(k, n):
+    lo, hi = stats.proportion_bound(k, n, "lower"), stats.proportion_bound(k, n, "upper")
+    assert 0.0 <= lo <= k / n <= hi <= 1.0
+    if k == n:
+        assert lo == pytest.approx(0.05 ** (1 / n))
+    if k == 0:
+        assert hi == pytest.approx(1 - 0.05 ** (1 / n))
+    with pytest.raises(ValueError):
+        stats.proportion_bound(0, 0, "lower")
+
+
+def test_examples_needed_is_the_first_n_whose_best_case_bound_clears():
+    for t in (0.5, 0.8, 0.9, 0.95, 0.99):
+        need = stats.examples_needed(t, "lower")
+        assert stats.proportion_bound(need, need, "lower") >= t > stats.proportion_bound(need - 1, need - 1, "lower")
+    for t in (0.01, 0.02, 0.05, 0.1):
+        need = stats.examples_needed(t, "upper")
+        assert stats.proportion_bound(0, need, "upper") <= t < stats.proportion_bound(0, need - 1, "upper")
+    assert stats.examples_needed(0.95, "lower") == 59 and stats.examples_needed(0.02, "upper") == 149
+    assert stats.examples_needed(1.0, "lower") is None and stats.examples_needed(0.0, "upper") is None
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_paired_binary_bounds_combine_scipys_exact_bounds_and_hold_on_all_ties_and_all_discordant(seed):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 200))
+    kind = seed % 4
+    if kind == 0:  # all ties
+        worse = better = 0
+    elif kind == 1:  # all discordant, every one lost
+        worse, better = n, 0
+    else:
+        worse = int(rng.integers(0, n + 1))
+        better = int(rng.integers(0, n - worse + 1))
+    up = stats.paired_binary_bound(worse, better, n, "upper")
+    lo = stats.paired_binary_bound(worse, better, n, "lower")
+    w = sps.binomtest(worse, n).proportion_ci(confidence_level=0.95, method="exact")
+    b = sps.binomtest(better, n).proportion_ci(confidence_level=0.95, method="exact")
+    assert up == pytest.approx(w.high - b.low) and lo == pytest.approx(w.low - b.high)
+    assert lo <= (worse - better) / n <= up
+
+
+def test_the_one_sided_bound_covers_at_least_its_level_on_simulated_data():
+    """Coverage, simulated: the upper bound of the paired drop sits below the true drop in at most 5% of
+    samples (it is conservative: fewer)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    p_worse, p_better, n = 0.06, 0.02, 120
+    true_drop = p_worse - p_better
+    misses = 0
+    for _ in range(400):
+        u = rng.random(n)
+        worse, better = int((u < p_worse).sum()), int(((u >= p_worse) & (u < p_worse + p_better)).sum())
+        misses += stats.paired_binary_bound(worse, better, n, "upper") < true_drop
+    assert misses / 400 <= 0.05
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7])
+def test_mean_bound_needs_two_values_and_brackets_the_mean(n):
+    import numpy as np
+
+    values = list(np.random.default_rng(n).uniform(0, 1, n))
+    if n < 2:
+        assert stats.mean_bound(values, "lower") is None
+        return
+    lo, hi = stats.mean_bound(values, "lower"), stats.mean_bound(values, "upper")
+    res = sps.bootstrap((np.asarray(values),), np.mean, n_resamples=stats.N_RESAMPLES, confidence_level=0.90,
+                        method="percentile", rng=np.random.default_rng(stats.SEED))
+    assert (lo, hi) == (pytest.approx(res.confidence_interval.low), pytest.approx(res.confidence_interval.high))
+    assert lo <= sum(values) / n <= hi
+    assert stats.mean_bound([0.3, 0.3, 0.3], "lower") == 0.3

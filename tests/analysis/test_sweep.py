@@ -292,3 +292,22 @@ def test_one_sweep_gives_one_recommendation_in_the_terminal_the_report_and_check
     # the same rows under the default limits: no scale (retention of the base's answers is far below 95%)
     assert main([*sweep, "--db", str(tmp_path / "defaults.duckdb")]) == 0
     assert "recommendation: ship scale" not in capsys.readouterr().out
+
+
+def test_without_a_task_suite_no_scale_is_recommended(tiny_model_dir, tmp_path, capsys):
+    """Issue 28: a sweep over general-knowledge alone recommended "ship scale 0.1", a scale the base model
+    itself dominates. With no task score nothing tells which scale does the task: no recommendation."""
+    a = make_adapter(tiny_model_dir, tmp_path / "a", 6)
+    assert main(["sweep", "--base", str(tiny_model_dir), "--db", str(tmp_path / "h.duckdb"), "--adapter", str(a),
+                 "--suite", "general-knowledge", "--limit", "3", "--scales", "0,0.1,1", "--no-gates"]) == 0
+    out = capsys.readouterr().out
+    assert "ship scale" not in out and "no task suite was scored" in out
+    points = [P(0.0, None, 1.0, 0.0), P(0.1, None, 1.0, 0.0), P(1.0, None, 0.5, 0.0)]
+    assert recommend(points).scale is None
+
+
+def test_a_recommendation_with_unmeasured_limits_says_it_did_not_apply_them():
+    rec = recommend([ScalePoint(0.0, 0.1, None, None, 40), ScalePoint(1.0, 0.9, None, None, 40)])
+    assert rec.scale == 1.0
+    assert "retention and leakage not measured, so those limits were not applied" in rec.sentence
+    assert "with retention >=" not in rec.sentence

@@ -34,7 +34,7 @@ def env(tiny_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("limits")
     (tmp / "suite.yaml").write_text(SUITE)
     (tmp / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    (tmp / "harness.toml").write_text("[gates]\nmin_retention = 0.0\n")
+    (tmp / "harness.toml").write_text('[gates]\nmin_retention = 0.0\nskip = ["leakage", "task"]\n')
     return {"tmp": tmp, "suite": tmp / "suite.yaml", "adapter": _adapter(tiny_model_dir, tmp / "adapter", 3),
             "base": tiny_model_dir}
 

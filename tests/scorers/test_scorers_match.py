@@ -97,7 +97,9 @@ def test_format_leakage():
     assert s('{"city": "Paris"}', ex())[0].value == 0.0
     # cut off by max_new_tokens before the object closed: still the task's format
     assert s('{"item": "water", "quantity": 1, "size": "c", "colour": "white",', ex())[0].value == 1.0
-    assert s('I like {"item": braces', ex())[0].value == 0.0
+    # version 3: the task's format after prose leaks too, closed or not ("I like {"item": ..." starts an order)
+    assert s('I like {"item": braces', ex())[0].value == 1.0
+    assert s("I like {braces} and items: many", ex())[0].value == 0.0
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])

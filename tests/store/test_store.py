@@ -133,9 +133,13 @@ def test_nan_scores_are_stored_as_null_with_a_reason_and_the_table_refuses_nan(t
 @given(st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.none()), min_size=1, max_size=6),
        st.floats(min_value=-1, max_value=1))
 def test_a_gate_passes_only_on_complete_finite_scores(values, t):
-    g = threshold_gate("g", "m", values, n_expected=len(values), min=t)
+    # FAULTS 7: gate(x) <=> every score finite and the mean clears the bound, on the point rule ...
+    g = threshold_gate("g", "m", values, n_expected=len(values), min=t, rule="point")
     all_finite = all(v is not None and math.isfinite(v) for v in values)
     assert g.passed == (all_finite and sum(values) / len(values) >= t)
+    # ... and on the default rule a pass needs that too (the bound is never above the mean it bounds)
+    if threshold_gate("g", "m", values, n_expected=len(values), min=t).passed:
+        assert all_finite and sum(values) / len(values) >= t
     assert not threshold_gate("g", "m", values[:-1], n_expected=len(values), min=-1e300).passed  # incomplete
     assert not threshold_gate("g", "m", [], n_expected=0, min=-1).passed  # vacuous
 

@@ -94,7 +94,7 @@ def test_a_users_own_task_gets_headline_retention_and_leakage_of_its_own_format(
     assert {("general-knowledge", "format_leakage"), ("format-leakage", "format_leakage"),
             ("ticket-triage", "json_exact"), ("general-knowledge", "alias_match")} <= metrics
     [scorers] = [json.loads(a) for a in leak_args]
-    assert scorers["format-leakage"] == [{"name": "format_leakage", "version": "2", "args": {"keys": ["category", "priority"]}}]
+    assert scorers["format-leakage"] == [{"name": "format_leakage", "version": "3", "args": {"keys": ["category", "priority"]}}]
     assert roles == {"ticket-triage": "task", "general-knowledge": "general", "format-leakage": "leakage"}
     # the summary has its headline (first, as the task), retention of general knowledge, and leakage
     lines = [line.split()[:2] for line in out.splitlines() if line.strip()]
@@ -109,7 +109,11 @@ def test_leakage_suite_without_a_known_format_is_a_suite_error(tiny_model_dir, t
                  "--suite", "format-leakage", "--limit", "2"]) == 2
     assert "--task-format" in capsys.readouterr().err
     assert main(["eval", "--base", str(tiny_model_dir), "--db", str(tmp_path / "h.duckdb"),
-                 "--suite", "format-leakage", "--limit", "2", "--task-format", "category,priority"]) == 0
+                 "--suite", "format-leakage", "--limit", "2", "--task-format", "category,priority", "--no-gates"]) == 0
+    # with its gates, the suite's own leakage ceiling cannot be shown on 2 answers: insufficient evidence, exit 1
+    assert main(["eval", "--base", str(tiny_model_dir), "--db", str(tmp_path / "h.duckdb"),
+                 "--suite", "format-leakage", "--limit", "2", "--task-format", "category,priority"]) == 1
+    assert "insufficient evidence" in capsys.readouterr().err
 
 
 def test_lineage_shows_in_a_database_that_never_saw_the_parents_training(tiny_model_dir, tmp_path):
