@@ -649,3 +649,127 @@ def test_a_disk_that_fills_during_eval_exits_5_and_keeps_what_was_stored(tiny_mo
     con.close()
     assert all(pid == os.getpid() and incomplete for _, pid, incomplete in rows)
     assert main(args[:-1] + ["--no-gates"]) == 0  # and the next run works
+
+
+# -- issue 29.1: every adapter check runs before PEFT touches the base, through every command ----------------
+
+def _lora_for(base_dir: Path, out: Path, **config) -> Path:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    pm = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                                                                                 **config))
+    pm.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def foreign_adapters(tiny_model_dir, tmp_path_factory):
+    """Adapters that do not fit the tiny base: made for a wider base (every shape differs), for a deeper one
+    (layers the base lacks: a partial load), and naming target modules the base lacks."""
+    from tests.helpers import make_tiny_llama
+
+    root = tmp_path_factory.mktemp("foreign")
+    wide = make_tiny_llama(root / "wide-base", hidden=96)
+    deep = make_tiny_llama(root / "deep-base", layers=4)
+    return {
+        "wider base": (_lora_for(wide, root / "wide", target_modules=["q_proj", "v_proj"]), 3),
+        "deeper base": (_lora_for(deep, root / "deep", target_modules=["q_proj", "v_proj"]), 3),
+        "missing targets": (_lora_for(tiny_model_dir, root / "targets", target_modules=["q_proj"]), 3),
+    }
+
+
+def _break_targets(adapter: Path) -> None:
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg["target_modules"] = ["no_such_proj"]
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("command", ["eval", "sweep", "check"])
+def test_a_foreign_adapter_is_refused_with_one_line_by_every_command(command, foreign_adapters, tiny_model_dir, tmp_path, capsys):
+    suite = write_suite(tmp_path / "s")
+    for what, (adapter, code) in foreign_adapters.items():
+        if what == "missing targets":
+            _break_targets(adapter)
+        args = {"eval": ["eval", "--adapter", str(adapter)],
+                "sweep": ["sweep", "--adapter", str(adapter), "--scales", "0,0.5,1"],
+                "check": ["check", "--adapter", str(adapter)]}[command]
+        got = main([*args, "--base", str(tiny_model_dir), "--suite", str(suite), "--db", str(tmp_path / f"{command}.duckdb")])
+        err = capsys.readouterr().err
+        assert got == code, f"{what}: exit {got}\n{err}"
+        errors = [line for line in err.splitlines() if line.startswith("error: ")]
+        assert "Traceback" not in err and len(errors) == 1 and str(adapter) in errors[0], (what, err)
+
+
+def test_after_a_refused_adapter_the_base_in_the_same_process_is_the_clean_base(foreign_adapters, tiny_model_dir):
+    """A Python caller keeps its base model: after each refusal its weights hash and a greedy answer equal the
+    clean base's (before, a failed from_pretrained left 540 LoRA modules injected)."""
+    from harness.errors import HarnessError
+    from harness.evaluation.engine import attached
+    from harness.evaluation.targets import Target
+    from harness.generation.generate import GenerationSettings, generate
+    from harness.models.adapters import inspect_adapter
+    from harness.models.base import load_base, resolve_base, weights_fingerprint
+
+    base = load_base(resolve_base(str(tiny_model_dir)), device="cpu")
+    clean_hash = weights_fingerprint(base.model)
+    prompts = ["What is the capital of France?"]
+    clean = [g.text for g in generate(base.model, base.tokenizer, prompts, GenerationSettings(max_new_tokens=8))]
+    for what, (adapter, _) in foreign_adapters.items():
+        with pytest.raises(HarnessError):
+            with attached(base, [Target(None, 0.0), Target(inspect_adapter(adapter), 1.0)], checks=[]):
+                pass
+        assert not any("lora" in type(m).__module__ for m in base.model.modules()), what
+        assert weights_fingerprint(base.model) == clean_hash, what
+        assert [g.text for g in generate(base.model, base.tokenizer, prompts, GenerationSettings(max_new_tokens=8))] == clean, what
+
+
+# -- issue 29.3: a suite reads only its own folder, and renders a bounded prompt -----------------------------
+
+@pytest.mark.parametrize("where", ["parent", "absolute", "link"])
+def test_a_suite_reaching_outside_its_folder_exits_4_and_stores_nothing(where, tiny_model_dir, tmp_path, capsys, monkeypatch):
+    secret = tmp_path / "secret.jsonl"
+    secret.write_text(json.dumps({"id": "k", "question": "API_KEY=sk-planted", "answer": "x"}) + "\n")
+    d = tmp_path / "suites" / "s"
+    write_suite(d)
+    path = {"parent": "../../secret.jsonl", "absolute": str(secret), "link": "data-link.jsonl"}[where]
+    if where == "link":
+        (d / "data-link.jsonl").symlink_to(secret)
+    spec = (d / "suite.yaml").read_text()
+    (d / "suite.yaml").write_text(spec.replace("path: data.jsonl", f"path: {path}"))
+    db = tmp_path / "h.duckdb"
+    monkeypatch.delenv("HARNESS_SUITE_ROOTS", raising=False)
+    assert main(eval_args(tiny_model_dir, tmp_path, "--suite", str(d / "suite.yaml"))) == 4
+    line = one_line_error(capsys)
+    assert "outside the suite's folder" in line and str(secret) in line and "HARNESS_SUITE_ROOTS" in line
+    assert not db.exists() or db_counts(db)["generations"] == 0
+    # a root the user names lets it in
+    monkeypatch.setenv("HARNESS_SUITE_ROOTS", str(tmp_path))
+    assert main(["suites", "check", str(d / "suite.yaml")]) == 0
+
+
+def test_a_repetition_template_exits_4_within_a_second(tiny_model_dir, tmp_path, capsys):
+    import resource
+    import time
+
+    d = tmp_path / "s"
+    write_suite(d, template="{{ 'x' * 200000000 }}{{ input }}")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    assert main(["suites", "check", str(d / "suite.yaml")]) == 4
+    assert time.perf_counter() - t0 < 1.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB: far from 200 MB
+    line = one_line_error(capsys)
+    assert "repetition" in line and "cap" in line and str(d / "suite.yaml") in line
+    write_suite(d, template="{% for i in range(90000) %}{{ input }}{% endfor %}")
+    assert main(["suites", "check", str(d / "suite.yaml")]) == 4
+    assert "passes the cap" in one_line_error(capsys)
+
+
+def test_a_file_given_for_an_adapter_directory_is_named_as_a_file(lora_dir, tiny_model_dir, tmp_path, capsys):
+    """Issue 29.4: a file where a directory is expected said "does not exist"."""
+    weights = lora_dir / "adapter_model.safetensors"
+    assert main(eval_args(tiny_model_dir, tmp_path, "--adapter", str(weights), "--suite", str(write_suite(tmp_path / "s")))) == 2
+    line = one_line_error(capsys)
+    assert "is a file, not an adapter directory" in line and str(lora_dir) in line and "does not exist" not in line

@@ -46,7 +46,7 @@ from harness.train.data import (
     sample_rows,
 )
 from harness.train.lora import LoraModel, build_lora, check_loftq_runs, give_base_back, init_arg, init_name
-from harness.train.save import save_weights, write_record_files
+from harness.train.save import disk_full, is_disk_full, save_weights, write_record_files
 from harness.train.sft import (
     Precision,
     best_eval,
@@ -292,7 +292,15 @@ class Outcome:
 
 
 def train(trainer: Any, resume_from: Path | None, stopper: SaveAndStop | None, anomaly: Any, ckpt_root: Path) -> Outcome:
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except Exception as exc:  # a checkpoint save (weights, optimizer, tokenizer files) on a full disk: exit 5
+        if not is_disk_full(exc, ckpt_root):
+            raise
+        good = [path for _, path in checkpoints(ckpt_root) if (path / MARKER).is_file()]
+        keep = f"the newest complete checkpoint, {good[0]}, is intact: rerun with --resume" if good else \
+            "no complete checkpoint was written yet"
+        raise disk_full(ckpt_root, exc, keep) from None
     steps = [StepLogEntry.from_trainer(s) for s in trainer.state.log_history if "loss" in s or "eval_loss" in s]
     final = next((s.loss for s in reversed(steps) if s.loss is not None), None)
     interrupted = stopper is not None and stopper.requested

@@ -18,17 +18,47 @@ from harness.records import STEP_LOG_FILE, AdapterRecord, StepLogEntry, write_ad
 T = TypeVar("T")
 
 
-def disk_full(path: Path, exc: OSError) -> StorageError:
-    free = shutil.disk_usage(path if path.exists() else path.parent).free
-    return StorageError(f"disk full while writing {path} ({exc.strerror}; {free / 2**20:.0f} MiB free); the previous "
-                        "adapter there, if any, is intact. Free space and run again")
+#: what torch's C++ archive writer says when a write fails (it drops the errno): only taken for a full
+#: disk when the file system is in fact (nearly) full
+_WRITE_FAILED = ("iostream error", "unexpected pos", "PytorchStreamWriter failed", "file write failed")
+_NEARLY_FULL = 4 * 2**20
+
+
+def is_disk_full(exc: BaseException, path: Path | None = None) -> bool:
+    """A full disk, however the writer reports it: Python's ``OSError(ENOSPC)``; the plain ``Exception`` /
+    ``SafetensorError`` of the Rust writers (tokenizers, safetensors), which say "No space left on device
+    (os error 28)"; or torch's archive writer ("basic_ios::clear: iostream error", "unexpected pos"), which
+    says neither, when the file system of ``path`` has under 4 MiB left."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    text = str(exc)
+    if "No space left on device" in text or "os error 28" in text:
+        return True
+    return path is not None and any(w in text for w in _WRITE_FAILED) and _free_bytes(path) < _NEARLY_FULL
+
+
+def _free_bytes(path: Path) -> int:
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def free_space(path: Path) -> str:
+    """Free space on the file system of ``path`` (or its nearest existing parent), for the message."""
+    return f"{_free_bytes(path) / 2**20:.1f} MiB free"
+
+
+def disk_full(path: Path, exc: BaseException, hint: str = "the previous adapter there, if any, is intact") -> StorageError:
+    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0] if str(exc) else "ENOSPC"
+    return StorageError(f"disk full while writing {path} ({why}; {free_space(path)}); {hint}. Free space and run again")
 
 
 def _on_disk_full(path: Path, write: Callable[[], T]) -> T:
     try:
         return write()
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
+    except Exception as exc:  # the Rust writers raise plain Exception; anything else is re-raised unchanged
+        if is_disk_full(exc, path):
             raise disk_full(path, exc) from None
         raise
 

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from harness.errors import InputError
+from harness.models.base import DEFAULT_BASE
 
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 INIT_VARIANTS = ("default", "gaussian", "pissa", "loftq")
@@ -25,7 +26,7 @@ INIT_VARIANTS = ("default", "gaussian", "pissa", "loftq")
 
 @dataclass(frozen=True)
 class TrainSpec:
-    base: str = "smollm2-135m"
+    base: str = DEFAULT_BASE
     data: str | None = None
     # column mapping for data as it is: {prompt: ticket, completion: answer} (as a suite's data.fields);
     # written in a spec as data: {path: tickets.jsonl, fields: {prompt: ticket, completion: answer}}

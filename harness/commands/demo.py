@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from harness.models.base import DEFAULT_BASE
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -20,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quick", action="store_true", help="a smaller version (fewer examples, the plain adapter only; about 2 minutes on 2 idle CPU cores, 11 on a busy machine)")
     p.add_argument("--out", type=Path, default=Path("harness-demo"), help="output directory for the database, adapters and report (default: %(default)s)")
-    p.add_argument("--base", default="smollm2-135m", help="base model: 'smollm2-135m' (embedded) or a local model directory (default: %(default)s)")
+    p.add_argument("--base", default=DEFAULT_BASE, help="base model: 'smollm2-135m' (embedded) or a local model directory (default: %(default)s)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
 
 

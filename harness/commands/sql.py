@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from harness.commands._common import add_db_argument
 
@@ -21,7 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("query", metavar="SQL", help="e.g. \"SELECT * FROM v_runs\"")
     add_db_argument(p)
     p.add_argument("--json", action="store_true", help="print a JSON list of rows")
-    p.add_argument("--limit", type=int, default=200, help="print at most N rows (default: %(default)s)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="print at most N rows (default: 200 in the table; every row with --json, which never cuts silently)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from harness.analysis.summary import format_table
     from harness.commands._common import existing_store
     from harness.errors import InputError
+    from harness.reports.text import shown
 
     try:
         statements = duckdb.extract_statements(args.query)
@@ -47,14 +50,19 @@ def run(args: argparse.Namespace) -> int:
         # mistake (parser, binder, a table that does not exist, an attempt to write)
         raise InputError(f"query failed: {str(exc).splitlines()[0]}; the views are listed in harness/store/schema.sql") from None
     if args.json:
-        print(json.dumps(rows[: args.limit], indent=2, default=str))
+        # machine output: every row unless --limit asks for fewer, and then the cut is said on stderr
+        print(json.dumps(rows[: args.limit] if args.limit is not None else rows, indent=2, default=str))
+        if args.limit is not None and len(rows) > args.limit:
+            print(f"harness sql: {len(rows) - args.limit} more rows not printed (--limit {args.limit})", file=sys.stderr)
         return 0
     if not rows:
         print("(no rows)")
         return 0
+    limit = 200 if args.limit is None else args.limit
     header = list(rows[0])
-    shown = [[("NULL" if v is None else str(v))[:60] for v in r.values()] for r in rows[: args.limit]]
-    print(format_table(header, shown))
-    if len(rows) > args.limit:
-        print(f"({len(rows) - args.limit} more rows; --limit or --json)")
+    # stored text is hostile: a model output's terminal escape sequences are shown as marks, never sent raw
+    cells = [[("NULL" if v is None else shown(str(v)))[:60] for v in r.values()] for r in rows[:limit]]
+    print(format_table([shown(h) for h in header], cells))
+    if len(rows) > limit:
+        print(f"({len(rows) - limit} more rows; --limit or --json)")
     return 0

@@ -174,20 +174,21 @@ def _encode(base: LoadedBase) -> tuple[Any, Any]:
 
 
 def _probe_reference(base: LoadedBase, adapters: Sequence[Target]) -> dict[str, Any]:
-    """Logits of the plain base and of each adapter loaded the plain PEFT way, before the engine attaches."""
+    """Logits of the plain base and of each adapter loaded alone (a plain PEFT forward at scale 1), before the
+    engine attaches its shared batches."""
     import torch
-    from peft import PeftModel
 
     ids, mask = _encode(base)
     out: dict[str, Any] = {}
     with torch.inference_mode():
         out[BASE_NAME] = base.model(input_ids=ids, attention_mask=mask).logits.float()
-        for t in dict.fromkeys(t.adapter for t in adapters):
-            # the directory passed the pre-flight (safetensors only, every tensor accounted for), so PEFT's
-            # own loader reads exactly the checked file here
-            plain = PeftModel.from_pretrained(base.model, str(t.path))  # type: ignore[union-attr]
+        for t in dict.fromkeys(t.adapter for t in adapters if t.adapter is not None):
+            # the checked load (config, targets, shapes against the base, a partial load refused) before PEFT
+            # touches the base: a hostile or mismatched adapter is refused with its exit code here, and
+            # load_adapter undoes its own attach when it refuses
+            plain = load_adapter(base.model, t)
             try:
-                out[t.adapter_id] = plain(input_ids=ids, attention_mask=mask).logits.float()  # type: ignore[union-attr]
+                out[t.adapter_id] = plain(input_ids=ids, attention_mask=mask).logits.float()
             finally:
                 base.model = detach_adapter(plain)
                 _verify_base(base, [t])
@@ -217,7 +218,7 @@ def _self_check(base: LoadedBase, group: Group, adapters: Sequence[Target], ref:
             continue
         seen.add(a.adapter_id)
         name = group.names[t]
-        checks = [(1.0, ref[a.adapter_id], "scale 1 == the adapter loaded by PeftModel.from_pretrained")]
+        checks = [(1.0, ref[a.adapter_id], "scale 1 == the adapter loaded alone (a plain PEFT forward)")]
         # Scale 0 is the base only for plain LoRA: DoRA's magnitudes still rescale the weights, and a
         # modules_to_save copy (an lm_head, say) is not scaled at all.
         if not is_dora(t) and not a.config.get("modules_to_save"):

@@ -6,13 +6,13 @@ then judge every gate. ``harness check``, the pytest plugin and the demo's relea
 from __future__ import annotations
 
 import math
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.errors import GateFailure, UsageError
+from harness.jobs.evaluate import log_to_stderr
 from harness.models.base import DEFAULT_BASE
 
 
@@ -47,7 +47,8 @@ class CheckResult:
     stats: Any  # harness.evaluation.runner.EvalStats
 
 
-def run_check(req: CheckRequest, plan: Sequence[Any] | None = None, require_gates: bool = True) -> CheckResult:
+def run_check(req: CheckRequest, plan: Sequence[Any] | None = None, require_gates: bool = True,
+              log: Callable[[str], None] = log_to_stderr) -> CheckResult:
     """Evaluate what the store lacks (base, adapter at its scale, baseline), then judge the gates
     (``plan``: these planned gates, else every gate of the suites and the project). The gate results
     are stored with the run."""
@@ -82,7 +83,7 @@ def run_check(req: CheckRequest, plan: Sequence[Any] | None = None, require_gate
     suites = taskformat.with_leakage(suites, keys)
     project = release_defaults(req.project)
     ref = resolve_base(req.base, allow_pickle=req.allow_pickle)
-    warnings = adapter_warnings([a for a in (adapter, baseline) if a is not None], ref, req.allow_base_mismatch)
+    warnings = adapter_warnings([a for a in (adapter, baseline) if a is not None], ref, req.allow_base_mismatch, log)
     db = Path(req.db or default_db_path())
     if req.recommended and not db.exists():
         raise UsageError(f"--recommended: no results database at {db}; run `harness sweep --adapter {req.adapter}` first")
@@ -92,7 +93,7 @@ def run_check(req: CheckRequest, plan: Sequence[Any] | None = None, require_gate
     main = distributed.is_main()  # under a launcher only the main process opens the database
     if main:
         store.queries.ping()  # a damaged or locked database is exit 5 now, before the model loads
-    scale = distributed.broadcast(recommended_scale(store, adapter.adapter_id, req.adapter)
+    scale = distributed.broadcast(recommended_scale(store, adapter.adapter_id, req.adapter, log)
                                   if req.recommended and main else (req.scale or 1.0))
     base = load_base(ref, device=distributed.device(req.device), lazy=True)
     targets = [Target(None, 0.0), Target(adapter, scale)] + ([Target(baseline, req.baseline_scale)] if baseline else [])
@@ -105,7 +106,7 @@ def run_check(req: CheckRequest, plan: Sequence[Any] | None = None, require_gate
                            "limit": {"n": limit.n, "how": limit.how} if limit else None})
     with store.run(info, ranks=True) as writer:
         stats = run_eval(base, targets, suites, writer, store, batch_size=req.batch_size,
-                         task_format=",".join(keys) or None, examples=examples, log=lambda m: print(m, file=sys.stderr))
+                         task_format=",".join(keys) or None, examples=examples, log=log)
         if not main:
             return CheckResult(None, {}, stats)  # this rank's rows are stored (run_eval synced)
         writer.flush()  # cached results are buffered until a flush: the gates read the store
@@ -114,7 +115,7 @@ def run_check(req: CheckRequest, plan: Sequence[Any] | None = None, require_gate
                                 baseline_scale=req.baseline_scale, project_gates=project, plan=plan,
                                 require_gates=require_gates)
         writer.add_gate_results(report.rows())
-    print(f"run {report.run_id}: {stats.generated} generated, {stats.cached} cached, {stats.errors} errors", file=sys.stderr)
+    log(f"run {report.run_id}: {stats.generated} generated, {stats.cached} cached, {stats.errors} errors")
     context = {"adapter": str(req.adapter), "adapter_id": adapter.adapter_id, "scale": scale,
                "baseline": str(req.baseline) if baseline else None, "baseline_id": baseline.adapter_id if baseline else None,
                "baseline_scale": req.baseline_scale if baseline else None, "base_model_id": ref.model_id,
@@ -141,7 +142,7 @@ def release_defaults(gates: Any) -> Any:
     return dataclasses.replace(gates, **filled, source=f"{gates.source} + release defaults ({', '.join(filled)})")
 
 
-def recommended_scale(store: Any, adapter_id: str, adapter_path: str) -> float:
+def recommended_scale(store: Any, adapter_id: str, adapter_path: str, log: Callable[[str], None] = log_to_stderr) -> float:
     """The scale the newest stored sweep of this adapter (a run with it at two or more non-zero scales)
     recommends, under the limits that sweep ran with (``run_limits``): the sweep's table, its report and this
     check show one recommendation."""
@@ -157,5 +158,5 @@ def recommended_scale(store: Any, adapter_id: str, adapter_path: str) -> float:
     rec = recommend(curve(c, adapter_id), *run_limits(store.queries.run_config(run_id)))
     if rec.scale is None:
         raise GateFailure(f"no recommended scale for {adapter_path} (sweep run {run_id}): {rec.sentence}")
-    print(f"recommended scale (sweep run {run_id}): {rec.sentence}", file=sys.stderr)
+    log(f"recommended scale (sweep run {run_id}): {rec.sentence}")
     return rec.scale

@@ -174,6 +174,11 @@ def inspect_adapter(path: Path | str, allow_pickle: bool = False) -> AdapterInfo
         RecordError: a damaged ``harness.json`` (exit 2); RecordVersionError: one a newer harness wrote (exit 3).
     """
     path = Path(path).expanduser()
+    if path.is_file():
+        raise AdapterFileError(
+            f"{path} is a file, not an adapter directory; fix: pass the directory that holds it"
+            + (f" ({path.parent})" if path.name in (CONFIG, WEIGHTS) else f", with {CONFIG} and {WEIGHTS}")
+        )
     if not path.is_dir():
         raise AdapterFileError(
             f"adapter directory {path} does not exist (cwd {Path.cwd()}); fix: pass the directory that holds "
@@ -411,8 +416,18 @@ def load_adapter(model: PreTrainedModel, info: AdapterInfo, trainable: bool = Fa
     try:
         peft_model = PeftModel(model, config, adapter_name=adapter_name)
     except (NoMatchingPeftModuleError, ValueError) as exc:
+        _strip_lora(model)  # PEFT may have injected layers before it raised
         raise IncompatibleError(f"{info.path}: the adapter's config does not fit this base: {str(exc).splitlines()[0]}") from None
-    _load_state(peft_model, info, adapter_name)
+    except BaseException:
+        _strip_lora(model)
+        raise
+    try:
+        _load_state(peft_model, info, adapter_name)
+    except BaseException:
+        # whatever refused the weights (a partial load, a shape PEFT could not copy), the base leaves here as
+        # it came: no LoRA layer stays injected in the caller's model
+        detach_adapter(peft_model)
+        raise
     if trainable:
         n = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
         if n == 0:
@@ -497,6 +512,17 @@ def check_target_modules_names(target_modules: Any, names: list[str], where: str
             f"{where}: target_modules {', '.join(map(str, missing))} not found in this base (another architecture?); "
             f"linear modules in this base: {', '.join(linear)}"
         )
+
+
+def _strip_lora(model: Any) -> None:
+    """Put back the base layers of any LoRA layer PEFT injected into ``model`` before failing."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer) and hasattr(module, "base_layer"):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, module.get_base_layer())
 
 
 def detach_adapter(peft_model: PeftModel) -> PreTrainedModel:

@@ -154,6 +154,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
         err("data.path is required (a .jsonl/.json/.csv/.parquet file or a local dataset directory)", "data")
     else:
         data_path = (path.parent / str(data["path"])).resolve()
+        confine(path, "data.path", str(data["path"]), data_path)
         split = data.get("split")
         if not data_path.exists():
             err(f"data file {data_path} does not exist", "data", "path")
@@ -328,6 +329,24 @@ def _suite_hash(spec: Path, data: Path) -> str:
 _ADDED_METRICS = {"general": {"retention", "format_leakage"}, "leakage": {"format_leakage"}}
 
 
+#: folders (os.pathsep-separated) a suite's files may also come from, besides the suite's own folder
+SUITE_ROOTS_ENV = "HARNESS_SUITE_ROOTS"
+
+
+def confine(spec_path: Path, field: str, given: str, resolved: Path) -> None:
+    """A suite is hostile input: a file it names (data, and anything else it reads) must resolve inside the
+    suite's own folder, or under a root the user names in ``HARNESS_SUITE_ROOTS``; otherwise a
+    ``SafetyError`` (exit 4) naming the path, before anything is read or stored. Symbolic links are
+    resolved first, so a link out of the folder is refused too."""
+    import os
+
+    roots = [spec_path.parent.resolve()] + [Path(r).resolve() for r in os.environ.get(SUITE_ROOTS_ENV, "").split(os.pathsep) if r]
+    if not any(resolved == r or r in resolved.parents for r in roots):
+        raise SafetyError(f"{spec_path}: {field} {given!r} resolves to {resolved}, outside the suite's folder "
+                          f"{spec_path.parent.resolve()}; a suite reads only files beside it: move the file there, or "
+                          f"name its folder in {SUITE_ROOTS_ENV}")
+
+
 def emitted_metrics(suite: Suite, examples: Sequence[Example]) -> set[str] | None:
     """The metric names this suite's scorers produce, found by scoring its first example (a wrong answer and
     the target itself: scorers emit the same names for both); None when that cannot be known without the
@@ -347,8 +366,8 @@ def emitted_metrics(suite: Suite, examples: Sequence[Example]) -> set[str] | Non
         for output in ("", ex.target or "x"):
             try:
                 names |= {score.metric for score in fn(output, ex)}
-            except Exception:
-                return None
+            except (ValueError, TypeError, KeyError, AttributeError, IndexError):
+                return None  # a probe the scorer cannot take says nothing about the names it emits
     return names | _ADDED_METRICS.get(suite.role, set())
 
 

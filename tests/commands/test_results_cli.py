@@ -106,6 +106,26 @@ def test_sql_is_read_only_and_names_a_bad_query(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == [{"n": 1}]
 
 
+def test_sql_shows_stored_escape_sequences_as_marks_and_json_never_cuts_silently(tmp_path, capsys):
+    """Issue 29.4 / 31: a stored model output's terminal escapes are not sent to the terminal raw; --json
+    returned 200 of 1,760 rows, exited 0 and said nothing."""
+    from harness.store import RunInfo, Store
+
+    db = tmp_path / "h.duckdb"
+    with Store(db).run(RunInfo(kind="eval", command="\x1b[2J\x1b]0;pwned\x07")):
+        pass
+    assert main(["sql", "SELECT command FROM runs", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "<U+001B>" in out
+    rows = "SELECT * FROM range(450) t(i)"
+    assert main(["sql", rows, "--db", str(db), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert len(json.loads(captured.out)) == 450 and captured.err == ""
+    assert main(["sql", rows, "--db", str(db), "--json", "--limit", "10"]) == 0
+    captured = capsys.readouterr()
+    assert len(json.loads(captured.out)) == 10 and "440 more rows not printed" in captured.err
+
+
 def test_a_training_run_starts_when_training_began_not_when_it_was_stored(tmp_path):
     from datetime import datetime, timedelta
 
