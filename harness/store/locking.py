@@ -72,6 +72,23 @@ def holder(db: Path) -> str:
     return text
 
 
+class _WaitNotice:
+    """One line on stderr once a wait for the database has lasted a few seconds: a process queued behind
+    another program's lock says so (and for how long it will wait) instead of printing nothing for minutes."""
+
+    AFTER = 2.0
+
+    def __init__(self, db: Path, deadline: float) -> None:
+        self.db, self.deadline, self.start, self.said = db, deadline, time.monotonic(), False
+
+    def tick(self, who: Any) -> None:
+        if not self.said and time.monotonic() - self.start >= self.AFTER:
+            self.said = True
+            left = max(0.0, self.deadline - time.monotonic())
+            print(f"waiting for the results DB {self.db}: held by {who()}; up to {left:.0f} s more "
+                  "(pass --db another.duckdb not to wait)", file=sys.stderr, flush=True)
+
+
 def deadline_after(timeout: float) -> float:
     return time.monotonic() + timeout
 
@@ -94,12 +111,14 @@ def db_lock(db: Path, exclusive: bool, deadline: float, timeout: float) -> Itera
         return
     db.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(key[0], os.O_RDWR | os.O_CREAT, 0o644)
+    notice = _WaitNotice(db, deadline)
     try:
         while True:
             try:
                 fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                notice.tick(lambda: holder(db))
                 if time.monotonic() >= deadline:
                     raise StorageError(
                         f"results DB {db} locked by {holder(db)} for over {timeout:.0f}s; "
@@ -128,6 +147,7 @@ def open_duckdb(db: Path, read_only: bool, deadline: float, timeout: float) -> A
     import duckdb
 
     waited_for = None
+    notice = _WaitNotice(db, deadline)
     while True:
         try:
             con = duckdb.connect(str(db), read_only=read_only)
@@ -136,6 +156,7 @@ def open_duckdb(db: Path, read_only: bool, deadline: float, timeout: float) -> A
                 raise damaged(db, exc) from None
             pid = lock_holder_pid(exc)
             who = describe_pid(pid) if pid else "another program"
+            notice.tick(lambda who=who: who)
             if who != waited_for:
                 waited_for = who
                 if _HELD.get((str(db.resolve()) + ".lock", threading.get_ident()), [None, "sh"])[1] == "ex":

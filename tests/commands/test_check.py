@@ -187,3 +187,32 @@ def test_check_usage_errors(setup, tiny_model_dir, tmp_path, capsys, monkeypatch
     assert main(["check", "--adapter", str(setup["good"]), "--suite", str(setup["suite"])]) == 2
     assert "harness.toml" in capsys.readouterr().err
     assert main(["check", "--adapter", str(setup["good"]), "--suite", str(setup["suite"]), "--scale", "0"]) == 2
+
+
+def test_a_task_only_check_fails_naming_the_missing_retention_and_leakage(setup, tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """Issue 28, first case: `check --suite <a task-only suite>` exited 0 ("4 of 4 passed") for an adapter
+    that had lost all its general knowledge: the release defaults it could not measure were dropped."""
+    task = tmp_path / "task"
+    task.mkdir()
+    (task / "data.jsonl").write_text((setup["suite"].parent / "data.jsonl").read_text())
+    (task / "suite.yaml").write_text(setup["suite"].read_text().replace("role: general", "role: task").replace("name: gk", "name: tk"))
+    monkeypatch.chdir(tmp_path)  # no project file: the release defaults
+    assert main(["check", "--base", str(tiny_model_dir), "--adapter", str(setup["bad"]), "--suite", str(task / "suite.yaml"),
+                 "--db", str(tmp_path / "t.duckdb")]) == 1
+    err = capsys.readouterr().err
+    assert "gate failed: retention" in err and "not measured (no general suite in the run: add a suite with role general" in err
+    assert "gate failed: leakage" in err and "not measured" in err
+
+
+def test_losing_every_one_of_four_answers_against_the_baseline_fails(setup, tiny_model_dir, tmp_path, capsys):
+    """Issue 28: 4 of 4 examples lost could never fail (one-sided McNemar p = 0.0625, "not significant")."""
+    from tests.gates.test_gates_support import base_answer_suite
+
+    suite = base_answer_suite(tiny_model_dir, tmp_path / "four", n=4)
+    gates = tmp_path / "g.toml"
+    gates.write_text('[gates]\nmax_regression = 0.05\nskip = ["leakage", "task"]\n')
+    assert main(["check", "--base", str(tiny_model_dir), "--adapter", str(setup["bad"]), "--baseline", str(setup["good"]),
+                 "--suite", str(suite), "--db", str(tmp_path / "r.duckdb"), "--gates", str(gates)]) == 1
+    err = capsys.readouterr().err
+    line = next(ln for ln in err.splitlines() if ln.startswith("gate failed: regression[gk:exact_match]"))
+    assert "4 worse, 0 better" in line and "upper bound of the drop" in line and "insufficient evidence" in line

@@ -35,3 +35,18 @@ def test_check_reports_every_problem_at_once_without_a_model(tmp_path, capsys):
         assert fragment in err, fragment
     assert main(["suites", "check", "general-knowledge", "order-task"]) == 0
     assert capsys.readouterr().out.count("ok  ") == 2
+
+
+def test_suites_check_refuses_a_headline_or_gate_no_scorer_emits(tmp_path, capsys):
+    """Issue 28.5 / 35.4: found by `suites check`, before any model loads, not after generation."""
+    import json
+
+    d = tmp_path / "s"
+    d.mkdir()
+    (d / "data.jsonl").write_text(json.dumps({"id": "1", "input": "q", "target": "a"}) + "\n")
+    (d / "suite.yaml").write_text("name: s\nversion: 1\nrole: task\nheadline: rouge1\ndata: {path: data.jsonl}\n"
+                                  "scorers: [exact_match]\ngates:\n  - {metric: json_exact, min: 0.5}\n")
+    assert main(["suites", "check", str(d / "suite.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "headline: no scorer of the suite emits 'rouge1'" in err and "they emit exact_match" in err
+    assert "gates[0].metric: no scorer of the suite emits 'json_exact'" in err

@@ -153,7 +153,7 @@ with Store(sys.argv[1]).connect():
 """
 
 
-def test_a_busy_database_waits_then_names_the_lock_holder(tmp_path):
+def test_a_busy_database_waits_then_names_the_lock_holder(tmp_path, capsys):
     db = tmp_path / "h.duckdb"
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(db), "6"], stdout=subprocess.PIPE, text=True,
                               cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
@@ -164,9 +164,12 @@ def test_a_busy_database_waits_then_names_the_lock_holder(tmp_path):
             with Store(db, lock_timeout=1.0).connect():
                 pass
         assert time.monotonic() - t0 >= 0.9
-        # with a longer timeout the second process simply waits its turn
+        # with a longer timeout the second process simply waits its turn, and says it is waiting (issue 29.4:
+        # it used to print nothing for up to 120 s)
         with Store(db, lock_timeout=30).connect() as con:
             assert con.execute("SELECT 1").fetchone() == (1,)
+        err = capsys.readouterr().err
+        assert f"waiting for the results DB {db}: held by PID {holder.pid}" in err and "up to" in err
     finally:
         holder.kill()
         holder.wait()
