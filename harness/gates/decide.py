@@ -3,9 +3,9 @@
 ``bound`` (the default, DESIGN's release rule): the one-sided (1 - alpha) confidence bound must clear the
 threshold: the lower bound for a floor (``min``), the upper bound for a ceiling (``max``); a regression
 against a baseline passes only when the upper bound of the paired drop is within the margin, a gain only
-when the lower bound of the paired gain reaches ``min_gain``. Where the sample could not clear the
-threshold even if every answer went the adapter's way, the verdict is "insufficient evidence" with the
-number of examples that could. ``point`` (``decision = "point"`` in the gates file, for exploratory runs)
+when the lower bound of the paired gain reaches ``min_gain``. Where the estimate itself would pass but
+the sample could not clear the threshold even if every answer went the adapter's way, the verdict is
+"insufficient evidence" with the number of examples that could (an estimate that fails is a plain FAIL). ``point`` (``decision = "point"`` in the gates file, for exploratory runs)
 compares the point estimate alone, and every sentence says so.
 
 The bounds are ``harness.analysis.stats``' (exact Clopper-Pearson for proportions, Bonferroni-combined
@@ -63,7 +63,9 @@ def decide_proportion(k: int, n: int, threshold: float, floor: bool, rule: str =
     bound = proportion_bound(k, n, side, alpha)
     ok = _cmp(bound, threshold, floor)
     text = f"one-sided {_pct(alpha)} {side} bound {bound:.4g} (exact) must be {sign} {threshold:g}"
-    if not ok:
+    if not ok and _cmp(k / n, threshold, floor):
+        # the estimate itself would pass: the sample is what falls short. Where no such sample could clear the
+        # bound even at its best, say so and how many examples could (an estimate that fails is a plain FAIL)
         need = examples_needed(threshold, side, alpha)
         if need is None or need > n:
             best = best or ("all of them right" if floor else "none of them counted")
@@ -124,7 +126,7 @@ def decide_paired(candidate: Sequence[float], baseline: Sequence[float], *, max_
         ok = bound is not None and bound <= max_drop
         need_text = f"{text} must be <= {max_drop:g}"
         shown = f"{text} {bound:+.4g} ({method}) must be <= {max_drop:g}" if bound is not None else need_text
-        if not ok and (bound is None or best is None or best > max_drop):
+        if not ok and drop <= max_drop and (bound is None or best is None or best > max_drop):
             need = examples_needed(max_drop, "upper", alpha / 2) if binary else 2
             return Decision(False, rule, f"{shown}: insufficient evidence: {n} paired examples cannot show a drop within "
                                          f"{max_drop:g} even with no example worse; needs at least {need}: FAIL",
@@ -137,7 +139,7 @@ def decide_paired(candidate: Sequence[float], baseline: Sequence[float], *, max_
     text = f"one-sided {_pct(alpha)} lower bound of the gain"
     ok = bound is not None and bound >= min_gain
     shown = f"{text} {bound:+.4g} ({method}) must be >= {min_gain:+g}" if bound is not None else f"{text} must be >= {min_gain:+g}"
-    if not ok and (bound is None or (best_up is not None and -best_up < min_gain)):
+    if not ok and -drop >= min_gain and (bound is None or (best_up is not None and -best_up < min_gain)):
         return Decision(False, rule, f"{shown}: insufficient evidence: {n} paired examples cannot show a gain of {min_gain:+g} "
                                      f"even if the adapter were right on every one; add examples: FAIL", insufficient=True)
     return Decision(ok, rule, f"{shown}: {_verdict(ok)}")

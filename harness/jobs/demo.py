@@ -178,7 +178,8 @@ def release_checks(db: Path, adapter_dirs: list[Path], plan: DemoPlan, base_name
     from harness.jobs.check import CheckRequest, run_check
 
     lines = ["", "Release checks (`harness check`, release defaults: retention >= 95% of the base's correct answers, "
-             "leakage <= 2%; served from the store):"]
+             "leakage <= 2%, a task gain over the base; each decided on its one-sided 95% bound, so a sample too small "
+             "to show a limit says \"insufficient evidence\"; served from the store):"]
     for d in adapter_dirs:
         for recommended in (True, False):
             how = "--recommended" if recommended else "--scale 1"

@@ -165,7 +165,10 @@ def test_a_drop_shown_within_the_margin_passes_and_thin_or_errored_evidence_fail
     assert o.passed and "upper bound of the drop +0.13" in o.result.message
     # 4 of 4 lost: one-sided McNemar p = 0.0625 is "not significant", but the drop is 1: FAIL
     o = _big(tmp_path / "b", 4, 4, 0.05)
-    assert not o.passed and "insufficient evidence" in o.result.message
+    assert not o.passed and "4 worse, 0 better" in o.result.message and "insufficient" not in o.result.message
+    # none lost of 4: the estimate is within the margin, but 4 pairs cannot show it: insufficient evidence
+    o = _big(tmp_path / "b2", 4, 0, 0.05)
+    assert not o.passed and "insufficient evidence" in o.result.message and "needs at least 72" in o.result.message
     # 5 of 20 lost against an allowed 0.05: FAIL
     o = _big(tmp_path / "c", 20, 5, 0.05)
     assert not o.passed and "5 worse, 0 better" in o.result.message
