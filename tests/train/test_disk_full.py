@@ -37,7 +37,8 @@ def tmpfs(tmp_path):
     except subprocess.CalledProcessError as exc:
         pytest.skip(f"cannot mount a tmpfs here: {exc.stderr.decode(errors='replace').strip()}")
     yield where
-    subprocess.run(["umount", str(where)], check=False, capture_output=True)
+    # lazy: a failed test can leave a file open on it, and a busy tmpfs must not stay mounted after the test
+    subprocess.run(["umount", "-l", str(where)], check=False, capture_output=True)
 
 
 def _spec(tmp_path: Path, tiny: Path, **extra) -> Path:
