@@ -131,7 +131,7 @@ def rebuild(db_path: Path, shard_dir: Path | None = None, skip_damaged: bool = F
         raise StorageError(f"no shards in {shards_at}: nothing to rebuild {db_path} from; nothing was changed")
     deadline = deadline_after(lock_timeout)
     with db_lock(db_path, True, deadline, lock_timeout):
-        good, skipped = [], []
+        good, skipped, damaged = [], [], []
         for s in shards:
             try:
                 verify_shard(s)
@@ -140,6 +140,7 @@ def rebuild(db_path: Path, shard_dir: Path | None = None, skip_damaged: bool = F
                 if not skip_damaged:
                     raise StorageError(f"rebuild of {db_path} stopped before changing anything: {exc}") from None
                 skipped.append(str(exc))
+                damaged.append(s)
         good.sort(key=_ingest_order(db_path))
         tmp = db_path.with_name(f"{db_path.name}.rebuild-{os.getpid()}-{uuid.uuid4().hex[:6]}.tmp")
         try:
@@ -182,6 +183,12 @@ def rebuild(db_path: Path, shard_dir: Path | None = None, skip_damaged: bool = F
                 if lacking:
                     notes.append("replaced although it lacks " + ", ".join(f"{n} {t}" for t, n in sorted(lacking.items())))
             backup = _swap(db_path, tmp)
+            # the skipped shards leave the shard folder (renamed beside it, kept for inspection): left in place,
+            # every later open would find them again and refuse the database the rebuild just made
+            for s in damaged:
+                aside = _aside_name(s, "damaged")
+                os.replace(s, aside)
+                notes.append(f"damaged shard {s.name} moved aside to {aside.name}")
         finally:
             for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
                 if leftover.exists():

@@ -90,6 +90,12 @@ def verify_shard(shard: Path) -> ShardManifest:
     """Check every table file against the manifest (checksum, else counts and lines); ShardError if not."""
     m = read_manifest(shard)
     for table, n in m.tables.items():
+        if m.sha256 and table not in m.sha256:
+            # a manifest with checksums has one for every table it lists: one missing was removed after the
+            # shard was written, and a count alone would let a changed file through
+            raise ShardError(f"shard {shard} is damaged: its manifest lists {table} without the SHA-256 the others "
+                             "have (the manifest was edited); move the shard aside or run "
+                             "`harness db rebuild --skip-damaged` to rebuild from the others")
         f = shard / f"{table}.jsonl"
         try:
             data = f.read_bytes()

@@ -56,6 +56,11 @@ def test_a_shard_cut_mid_line_stops_rebuild_before_anything_is_touched(tmp_path)
     assert bak.read_bytes() == cut
     after = counts(db)
     assert after["generations"] == 10 and after["ingested_shards"] == 2
+    # the skipped shard left the shard folder (kept beside it): later commands open the rebuilt file, where
+    # before every one still exited 5 on it although the message offered --skip-damaged as the fix
+    assert not damaged.exists() and [p.name.startswith("r1-00001.shard.damaged-") for p in damaged.parent.iterdir()].count(True) == 1
+    assert "moved aside" in proc.stdout
+    assert harness("runs", "--db", str(db)).returncode == 0
 
 
 def test_rebuilds_in_the_same_second_never_overwrite_a_backup(tmp_path):
@@ -110,8 +115,13 @@ def test_a_changed_byte_fails_the_checksum_and_old_manifests_are_accepted_on_cou
     f.write_text(f.read_text().replace('"value": 1.0', '"value": 0.0', 1))  # still valid JSON, same count
     with pytest.raises(StorageError, match=r"scores\.jsonl does not match its SHA-256"):
         Store(db).query("SELECT 1")
-    # a format-1 manifest (no checksums) is accepted when its counts and lines hold
+    # a manifest whose checksum map lost one table's key is refused, not checked on counts alone (issue 29.4)
     m = json.loads((shard / "MANIFEST.json").read_text())
+    edited = {**m, "sha256": {k: v for k, v in m["sha256"].items() if k != "scores"}}
+    (shard / "MANIFEST.json").write_text(json.dumps(edited))
+    with pytest.raises(StorageError, match=r"lists scores without the SHA-256 the others have"):
+        Store(db).query("SELECT 1")
+    # a format-1 manifest (no checksums) is accepted when its counts and lines hold
     (shard / "MANIFEST.json").write_text(json.dumps({"run_id": m["run_id"], "tables": m["tables"]}))
     assert Store(db).query("SELECT count(*) AS n FROM generations")[0]["n"] == 10
 
