@@ -773,3 +773,13 @@ def test_a_file_given_for_an_adapter_directory_is_named_as_a_file(lora_dir, tiny
     assert main(eval_args(tiny_model_dir, tmp_path, "--adapter", str(weights), "--suite", str(write_suite(tmp_path / "s")))) == 2
     line = one_line_error(capsys)
     assert "is a file, not an adapter directory" in line and str(lora_dir) in line and "does not exist" not in line
+
+
+def test_export_refuses_an_adapter_that_does_not_fit_the_base(foreign_adapters, tiny_model_dir, tmp_path, capsys):
+    """Issue 29.4: `harness export` wrote scaled copies of adapters that fit no base (exit 0)."""
+    for what, (adapter, code) in foreign_adapters.items():
+        if what == "missing targets":
+            _break_targets(adapter)
+        out = tmp_path / what.replace(" ", "-")
+        assert main(["export", "--adapter", str(adapter), "--scale", "0.5", "--out", str(out), "--base", str(tiny_model_dir)]) == code, what
+        assert str(adapter) in one_line_error(capsys) and not out.exists(), what

@@ -11,11 +11,9 @@ and are copied unchanged.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
-from harness.errors import UsageError
-from harness.jobs.export import export_merged, export_scaled
+from harness.jobs.export import export
 from harness.models.base import DEFAULT_BASE
 
 
@@ -33,19 +31,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", required=True, type=float, metavar="S", help="the scale, e.g. the sweep's recommendation")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory to write (must not exist unless --force)")
     p.add_argument("--merge", action="store_true", help="write a merged full model instead of an adapter")
-    p.add_argument("--base", default=DEFAULT_BASE, help="base model for --merge (default: %(default)s)")
+    p.add_argument("--base", default=DEFAULT_BASE,
+                   help="the base the adapter must fit (checked from its files; merged into with --merge) (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="replace an existing --out directory")
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.models.adapters import inspect_adapter
-
-    if not math.isfinite(args.scale) or args.scale < 0:
-        raise UsageError(f"--scale {args.scale!r}: a LoRA scale is a finite number >= 0")
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise UsageError(f"--out {out} exists; pick a new directory or pass --force to replace it")
-    info = inspect_adapter(args.adapter)
-    path = export_merged(info, args.scale, args.base, out) if args.merge else export_scaled(info, args.scale, out)
-    print(path)
+    print(export(args.adapter, args.scale, Path(args.out), merge=args.merge, base=args.base, force=args.force))
     return 0

@@ -15,7 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from harness.errors import StorageError
+from harness.errors import StorageError, UsageError
+from harness.models.base import DEFAULT_BASE
 from harness.records import AdapterRecord, write_adapter_record
 
 
@@ -98,3 +99,31 @@ def export_merged(info, scale: float, base_name: str, out: Path) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def export(adapter: Path, scale: float, out: Path, *, merge: bool = False, base: str = DEFAULT_BASE,
+           force: bool = False) -> Path:
+    """The export job: check the request, the adapter (pre-flight) and that it fits ``base`` (shapes read
+    from the base's safetensors headers, no weights loaded), then write the scaled adapter or the merged
+    model. An adapter that does not fit its base is refused (exit 3) before anything is written."""
+    import math
+
+    from harness.models.adapters import (
+        CONFIG,
+        check_against_base_files,
+        check_base_identity,
+        check_target_modules_names,
+        inspect_adapter,
+    )
+    from harness.models.base import module_names, resolve_base
+
+    if not math.isfinite(scale) or scale < 0:
+        raise UsageError(f"--scale {scale!r}: a LoRA scale is a finite number >= 0")
+    if out.exists() and not force:
+        raise UsageError(f"--out {out} exists; pick a new directory or pass --force to replace it")
+    info = inspect_adapter(adapter)
+    ref = resolve_base(base)
+    check_base_identity(info, ref.model_id, ref.name)
+    check_target_modules_names(info.config.get("target_modules"), module_names(ref), str(info.path / CONFIG))
+    check_against_base_files(info, ref)
+    return export_merged(info, scale, base, out) if merge else export_scaled(info, scale, out)

@@ -372,10 +372,22 @@ def check_against_base(info: AdapterInfo, model: PreTrainedModel) -> None:
     Raises:
         IncompatibleError: a target module is absent or a shape does not fit.
     """
+    shapes = {name: (m.out_features, m.in_features) for name, m in model.named_modules() if hasattr(m, "in_features")}
+    _check_shapes(info, shapes, linear_module_names(model))
+
+
+def check_against_base_files(info: AdapterInfo, ref: Any) -> None:
+    """The same check against a base model's files (a ``BaseModelRef``) with no weights loaded: the shapes
+    of its linear layers come from its safetensors headers (``harness.models.base.linear_shapes``)."""
+    from harness.models.base import linear_shapes
+
+    shapes = linear_shapes(ref)
+    _check_shapes(info, shapes, sorted(shapes))
+
+
+def _check_shapes(info: AdapterInfo, shapes: dict[str, tuple[int, int]], linear: list[str]) -> None:
     from safetensors import safe_open
 
-    modules = dict(model.named_modules())
-    linear = linear_module_names(model)
     with safe_open(str(info.path / WEIGHTS), framework="pt") as f:
         for key in f.keys():  # noqa: SIM118 - a safetensors safe_open handle is not iterable
             if ".lora_A." not in key and ".lora_B." not in key:
@@ -383,15 +395,15 @@ def check_against_base(info: AdapterInfo, model: PreTrainedModel) -> None:
             module_path = key.split(".lora_")[0]
             # PEFT saves keys as base_model.model.<module path>.lora_A.weight
             target = module_path.removeprefix("base_model.model.")
-            mod = modules.get(target)
-            if mod is None or not hasattr(mod, "in_features"):
+            if target not in shapes:
                 raise IncompatibleError(
                     f"{info.path}: adapter tensor {key} targets module {target!r}, which the base model does not "
                     f"have (adapter trained for {info.base_model_name!r}); linear modules in this base: "
                     f"{', '.join(linear)}"
                 )
+            out_features, in_features = shapes[target]
             shape = list(f.get_slice(key).get_shape())
-            want_in = [shape[0], mod.in_features] if ".lora_A." in key else [mod.out_features, shape[1]]
+            want_in = [shape[0], in_features] if ".lora_A." in key else [out_features, shape[1]]
             if shape != want_in:
                 raise IncompatibleError(
                     f"{info.path}: {key} has shape {shape} but the base's {target} needs {want_in}; the adapter was "

@@ -219,6 +219,22 @@ def module_names(ref: BaseModelRef) -> list[str]:
     return sorted(names)
 
 
+def linear_shapes(ref: BaseModelRef) -> dict[str, tuple[int, int]]:
+    """(out_features, in_features) of every 2-D ``<module>.weight`` in the base's safetensors headers: the
+    shapes an adapter's LoRA tensors must fit, known with no weights loaded."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, int]] = {}
+    for f in sorted(ref.path.glob("*.safetensors")):
+        with safe_open(str(f), framework="numpy") as st:
+            for key in st.keys():  # noqa: SIM118 - a safetensors safe_open handle is not iterable
+                if key.endswith(".weight"):
+                    shape = st.get_slice(key).get_shape()
+                    if len(shape) == 2:
+                        shapes[key.removesuffix(".weight")] = (int(shape[0]), int(shape[1]))
+    return shapes
+
+
 def check_device(requested: str | None) -> str | None:
     """Refuse a device this machine does not have (exit 2), before anything loads."""
     if requested is None:
