@@ -9,7 +9,7 @@ paired test against the baseline, Holm-corrected as one family) judge the adapte
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from harness.gates.decide import decide_paired, decide_proportion
@@ -118,26 +118,36 @@ def _leakage(ctx: GateContext, g: PlannedGate, t: tuple) -> GateOutcome:
 
 
 def _paired_values(ctx: GateContext, cand: tuple, ref: tuple, suite: str, metric: str
-                   ) -> tuple[list[str], dict[str, float], dict[str, float], int]:
+                   ) -> tuple[list[str], dict[str, float], dict[str, float], int, Callable[[float], float]]:
     """The examples the reference scored, with the candidate's score on each, oriented higher-is-better.
 
     An example the candidate errored on (or has no score for) counts as a failure: the worst score of the
     metric (0 or 1 for 0/1 scores; the worst value seen in the run otherwise), never a dropped pair.
-    Returns (keys, candidate, reference, how many of the candidate's were failures put in)."""
-    sign = 1.0 if ctx.higher_is_better(suite, metric) else -1.0
-    a = {ex: sign * v for ex, v in ctx.data.values.get((*cand, suite, metric), {}).items() if v is not None and math.isfinite(v)}
-    b = {ex: sign * v for ex, v in ctx.data.values.get((*ref, suite, metric), {}).items() if v is not None and math.isfinite(v)}
-    everything = [sign * v for (aid, sc, s, m), vals in ctx.data.values.items() if s == suite and m == metric
-                  for v in vals.values() if v is not None and math.isfinite(v)]
-    binary = all(abs(v) in (0.0, 1.0) for v in everything)
-    worst = (0.0 if sign > 0 else -1.0) if binary else min(everything, default=0.0)
+    Returns (keys, candidate, reference, how many of the candidate's were failures put in, and the function
+    that turns an oriented value, or a mean of them, back into the metric's own scale)."""
+    hib = ctx.higher_is_better(suite, metric)
+    raw = [v for (_, _, s, m), vals in ctx.data.values.items() if s == suite and m == metric
+           for v in vals.values() if v is not None and math.isfinite(v)]
+    binary = all(v in (0.0, 1.0) for v in raw)
+
+    def orient(v: float) -> float:
+        # higher is better after this; a 0/1 score stays 0/1 (1 - v when lower is better), so the exact
+        # paired bounds apply to it whichever way the metric points
+        return v if hib else (1.0 - v if binary else -v)
+
+    a = {ex: orient(v) for ex, v in ctx.data.values.get((*cand, suite, metric), {}).items() if v is not None and math.isfinite(v)}
+    b = {ex: orient(v) for ex, v in ctx.data.values.get((*ref, suite, metric), {}).items() if v is not None and math.isfinite(v)}
+    worst = 0.0 if binary else min((orient(v) for v in raw), default=0.0)
+
+    def unorient(v: float) -> float:
+        return v if hib else (1.0 - v if binary else -v)
     keys = sorted(b)
     filled = 0
     for k in keys:
         if k not in a:
             a[k] = worst
             filled += 1
-    return keys, a, b, filled
+    return keys, a, b, filled, unorient
 
 
 def _gain(ctx: GateContext, g: PlannedGate, t: tuple) -> GateOutcome:
@@ -154,15 +164,17 @@ def _gain(ctx: GateContext, g: PlannedGate, t: tuple) -> GateOutcome:
         assert g.suite is not None  # plan_gates gives every gain gate its suite
         pairs_of = [(g.suite, g.metric)]
         where = f"{label} {g.suite} {g.metric} gain over base"
-    mine, base, worst = [], [], []
+    mine, base, worst, raw_a, raw_b = [], [], [], [], []
     failed_in = 0
     for suite, metric in pairs_of:
-        keys, a, b, filled = _paired_values(ctx, t, (None, 0.0), suite, metric)
+        keys, a, b, filled, unorient = _paired_values(ctx, t, (None, 0.0), suite, metric)
         failed_in += filled
         for ex in keys:
             mine.append(a[ex])
             base.append(b[ex])
-            worst.append((a[ex] - b[ex], ctx.example(t, suite, ex, a[ex], b[ex])))
+            raw_a.append(unorient(a[ex]))
+            raw_b.append(unorient(b[ex]))
+            worst.append((a[ex] - b[ex], ctx.example(t, suite, ex, unorient(a[ex]), unorient(b[ex]))))
     if not mine:
         why = ("no task suite in the run: add a suite with role task" if not pairs_of else
                "no example scored for the base model (run the base too)")
@@ -170,11 +182,11 @@ def _gain(ctx: GateContext, g: PlannedGate, t: tuple) -> GateOutcome:
                                       f"{where}: not measured ({why}); needs >= {g.min:g}: FAIL", rule="not measured", n=0),
                            g.kind, label, t[0], t[1], g.suite, source=g.source)
     test = paired_test(base, mine)  # drop of base relative to the adapter = the adapter's gain
-    gain, mean_a, mean_b = test.drop, sum(mine) / len(mine), sum(base) / len(base)
+    gain, mean_a, mean_b = test.drop, sum(raw_a) / len(raw_a), sum(raw_b) / len(raw_b)
     decision = decide_paired(mine, base, min_gain=g.min, rule=ctx.project.decision, alpha=ctx.project.alpha)
     erred = f"; {failed_in} of the adapter's answers errored or went unscored and count as failures" if failed_in else ""
-    return GateOutcome(GateResult(g.name, g.metric, gain, g.min, abs(mean_b), decision.passed,
-                                  f"{where} = {gain:+.4g} (adapter {abs(mean_a):.4g}, base {abs(mean_b):.4g} over {len(mine)} paired "
+    return GateOutcome(GateResult(g.name, g.metric, gain, g.min, mean_b, decision.passed,
+                                  f"{where} = {gain:+.4g} (adapter {mean_a:.4g}, base {mean_b:.4g} over {len(mine)} paired "
                                   f"examples{erred}); {decision.sentence}", rule=decision.rule, n=len(mine)),
                        g.kind, label, t[0], t[1], g.suite, test.interval, test.p_value,
                        tuple(e for _, e in sorted(worst, key=lambda x: x[0])[:3]), g.source)
@@ -194,7 +206,7 @@ def _regressions(ctx: GateContext, todo: Sequence[tuple[PlannedGate, tuple]]) ->
         assert g.suite is not None and g.max is not None  # plan_gates: its suite and max_drop / max_regression
         label = ctx.label(t)
         where = f"{label} {g.suite} {g.metric} vs baseline {blabel}"
-        keys, a, b, filled = _paired_values(ctx, t, bt, g.suite, g.metric)
+        keys, a, b, filled, unorient = _paired_values(ctx, t, bt, g.suite, g.metric)
         if not keys:
             out.append(GateOutcome(GateResult(g.name, g.metric, None, g.max, None, False,
                                               f"{where}: not measured (no example of the baseline scored: evaluate the baseline "
@@ -202,11 +214,10 @@ def _regressions(ctx: GateContext, todo: Sequence[tuple[PlannedGate, tuple]]) ->
                                    g.kind, label, t[0], t[1], g.suite, source=g.source))
             continue
         hib = ctx.higher_is_better(g.suite, g.metric)
-        sign = 1.0 if hib else -1.0
         cand, base = [a[k] for k in keys], [b[k] for k in keys]
         test = paired_test(cand, base)  # oriented already: higher is better
         decision = decide_paired(cand, base, max_drop=g.max, rule=ctx.project.decision, alpha=ctx.project.alpha)
-        mean_a, mean_b = sign * sum(cand) / len(keys), sign * sum(base) / len(keys)
+        mean_a, mean_b = unorient(sum(cand) / len(keys)), unorient(sum(base) / len(keys))
         threshold = mean_b - g.max if hib else mean_b + g.max
         counts = f", {test.n_worse} worse, {test.n_better} better" if test.test == "exact McNemar" else ""
         erred = f", {filled} of the candidate's errored or unscored and counted as failures" if filled else ""
@@ -216,7 +227,7 @@ def _regressions(ctx: GateContext, todo: Sequence[tuple[PlannedGate, tuple]]) ->
         out.append(GateOutcome(GateResult(g.name, g.metric, mean_a, threshold, mean_b, decision.passed, msg,
                                           rule=decision.rule, n=len(keys)), g.kind, label, t[0], t[1],
                                g.suite, test.interval, test.p_value,
-                               tuple(ctx.example(t, g.suite, k, sign * a[k], sign * b[k]) for k in worst if a[k] < b[k]), g.source))
+                               tuple(ctx.example(t, g.suite, k, unorient(a[k]), unorient(b[k])) for k in worst if a[k] < b[k]), g.source))
     return out
 
 

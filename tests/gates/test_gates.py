@@ -300,3 +300,20 @@ def test_a_gain_passes_only_when_its_lower_bound_reaches_min_gain():
     assert decide_paired([1.0] + [0.0] * 4, [0.0] * 5, min_gain=0.2, rule="point").passed
     many = decide_paired([1.0] * 60 + [0.0] * 40, [0.0] * 100, min_gain=0.2)
     assert many.passed and not many.insufficient
+
+
+def test_a_lower_is_better_0_1_metric_is_judged_with_the_exact_paired_bound(tmp_path):
+    """format_leakage (1 = leaked, lower is better): 30 of 400 answers leak where the baseline's did not.
+    The pair is oriented as 1 - value, so the exact bound (not a bootstrap) decides, and the figures shown
+    are the metric's own (leakage 0.075 against 0)."""
+    s = write_suite(tmp_path, "lk", "leakage", "", "format_leakage", 400)
+    store = Store(tmp_path / "lk.duckdb")
+    cand = [1.0] * 30 + [0.0] * 370
+    run = fake_run(store, [s], {(None, 0.0, "lk"): {"format_leakage": [0.0] * 400},
+                                (B, 1.0, "lk"): {"format_leakage": [0.0] * 400}, (A, 1.0, "lk"): {"format_leakage": cand}})
+    report = evaluate_gates(store, run, [s], scale=1.0, baseline_adapter_id=B,
+                            project_gates=ProjectGates(max_regression=0.02, training_health=False))
+    o = next(o for o in report.outcomes if o.kind == "regression")
+    assert not o.passed and "30 worse, 0 better" in o.result.message and "(exact, Bonferroni" in o.result.message
+    assert o.result.observed == pytest.approx(0.075) and o.result.baseline == 0.0
+    assert o.worst and all(w.value == 1.0 and w.baseline_value == 0.0 for w in o.worst)
