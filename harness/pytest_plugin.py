@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -326,8 +327,10 @@ def write_baseline(path: Path, result: Any) -> None:
     """The adapter under test becomes the baseline: its hash, where it is, its scale and run (tmp, rename)."""
     ctx = result.context
     adapter = Path(ctx["adapter"]).resolve()
+    # relative to the baseline file, ".." included, so the committed file works on a colleague's machine and in
+    # CI (issue 35.3); an absolute path only where no relative one exists (another drive)
     try:
-        shown = str(adapter.relative_to(path.parent.resolve()))
+        shown = os.path.relpath(adapter, path.parent.resolve())
     except ValueError:
         shown = str(adapter)
     report = result.report

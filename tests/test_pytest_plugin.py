@@ -83,6 +83,9 @@ def test_update_the_baseline_then_judge_against_it(project, built):
     from harness.models.adapters import inspect_adapter
 
     assert data["adapter_id"] == inspect_adapter(built["good"]).adapter_id and data["scale"] == 1.0 and data["run_id"]
+    # the committed file names the adapter relative to itself (issue 35.3: an absolute path broke on another machine)
+    assert not Path(data["adapter_path"]).is_absolute()
+    assert (project.path / data["adapter_path"]).resolve() == Path(built["good"]).resolve()
     # the next adapter is judged against it: a regression item appears and fails, paired (McNemar)
     res = run(project, built, "bad", "-k", "regression")
     res.assert_outcomes(failed=1)

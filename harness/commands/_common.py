@@ -27,11 +27,11 @@ def existing_store(db: Path | None) -> Store:
 
 
 def pick_run(store: Store, run_id: str | None) -> str:
-    """``run_id`` if the store has it, else (when None) the newest eval or demo run."""
+    """``run_id`` if the store has it, else (when None) the newest run that evaluated (eval, sweep, check, demo)."""
     if run_id is None:
-        newest = store.queries.newest_run_id(("eval", "demo"))
+        newest = store.queries.newest_run_id(("eval", "sweep", "check", "demo"))
         if newest is None:
-            raise InputError(f"no evaluation runs in {store.path}")
+            raise InputError(f"no eval, sweep, check or demo runs in {store.path}; `harness runs` lists what it holds")
         return newest
     if not store.queries.has_run(run_id):
         raise InputError(f"no run {run_id!r} in {store.path}; `harness runs` lists them")

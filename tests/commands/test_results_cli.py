@@ -233,3 +233,19 @@ def test_a_run_that_has_not_declared_its_count_shows_a_question_mark(tmp_path, c
     assert main(["runs", "--db", str(db)]) == 0
     assert "0/?" in capsys.readouterr().out
     assert main(["runs", "--db", str(db), "--limit", "0"]) == 2
+
+
+def test_results_without_a_run_picks_the_newest_sweep_or_check_too(tmp_path, capsys):
+    """Issue 35.6: `harness results` said "no evaluation runs" in a store holding sweeps and checks."""
+    from harness.store import RunInfo, Store
+
+    db = tmp_path / "h.duckdb"
+    with Store(db).run(RunInfo(kind="sweep", command="harness sweep")) as run:
+        sweep_id = run.run_id
+    assert main(["results", "--db", str(db)]) == 0
+    assert sweep_id in capsys.readouterr().out
+    empty = tmp_path / "e.duckdb"
+    with Store(empty).run(RunInfo(kind="train", command="harness train")):
+        pass
+    assert main(["results", "--db", str(empty)]) == 2
+    assert "no eval, sweep, check or demo runs" in capsys.readouterr().err
