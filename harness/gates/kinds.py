@@ -132,22 +132,20 @@ def _paired_values(ctx: GateContext, cand: tuple, ref: tuple, suite: str, metric
 
     def orient(v: float) -> float:
         # higher is better after this; a 0/1 score stays 0/1 (1 - v when lower is better), so the exact
-        # paired bounds apply to it whichever way the metric points
+        # paired bounds apply to it whichever way the metric points. Its own inverse: it also turns an
+        # oriented value, or a mean of them, back into the metric's scale
         return v if hib else (1.0 - v if binary else -v)
 
     a = {ex: orient(v) for ex, v in ctx.data.values.get((*cand, suite, metric), {}).items() if v is not None and math.isfinite(v)}
     b = {ex: orient(v) for ex, v in ctx.data.values.get((*ref, suite, metric), {}).items() if v is not None and math.isfinite(v)}
     worst = 0.0 if binary else min((orient(v) for v in raw), default=0.0)
-
-    def unorient(v: float) -> float:
-        return v if hib else (1.0 - v if binary else -v)
     keys = sorted(b)
     filled = 0
     for k in keys:
         if k not in a:
             a[k] = worst
             filled += 1
-    return keys, a, b, filled, unorient
+    return keys, a, b, filled, orient
 
 
 def _gain(ctx: GateContext, g: PlannedGate, t: tuple) -> GateOutcome:

@@ -75,13 +75,11 @@ def export_scaled(info, scale: float, out: Path) -> Path:
     return out
 
 
-def export_merged(info, scale: float, base_name: str, out: Path) -> Path:
-    """Write the base with the adapter's update at ``scale`` merged in, as a safetensors model directory."""
-    from harness.models.adapters import check_base_identity, load_adapter, set_scale
-    from harness.models.base import load_base, resolve_base
-
-    ref = resolve_base(base_name)
-    check_base_identity(info, ref.model_id, ref.name)
+def export_merged(info, scale: float, ref, out: Path) -> Path:
+    """Write the base ``ref`` (a resolved ``BaseModelRef``, checked against the adapter by ``export``) with the
+    adapter's update at ``scale`` merged in, as a safetensors model directory."""
+    from harness.models.adapters import load_adapter, set_scale
+    from harness.models.base import load_base
     base = load_base(ref, device="cpu")
     model = base.model.float()
     peft_model = load_adapter(model, info)
@@ -126,4 +124,4 @@ def export(adapter: Path, scale: float, out: Path, *, merge: bool = False, base:
     check_base_identity(info, ref.model_id, ref.name)
     check_target_modules_names(info.config.get("target_modules"), module_names(ref), str(info.path / CONFIG))
     check_against_base_files(info, ref)
-    return export_merged(info, scale, base, out) if merge else export_scaled(info, scale, out)
+    return export_merged(info, scale, ref, out) if merge else export_scaled(info, scale, out)
