@@ -122,7 +122,10 @@ def plan_training(req: TrainRequest) -> TrainingPlan:
         # the data is read and checked (format, bad values, shape of every row) before the model loads
         for i, row in enumerate(map_fields(load_rows(path), dict(fields), path)):
             normalize_row(row, f"{path} row {i + 1}")
-    names = module_names(resolve_base(spec.base))  # from the safetensors headers, before the model loads
+    ref = resolve_base(spec.base)
+    names = module_names(ref)  # from the safetensors headers, before the model loads
+    if req.from_adapter is not None:
+        parent = inspect_adapter(req.from_adapter, base=ref)  # the parent fits this base, before the model loads
     if parent is None:
         for pp in points:
             check_target_modules_names(pp.spec.target_modules, names, f"training spec {req.spec_path}")

@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_db_argument(p)
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--run", default=None, metavar="RUN_ID", help="a run id from `harness runs` (default: the newest eval or demo run)")
+    g.add_argument("--run", default=None, metavar="RUN_ID", help="a run id from `harness runs` (default: the newest eval, sweep, check or demo run)")
     g.add_argument("--adapter", default=None, metavar="DIR|NAME|ID",
                    help="an adapter directory, its name or its id (a prefix is enough)")
     p.add_argument("--json", action="store_true", help="print JSON rows instead of a table")

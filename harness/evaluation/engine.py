@@ -70,11 +70,30 @@ class Group:
         return [self.names[t] for t in targets] if self.mixed else None
 
 
-def plan_groups(targets: Sequence[Target]) -> list[list[Target]]:
-    """The mixable targets (base and non-DoRA adapters) together; each DoRA target alone."""
-    mixable = [t for t in targets if not is_dora(t)]
+#: the module types PEFT's mixed-adapter batches accept in ``modules_to_save`` (peft.utils.other)
+_MIXABLE_SAVED = ("Linear", "Embedding", "Conv1d", "Conv2d", "Conv3d")
+
+
+def runs_alone(target: Target, model: Any = None) -> bool:
+    """A target that cannot share a batch with others: DoRA (PEFT refuses ``adapter_names`` with it), or a
+    ``modules_to_save`` module of a type PEFT cannot mix (a norm layer: PEFT raises at generation time)."""
+    if is_dora(target):
+        return True
+    saved = (target.adapter.config.get("modules_to_save") or []) if target.adapter is not None else []
+    if not saved or model is None:
+        return False
+    saved = [saved] if isinstance(saved, str) else saved
+    return any(type(getattr(m, "original_module", m)).__name__ not in _MIXABLE_SAVED for n, m in model.named_modules()
+               if any(n == s or n.endswith("." + str(s)) for s in saved))
+
+
+def plan_groups(targets: Sequence[Target], model: Any = None) -> list[list[Target]]:
+    """The mixable targets (base and most adapters) together; each target that ``runs_alone`` alone
+    (``model``, the base, tells the module types of ``modules_to_save``)."""
+    alone = [t for t in targets if runs_alone(t, model)]
+    mixable = [t for t in targets if t not in alone]
     groups = [mixable] if mixable else []
-    groups += [[t] for t in targets if is_dora(t)]
+    groups += [[t] for t in alone]
     return groups
 
 
@@ -140,7 +159,7 @@ def attached(base: LoadedBase, targets: Sequence[Target], checks: list[GateRow] 
                 add_adapter(peft_model, t.adapter, names[t])  # type: ignore[arg-type]
             for t in adapters:
                 set_scale(peft_model, t.scale, names[t])
-            mixed = not any(is_dora(t) for t in adapters)
+            mixed = not any(runs_alone(t, peft_model.base_model.model) for t in adapters)
             if not mixed:
                 peft_model.set_adapter(names[first])
             group = Group(peft_model, mixed=mixed, names=names,

@@ -205,7 +205,8 @@ def run_eval(
     # once per run, not once per suite. The rows of one group and suite are length-sorted together by
     # generate() and stored as each one ends.
     pending = list(dict.fromkeys(t for w in work for t, _ in w.todo))
-    for group_targets in plan_groups(pending):
+    for group_targets in plan_groups(pending, base.model if any(t.adapter and t.adapter.config.get("modules_to_save")
+                                                                for t in pending) else None):
         shares = []
         for w in work:
             items = [(t, r) for t, r in w.todo if t in group_targets]

@@ -106,22 +106,14 @@ def export(adapter: Path, scale: float, out: Path, *, merge: bool = False, base:
     model. An adapter that does not fit its base is refused (exit 3) before anything is written."""
     import math
 
-    from harness.models.adapters import (
-        CONFIG,
-        check_against_base_files,
-        check_base_identity,
-        check_target_modules_names,
-        inspect_adapter,
-    )
-    from harness.models.base import module_names, resolve_base
+    from harness.models.adapters import inspect_adapter, precheck_adapter
+    from harness.models.base import resolve_base
 
     if not math.isfinite(scale) or scale < 0:
         raise UsageError(f"--scale {scale!r}: a LoRA scale is a finite number >= 0")
     if out.exists() and not force:
         raise UsageError(f"--out {out} exists; pick a new directory or pass --force to replace it")
-    info = inspect_adapter(adapter)
+    precheck_adapter(adapter)  # a wrong path or config is named before the base is resolved
     ref = resolve_base(base)
-    check_base_identity(info, ref.model_id, ref.name)
-    check_target_modules_names(info.config.get("target_modules"), module_names(ref), str(info.path / CONFIG))
-    check_against_base_files(info, ref)
+    info = inspect_adapter(adapter, base=ref)  # the recorded base, targets, shapes, a partial adapter: exit 3
     return export_merged(info, scale, ref, out) if merge else export_scaled(info, scale, out)

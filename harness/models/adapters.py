@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -117,10 +118,7 @@ def adapter_id(path: Path) -> str:
     """The adapter's identity: SHA-256 of ``canonical_config`` and of every tensor (name, dtype, shape,
     bytes) in name order. Two saves of the same weights get the same id whatever order PEFT wrote the
     header or ``target_modules`` in."""
-    h = hashlib.sha256(canonical_config(_read_config(path)).encode())
-    for key, dtype, shape, data in _raw_tensors(path / WEIGHTS):
-        _hash_tensor(h, key, dtype, shape, data)
-    return h.hexdigest()
+    return _hash_data(path / WEIGHTS, _read_header(path / WEIGHTS), _read_config(path), check=False)
 
 
 #: safetensors' dtype names -> torch's (the names the adapter id has always hashed)
@@ -132,23 +130,56 @@ _NONFINITE_MASKS = {"F16": ("<u2", 0x7C00), "BF16": ("<u2", 0x7F80), "F32": ("<u
                     "F64": ("<u8", 0x7FF0000000000000), "F8_E5M2": ("u1", 0x7C), "F8_E4M3": ("u1", 0x7F)}
 
 
-def _raw_tensors(weights: Path) -> list[tuple[str, str, list[int], bytearray]]:
-    """(name, safetensors dtype, shape, raw little-endian bytes) of every tensor, in name order.
+#: bytes per element of each safetensors dtype (the header's sizes are validated by safetensors itself)
+_CHUNK = 16 << 20  # bytes read at a time: a multiple of every element size, so a chunk never splits a value
 
-    The file is parsed by safetensors' own (Rust) reader, so offsets and sizes are validated there; no
-    torch is imported, so a damaged or hostile adapter is refused in a fraction of a second.
+
+@dataclass(frozen=True)
+class _Tensor:
+    key: str
+    dtype: str  # safetensors' name (F32, BF16, ...)
+    shape: list[int]
+    start: int  # absolute file offsets of the tensor's bytes
+    end: int
+
+
+def _header(weights: Path) -> list[_Tensor]:
+    """Every tensor's name, dtype, shape and byte range, in name order, reading the header only.
+
+    safetensors' own (Rust) reader validates the header first (its size, the JSON, that every tensor's
+    offsets match its dtype and shape, are contiguous and cover the file exactly); then the validated
+    header is read back for the offsets. No tensor data is read: a 2 GiB tensor costs nothing here.
 
     Raises:
         SafetensorError: not a readable safetensors file. OSError: it cannot be read.
     """
-    from safetensors import deserialize
+    import struct
 
-    # sorted by name (names are unique, so the bytes are never compared); the data is not copied again
-    return sorted(((key, t["dtype"], list(t["shape"]), t["data"]) for key, t in deserialize(weights.read_bytes())),
-                  key=lambda x: x[0])
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="numpy"):
+        pass
+    with open(weights, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    return sorted((_Tensor(key, t["dtype"], list(t["shape"]), 8 + n + t["data_offsets"][0], 8 + n + t["data_offsets"][1])
+                   for key, t in header.items()), key=lambda t: t.key)
 
 
-def _all_finite(dtype: str, data: bytearray) -> bool:
+def _chunks(f: Any, t: _Tensor) -> Iterator[bytes]:
+    """A tensor's bytes from an open file, ``_CHUNK`` at a time (memory stays bounded for any tensor size)."""
+    f.seek(t.start)
+    left = t.end - t.start
+    while left > 0:
+        block = f.read(min(_CHUNK, left))
+        if not block:
+            raise AdapterFileError(f"{f.name}: the file ended inside tensor {t.key}; fix: re-copy the artifact")
+        left -= len(block)
+        yield block
+
+
+def _all_finite(dtype: str, data: bytes) -> bool:
     """No NaN or Inf in a floating tensor's bytes (integer tensors are always finite)."""
     import numpy as np
 
@@ -159,19 +190,16 @@ def _all_finite(dtype: str, data: bytearray) -> bool:
     return not bool(np.any((bits & np.array(mask, dtype=view)) == np.array(mask, dtype=view)))
 
 
-def _hash_tensor(h: hashlib._Hash, key: str, dtype: str, shape: list[int], data: bytearray) -> None:
-    h.update(f"{key}|{_DTYPES.get(dtype, dtype.lower())}|{list(shape)}|".encode())
-    h.update(data)
+def _hash_head(h: hashlib._Hash, t: _Tensor) -> None:
+    h.update(f"{t.key}|{_DTYPES.get(t.dtype, t.dtype.lower())}|{list(t.shape)}|".encode())
 
 
-def inspect_adapter(path: Path | str, allow_pickle: bool = False) -> AdapterInfo:
-    """Check an adapter directory's files, config and tensors (not yet against a base).
+def precheck_adapter(path: Path | str, allow_pickle: bool = False) -> tuple[Path, dict[str, Any], list[_Tensor]]:
+    """What ``inspect_adapter`` checks from the directory, the config and the safetensors header alone (no
+    tensor data, no base): run first, so a wrong path or config is named before a base model is resolved.
 
-    Raises:
-        AdapterFileError: missing directory or weights, unreadable safetensors, NaN/Inf or empty tensors.
-        AdapterConfigError: malformed or invalid adapter_config.json.
-        SafetyError: the weights exist only as a pickle (``adapter_model.bin``).
-        RecordError: a damaged ``harness.json`` (exit 2); RecordVersionError: one a newer harness wrote (exit 3).
+    Returns:
+        (the directory, its parsed config, its tensors' header entries in name order).
     """
     path = Path(path).expanduser()
     if path.is_file():
@@ -199,8 +227,35 @@ def inspect_adapter(path: Path | str, allow_pickle: bool = False) -> AdapterInfo
     if not (path / CONFIG).is_file():
         raise AdapterFileError(f"{path} has no {CONFIG}; fix: copy the adapter's config next to its weights")
     cfg = _read_config(path)
-    digest = _check_tensors(path / WEIGHTS, cfg)
+    tensors = _read_header(path / WEIGHTS)
+    _check_header(path / WEIGHTS, tensors, cfg)
+    return path, cfg, tensors
+
+
+def inspect_adapter(path: Path | str, allow_pickle: bool = False, base: Any = None,
+                    allow_base_mismatch: bool = False) -> AdapterInfo:
+    """Check an adapter directory's files, config and tensors, and with ``base`` (a ``BaseModelRef``) that it
+    fits that base.
+
+    Everything the config and the safetensors header show is checked before a byte of tensor data is read
+    (a valid header over a 2 GiB tensor that fits no base is refused at once); then one bounded pass over
+    the data checks for NaN/Inf and computes the adapter id.
+
+    Raises:
+        AdapterFileError: missing directory or weights, unreadable safetensors, NaN/Inf or empty tensors.
+        AdapterConfigError: malformed or invalid adapter_config.json.
+        SafetyError: the weights exist only as a pickle (``adapter_model.bin``).
+        IncompatibleError: with ``base``, the adapter does not fit it (``check_fits_base``), or the harness
+            trained it on another base (unless ``allow_base_mismatch``).
+        RecordError: a damaged ``harness.json`` (exit 2); RecordVersionError: one a newer harness wrote (exit 3).
+    """
+    path, cfg, tensors = precheck_adapter(path, allow_pickle)
     record = read_adapter_record(path)  # a damaged one is refused: it would skip the base-identity check
+    if base is not None:
+        # the recorded base first (its message names the base to pass), then what the files show
+        check_base_identity(AdapterInfo(path.resolve(), "", cfg, record), base.model_id, base.name, allow_base_mismatch)
+        check_fits_base(path, cfg, tensors, base)
+    digest = _hash_data(path / WEIGHTS, tensors, cfg)
     return AdapterInfo(path.resolve(), digest, cfg, record, tuple(_config_warnings(path / CONFIG, cfg)))
 
 
@@ -288,13 +343,11 @@ def unaccounted_tensor(key: str, cfg: dict[str, Any]) -> str | None:
     return "not a LoRA weight, and its module is not in modules_to_save"
 
 
-def _check_tensors(weights: Path, cfg: dict[str, Any]) -> str:
-    """Check every tensor; return the adapter id (config and tensors hashed in the same pass)."""
+def _read_header(weights: Path) -> list[_Tensor]:
     from safetensors import SafetensorError
 
-    h = hashlib.sha256(canonical_config(cfg).encode())
     try:
-        tensors = _raw_tensors(weights)
+        tensors = _header(weights)
     except SafetensorError as exc:
         raise AdapterFileError(
             f"{weights} is not a readable safetensors file ({exc}); fix: re-copy the artifact (it may be truncated)"
@@ -303,24 +356,42 @@ def _check_tensors(weights: Path, cfg: dict[str, Any]) -> str:
         raise AdapterFileError(f"cannot read {weights}: {exc}") from None
     if not tensors:
         raise AdapterFileError(f"{weights} holds no tensors; fix: re-save the adapter")
-    for key, *_ in tensors:
-        why = unaccounted_tensor(key, cfg)
+    return tensors
+
+
+def _check_header(weights: Path, tensors: list[_Tensor], cfg: dict[str, Any]) -> None:
+    """What the header alone shows: tensors an adapter may not carry, empty tensors, ranks against ``r``."""
+    for t in tensors:
+        why = unaccounted_tensor(t.key, cfg)
         if why is not None:
             raise SafetyError(
-                f"{weights}: tensor {key} is {why}; an adapter may not carry base-model weights, refused. "
+                f"{weights}: tensor {t.key} is {why}; an adapter may not carry base-model weights, refused. "
                 "Fix: re-save the adapter with PEFT's save_pretrained, or declare the module in modules_to_save"
             )
-    for key, dtype, shape, data in tensors:
-        if math.prod(shape) == 0:
+    for t in tensors:
+        if math.prod(t.shape) == 0:
             raise AdapterFileError(
-                f"{weights}: tensor {key} has shape {shape}; fix: re-save with gathered params "
+                f"{weights}: tensor {t.key} has shape {t.shape}; fix: re-save with gathered params "
                 "(a ZeRO-3 save without gathering writes empty tensors)"
             )
-        if not _all_finite(dtype, data):
-            raise AdapterFileError(f"{weights}: tensor {key} holds NaN or Inf values; the training run diverged")
-        if ".lora_A." in key and len(shape) == 2 and shape[0] != cfg["r"] and not cfg.get("rank_pattern"):
-            raise AdapterConfigError(f"{weights}: {key} has rank {shape[0]} but {CONFIG} says r={cfg['r']}")
-        _hash_tensor(h, key, dtype, shape, data)
+        if ".lora_A." in t.key and len(t.shape) == 2 and t.shape[0] != cfg["r"] and not cfg.get("rank_pattern"):
+            raise AdapterConfigError(f"{weights}: {t.key} has rank {t.shape[0]} but {CONFIG} says r={cfg['r']}")
+
+
+def _hash_data(weights: Path, tensors: list[_Tensor], cfg: dict[str, Any], check: bool = True) -> str:
+    """One pass over the tensor bytes, a chunk at a time: the adapter id (config and tensors hashed), and
+    with ``check`` every floating tensor checked for NaN/Inf on the way."""
+    h = hashlib.sha256(canonical_config(cfg).encode())
+    try:
+        with open(weights, "rb") as f:
+            for t in tensors:
+                _hash_head(h, t)
+                for block in _chunks(f, t):
+                    if check and not _all_finite(t.dtype, block):
+                        raise AdapterFileError(f"{weights}: tensor {t.key} holds NaN or Inf values; the training run diverged")
+                    h.update(block)
+    except OSError as exc:
+        raise AdapterFileError(f"cannot read {weights}: {exc}") from None
     return h.hexdigest()
 
 
@@ -373,42 +444,121 @@ def check_against_base(info: AdapterInfo, model: PreTrainedModel) -> None:
         IncompatibleError: a target module is absent or a shape does not fit.
     """
     shapes = {name: (m.out_features, m.in_features) for name, m in model.named_modules() if hasattr(m, "in_features")}
-    _check_shapes(info, shapes, linear_module_names(model))
+    _check_shapes(info.path, info.config, _read_header(info.path / WEIGHTS), shapes, linear_module_names(model))
 
 
 def check_against_base_files(info: AdapterInfo, ref: Any) -> None:
-    """The same check against a base model's files (a ``BaseModelRef``) with no weights loaded: the shapes
-    of its linear layers come from its safetensors headers (``harness.models.base.linear_shapes``)."""
-    from harness.models.base import linear_shapes
+    """``check_fits_base`` for an adapter already inspected."""
+    check_fits_base(info.path, info.config, _read_header(info.path / WEIGHTS), ref)
 
+
+def check_fits_base(path: Path, cfg: dict[str, Any], tensors: list[_Tensor], ref: Any) -> None:
+    """Everything about the adapter against a base model's files (a ``BaseModelRef``), with no weights
+    loaded and before PEFT sees either: ``target_modules`` (names, a regex that compiles and matches),
+    every LoRA shape against the base's layer (from its safetensors headers), every ``modules_to_save``
+    present in the file and in the base, and the file's LoRA modules exactly the ones the config targets
+    in this base (a partial adapter would load with layers left at their no-op init).
+
+    Raises:
+        IncompatibleError: the adapter does not fit this base (exit 3).
+    """
+    from harness.models.base import linear_shapes, module_names
+
+    names = module_names(ref)
     shapes = linear_shapes(ref)
-    _check_shapes(info, shapes, sorted(shapes))
+    linear = sorted({n.split(".")[-1] for n in shapes})
+    check_target_modules_names(cfg.get("target_modules"), names, str(path / CONFIG), linear)
+    _check_shapes(path, cfg, tensors, shapes, linear)
+    _check_coverage(path, cfg, tensors, names, shapes)
 
 
-def _check_shapes(info: AdapterInfo, shapes: dict[str, tuple[int, int]], linear: list[str]) -> None:
-    from safetensors import safe_open
+def _lora_parts(tensors: list[_Tensor]) -> tuple[dict[str, set[str]], set[str]]:
+    """{module: LoRA parts in the file (A, B, embedding_A, ...)} and the modules saved whole (modules_to_save)."""
+    lora: dict[str, set[str]] = {}
+    whole: set[str] = set()
+    for t in tensors:
+        key = t.key.removeprefix("base_model.model.")
+        if ".lora_" in key:
+            module, _, part = key.partition(".lora_")
+            lora.setdefault(module, set()).add(part.split(".")[0])
+        else:
+            whole.add(key.rpartition(".")[0])
+    return lora, whole
 
-    with safe_open(str(info.path / WEIGHTS), framework="pt") as f:
-        for key in f.keys():  # noqa: SIM118 - a safetensors safe_open handle is not iterable
-            if ".lora_A." not in key and ".lora_B." not in key:
-                continue
-            module_path = key.split(".lora_")[0]
-            # PEFT saves keys as base_model.model.<module path>.lora_A.weight
-            target = module_path.removeprefix("base_model.model.")
-            if target not in shapes:
+
+def _targeted(target_modules: Any, name: str) -> bool:
+    """PEFT's rule: a string is a regex over the full module name, a list names module suffixes."""
+    import re
+
+    if isinstance(target_modules, str):
+        return re.fullmatch(target_modules, name) is not None
+    return any(name == t or name.endswith("." + str(t)) for t in target_modules)
+
+
+#: config keys that narrow or redirect which modules get LoRA layers: with any of them set, the file's
+#: modules are compared with the config at load time (PEFT's own matching), not here
+_TARGETING_KEYS = ("layers_to_transform", "layers_pattern", "exclude_modules", "target_parameters")
+
+
+def _check_coverage(path: Path, cfg: dict[str, Any], tensors: list[_Tensor], names: list[str],
+                    shapes: dict[str, tuple[int, int]]) -> None:
+    weights = path / WEIGHTS
+    lora, whole = _lora_parts(tensors)
+    for module, parts in sorted(lora.items()):
+        for a, b in (("A", "B"), ("embedding_A", "embedding_B")):
+            if (a in parts) != (b in parts):
                 raise IncompatibleError(
-                    f"{info.path}: adapter tensor {key} targets module {target!r}, which the base model does not "
-                    f"have (adapter trained for {info.base_model_name!r}); linear modules in this base: "
-                    f"{', '.join(linear)}"
+                    f"{weights}: module {module} holds lora_{a if a in parts else b} without lora_{b if a in parts else a} "
+                    "(a partial save); fix: re-save the adapter with PEFT's save_pretrained"
                 )
-            out_features, in_features = shapes[target]
-            shape = list(f.get_slice(key).get_shape())
-            want_in = [shape[0], in_features] if ".lora_A." in key else [out_features, shape[1]]
-            if shape != want_in:
-                raise IncompatibleError(
-                    f"{info.path}: {key} has shape {shape} but the base's {target} needs {want_in}; the adapter was "
-                    f"trained for a different base ({info.base_model_name!r})"
-                )
+    saved = cfg.get("modules_to_save") or []
+    for m in [saved] if isinstance(saved, str) else saved:
+        if not any(n == m or n.endswith("." + str(m)) for n in names):
+            raise IncompatibleError(f"{path / CONFIG}: modules_to_save names {m!r}, which this base does not have")
+        if not any(w == m or w.endswith("." + str(m)) for w in whole):
+            raise IncompatibleError(
+                f"{path / CONFIG}: modules_to_save names {m!r} but {weights} holds no weights for it (a partial "
+                "save, or a config edited after training); fix: re-save the adapter, or remove it from modules_to_save"
+            )
+    targets = cfg.get("target_modules")
+    if targets in (None, "all-linear") or any(cfg.get(k) for k in _TARGETING_KEYS) or not lora:
+        return
+    expected = {n for n in shapes if _targeted(targets, n)}
+    missing, extra = sorted(expected - set(lora)), sorted(set(lora) - expected)
+    if missing or extra:
+        example = f"no LoRA weights for {missing[0]}" if missing else f"LoRA weights for {extra[0]}, which target_modules does not name"
+        raise IncompatibleError(
+            f"{weights}: partial adapter: target_modules selects {len(expected)} module(s) of this base, the file holds "
+            f"LoRA weights for {len(lora)} ({len(missing)} missing, {len(extra)} not targeted; e.g. {example}); "
+            f"the adapter was trained for a different base ({cfg.get('base_model_name_or_path')!r}) or saved partially"
+        )
+
+
+def _check_shapes(path: Path, cfg: dict[str, Any], tensors: list[_Tensor], shapes: dict[str, tuple[int, int]],
+                  linear: list[str]) -> None:
+    named = cfg.get("base_model_name_or_path")
+    for t in tensors:
+        if ".lora_A." not in t.key and ".lora_B." not in t.key:
+            continue
+        # PEFT saves keys as base_model.model.<module path>.lora_A.weight
+        target = t.key.split(".lora_")[0].removeprefix("base_model.model.")
+        if target not in shapes:
+            raise IncompatibleError(
+                f"{path}: adapter tensor {t.key} targets module {target!r}, which the base model does not "
+                f"have (adapter trained for {named!r}); linear modules in this base: {', '.join(linear)}"
+            )
+        out_features, in_features = shapes[target]
+        if ".lora_A." in t.key:
+            want = [t.shape[0], in_features]
+        elif t.key.endswith(".lora_B.bias"):
+            want = [out_features]
+        else:
+            want = [out_features, t.shape[1] if len(t.shape) > 1 else 0]
+        if t.shape != want:
+            raise IncompatibleError(
+                f"{path}: {t.key} has shape {t.shape} but the base's {target} needs {want}; the adapter was "
+                f"trained for a different base ({named!r})"
+            )
 
 
 def load_adapter(model: PreTrainedModel, info: AdapterInfo, trainable: bool = False,
@@ -456,7 +606,12 @@ def _load_state(peft_model: PeftModel, info: AdapterInfo, adapter_name: str) -> 
 
     state = load_file(str(info.path / WEIGHTS), device=str(next(peft_model.parameters()).device))
     # peft annotates the return as `namedtuple`; it is torch's _IncompatibleKeys (missing/unexpected keys)
-    result: Any = set_peft_model_state_dict(peft_model, state, adapter_name=adapter_name)
+    try:
+        result: Any = set_peft_model_state_dict(peft_model, state, adapter_name=adapter_name)
+    except (KeyError, RuntimeError, ValueError) as exc:  # a key PEFT expected and the file lacks, a shape it cannot copy
+        raise IncompatibleError(f"{info.path}: PEFT could not load the adapter's weights into this base "
+                                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); the adapter "
+                                "does not fit this base or was saved partially") from None
     missing = [k for k in result.missing_keys if ".lora_" in k and f".{adapter_name}." in k]
     unexpected = list(result.unexpected_keys)
     if missing or unexpected:

@@ -216,6 +216,8 @@ def module_names(ref: BaseModelRef) -> list[str]:
                 module = key.rpartition(".")[0]
                 parts = module.split(".")
                 names.update(".".join(parts[: i + 1]) for i in range(len(parts)))
+    if "lm_head" not in names and _tied_head(ref, {n: (0, 0) for n in names}) is not None:
+        names.add("lm_head")
     return sorted(names)
 
 
@@ -232,7 +234,23 @@ def linear_shapes(ref: BaseModelRef) -> dict[str, tuple[int, int]]:
                     shape = st.get_slice(key).get_shape()
                     if len(shape) == 2:
                         shapes[key.removesuffix(".weight")] = (int(shape[0]), int(shape[1]))
+    head = _tied_head(ref, shapes)
+    if head is not None:
+        shapes["lm_head"] = shapes[head]
     return shapes
+
+
+def _tied_head(ref: BaseModelRef, shapes: dict[str, tuple[int, int]]) -> str | None:
+    """The input embedding that stands for ``lm_head`` when the base ties them (its file then holds no
+    ``lm_head.weight``, yet the loaded model has the layer and an adapter may target it); else None."""
+    if "lm_head" in shapes:
+        return None
+    try:
+        tied = json.loads((ref.path / "config.json").read_text(encoding="utf-8")).get("tie_word_embeddings", True)
+    except (OSError, ValueError, AttributeError):
+        return None
+    emb = next((k for k in sorted(shapes) if k.endswith(("embed_tokens", "wte", "word_embeddings"))), None)
+    return emb if tied is not False else None
 
 
 def check_device(requested: str | None) -> str | None:

@@ -35,10 +35,11 @@ def _run(argv: list[str], cwd: Path) -> tuple[str, str]:
     return out.stdout, out.stderr
 
 
-def _adapter(d: Path, tensors: dict[str, np.ndarray] | None = None, raw: bytes | None = None) -> Path:
+def _adapter(d: Path, tensors: dict[str, np.ndarray] | None = None, raw: bytes | None = None, **config) -> Path:
     d.mkdir()
     (d / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"], "base_model_name_or_path": "tiny"}))
+        {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"], "base_model_name_or_path": "tiny",
+         **config}))
     if raw is not None:
         (d / "adapter_model.safetensors").write_bytes(raw)
     else:
@@ -47,10 +48,12 @@ def _adapter(d: Path, tensors: dict[str, np.ndarray] | None = None, raw: bytes |
 
 
 def _nan_lora() -> dict[str, np.ndarray]:
-    a = np.zeros((2, 64), dtype=np.float32)
+    """Layer 0's q_proj of the default base (SmolLM2-135M, width 576), one NaN in lora_A: it fits the base, so
+    the NaN is what the pre-flight finds."""
+    a = np.zeros((2, 576), dtype=np.float32)
     a[1, 3] = np.nan
     prefix = "base_model.model.model.layers.0.self_attn.q_proj"
-    return {f"{prefix}.lora_A.weight": a, f"{prefix}.lora_B.weight": np.zeros((64, 2), dtype=np.float32)}
+    return {f"{prefix}.lora_A.weight": a, f"{prefix}.lora_B.weight": np.zeros((576, 2), dtype=np.float32)}
 
 
 @pytest.fixture()
@@ -68,7 +71,7 @@ def project(tmp_path: Path, tiny_model_dir: Path) -> Path:
     (tmp_path / "fields.yaml").write_text(base + "data: {path: raw.jsonl, fields: {prompt: tiket, completion: answer}}\n")
     (tmp_path / "modules.yaml").write_text(
         base + "data: {path: raw.jsonl, fields: {prompt: ticket, completion: answer}}\ntarget_modules: [q_projx]\n")
-    _adapter(tmp_path / "nan-adapter", _nan_lora())
+    _adapter(tmp_path / "nan-adapter", _nan_lora(), layers_to_transform=[0])
     _adapter(tmp_path / "truncated-adapter", raw=b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
     (tmp_path / "existing").mkdir()
     (tmp_path / "existing" / "adapter_config.json").write_text("{}")

@@ -143,3 +143,35 @@ def test_db_check_reads_everything_and_compares_with_the_shards(tmp_path):
     os.remove(store.shard_dir / "r0-00001.shard" / "MANIFEST.json")
     proc = harness("db", "check", "--db", str(db))
     assert proc.returncode == 5 and "r0-00001.shard: MANIFEST.json is unreadable" in proc.stdout + proc.stderr
+
+
+def test_db_check_finds_every_damaged_block_that_harness_results_trips_on(tmp_path, capsys):
+    """Issue 29.4: `db check` said "healthy" for a file `harness results` refused. A table scan never reads an
+    index, a point query does: one flipped byte in each 256 KiB block in turn, and wherever `harness results`
+    exits 5, `harness db check` exits 5 too."""
+    import shutil
+
+    from harness.cli import main
+
+    src = tmp_path / "src.duckdb"
+    fill(src)
+    run_id = Store(src).query("SELECT run_id FROM runs ORDER BY run_id LIMIT 1")[0]["run_id"]
+    block, first = 262144, 3 * 4096  # DuckDB's block size and its three file headers
+    n_blocks = (src.stat().st_size - first) // block
+    tripped = []
+    for b in range(n_blocks):
+        d = tmp_path / f"b{b}"
+        d.mkdir()
+        db = d / "h.duckdb"
+        shutil.copy(src, db)
+        shutil.copytree(src.with_name(src.name + ".shards"), db.with_name(db.name + ".shards"))
+        with open(db, "r+b") as f:
+            f.seek(first + b * block + 200)  # past the block's checksum
+            byte = f.read(1)
+            f.seek(-1, 1)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        if main(["results", "--run", run_id, "--db", str(db)]) == 5:
+            tripped.append(b)
+            assert main(["db", "check", "--db", str(db)]) == 5, f"block {b}: results refuses the file, db check passed it"
+        capsys.readouterr()
+    assert tripped, "no block that `harness results` reads was damaged: the test proves nothing"
