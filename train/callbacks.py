@@ -57,8 +57,11 @@ def _clip_of(args: object) -> float | None:
 class AnomalyCallback(TrainerCallback):
     """Live anomaly detection. ``findings`` holds the latest findings; ``stop_reason`` the error that stopped the run."""
 
-    def __init__(self, stop_on_error: bool = True, stop_kinds: Iterable[str] | None = None, check_every: int | None = None) -> None:
+    def __init__(self, stop_on_error: bool = True, stop_kinds: Iterable[str] | None = None, check_every: int | None = None,
+                 eval_size: int | None = None) -> None:
         self.stop_on_error = stop_on_error
+        #: rows in the eval set (the overfitting rule's noise); None: unknown
+        self.eval_size = eval_size
         #: Run the full rules every this many logs; None: every log for the first LONG_LOG logs, then
         #: every len(log) // LONG_LOG logs (detect is O(len(log))). A log with a NaN/inf or 0 loss or
         #: grad norm is always checked at once.
@@ -88,11 +91,13 @@ class AnomalyCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         if state.log_history:
-            self.findings = detect(from_history(state.log_history, source="training log", max_grad_norm=_clip_of(args)))
+            self.findings = detect(from_history(state.log_history, source="training log", max_grad_norm=_clip_of(args)),
+                                   eval_size=self.eval_size)
         return control
 
     def _check(self, history: list, control, max_grad_norm: float | None = None):
-        self.findings = detect(from_history(history, source="live training log", max_grad_norm=max_grad_norm))
+        self.findings = detect(from_history(history, source="live training log", max_grad_norm=max_grad_norm),
+                               eval_size=self.eval_size)
         for f in self.findings:
             key = (f.kind, f.severity, f.step)
             if key not in self._reported and f.severity in ("error", "warning"):

@@ -250,7 +250,7 @@ def configure_trainer(spec: TrainSpec, lora: LoraModel, data: TrainingRows, base
         log(f"  eval loss on {len(data.eval_ds)} held-out examples every {eval_steps} steps "
             f"(about {max(1, planned_steps(spec, n_train) // eval_steps)} evaluations; set eval_steps to change)")
     args = sft_config(spec, precision, ckpt_root, n_train, data.eval_ds is not None, base.device == "cpu")
-    anomaly = AnomalyCallback(stop_on_error=spec.stop_on_anomaly)
+    anomaly = AnomalyCallback(stop_on_error=spec.stop_on_anomaly, eval_size=len(data.eval_ds) if data.eval_ds is not None else None)
     trainer = SFTTrainer(
         model=lora.peft_model, args=args, train_dataset=data.train_ds, eval_dataset=data.eval_ds,
         processing_class=base.tokenizer, callbacks=[*our_callbacks(spec, identity, stopper, anomaly, log), *callbacks],

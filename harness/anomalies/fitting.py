@@ -18,7 +18,9 @@ from harness.anomalies.thresholds import (
     NEGATIVE_LOSS_TOL,
     OVERFIT_EVAL_RISE,
     OVERFIT_GAP_WIDEN,
+    OVERFIT_LOSS_CV,
     OVERFIT_MIN_EVALS,
+    OVERFIT_NOISE_Z,
     OVERFIT_TRAIN_FALL,
     PLATEAU_EDGE_FRAC,
     PLATEAU_MIN_REL_DROP,
@@ -36,7 +38,15 @@ def _train_loss_at(seg: Segment, step: float, window: int = 5) -> float:
     return float(np.median(loss[max(0, last - window + 1): last + 1]))
 
 
-def _rule_overfitting(seg: Segment, tag: str) -> list[Finding]:
+def overfit_rise_needed(eval_size: int | None) -> float:
+    """The relative eval-loss rise the overfitting rule needs: OVERFIT_EVAL_RISE, or the noise of a mean over
+    ``eval_size`` rows when that is larger (``OVERFIT_NOISE_Z * OVERFIT_LOSS_CV / sqrt(eval_size)``)."""
+    if not eval_size or eval_size <= 0:
+        return OVERFIT_EVAL_RISE
+    return max(OVERFIT_EVAL_RISE, OVERFIT_NOISE_Z * OVERFIT_LOSS_CV / math.sqrt(eval_size))
+
+
+def _rule_overfitting(seg: Segment, tag: str, eval_size: int | None = None) -> list[Finding]:
     ev_rows = [r for r in seg.eval if math.isfinite(r.get("eval_loss", math.nan)) and r.get("step") is not None]
     if len(ev_rows) < OVERFIT_MIN_EVALS:
         return []
@@ -46,8 +56,11 @@ def _rule_overfitting(seg: Segment, tag: str) -> list[Finding]:
     last = len(ev) - 1
     if b == last:
         return []
-    rose = ev[last] >= ev[b] * (1 + OVERFIT_EVAL_RISE)
-    stalled = b <= last // 2 and ev[last] >= ev[b]
+    need = overfit_rise_needed(eval_size)
+    rise = float(ev[last] / ev[b] - 1) if ev[b] > 0 else math.inf
+    rose = rise >= need
+    # a best reached early and never bettered counts only where no noise is known to explain a small rise
+    stalled = b <= last // 2 and ev[last] >= ev[b] and not eval_size
     if not (rose or stalled):
         return []
     tr_b, tr_last = _train_loss_at(seg, est[b]), _train_loss_at(seg, est[last])
@@ -60,10 +73,15 @@ def _rule_overfitting(seg: Segment, tag: str) -> list[Finding]:
         return []
     ep = ev_rows[b].get("epoch")
     ep_txt = f", epoch {ep:.2f}" if ep is not None and math.isfinite(ep) else ""
+    noise = (f"a rise of {rise:.1%} against the {need:.1%} that the noise of a mean over the eval set's {eval_size} rows "
+             f"allows ({OVERFIT_NOISE_Z:g} x {OVERFIT_LOSS_CV:g} / sqrt({eval_size}))" if eval_size else
+             f"a rise of {rise:.1%} (rule: >= {OVERFIT_EVAL_RISE:.0%}, or no new best since the first half); the eval "
+             "set's size is unknown, so its noise was not judged")
     return [Finding("overfitting", "warning", int(est[b]),
         f"eval loss was best at {_fmt(float(ev[b]))} (step {int(est[b])}{ep_txt}) and is {_fmt(float(ev[last]))} at step "
-        f"{int(est[last])}{tag}, while the train loss fell from {_fmt(tr_b)} to {_fmt(tr_last)}; the eval-train gap widened "
-        f"from {_fmt(gap_b)} to {_fmt(gap_last)}. Fixes: keep the checkpoint of step {int(est[b])} "
+        f"{int(est[last])}{tag}: {noise}; meanwhile the train loss (median of the last 5 logs up to each of those "
+        f"steps) fell from {_fmt(tr_b)} to {_fmt(tr_last)}, and the eval-train gap widened from {_fmt(gap_b)} to "
+        f"{_fmt(gap_last)}. Fixes: keep the checkpoint of step {int(est[b])} "
         "(load_best_model_at_end / early stopping), fewer epochs, more or more varied data, more regularisation "
         "(lora_dropout 0.05-0.1, weight decay), a lower r.")]
 

@@ -51,6 +51,8 @@ class StepLog:
     segments: list[Segment] = field(default_factory=list)
     #: The run's gradient clipping threshold when the log says (None: unknown; 0: clipping off).
     max_grad_norm: float | None = None
+    #: How many held-out rows each eval loss is a mean over (None: unknown); the overfitting rule's noise.
+    eval_size: int | None = None
 
     @property
     def train_rows(self) -> list[dict[str, float]]:
@@ -288,6 +290,7 @@ def _read_dir(path: Path) -> StepLog:
         with contextlib.suppress(RecordError):
             record = read_adapter_record(path)
             log.max_grad_norm = _clip_value(record.max_grad_norm) if record is not None else None
+            log.eval_size = record.data.n_eval if record is not None and record.data is not None else None
         return log
     checkpoints = sorted((p for p in path.glob("checkpoint-*") if p.is_dir() and _checkpoint_number(p) >= 0),
                          key=_checkpoint_number, reverse=True)

@@ -27,13 +27,15 @@ KINDS = (
 )
 
 
-def detect(log: StepLog, max_grad_norm: float | None = None) -> list[Finding]:
+def detect(log: StepLog, max_grad_norm: float | None = None, eval_size: int | None = None) -> list[Finding]:
     """All anomaly findings for a parsed log, errors first, then by step.
 
     ``max_grad_norm``: the run's clipping threshold (``TrainingArguments.max_grad_norm``; 0 = off) when
     known; defaults to what the log carries (``log.max_grad_norm``). With it, grad norms are also judged
-    against the clip, their expected scale."""
+    against the clip, their expected scale. ``eval_size``: how many held-out rows each eval loss averages
+    (defaults to ``log.eval_size``); an eval-loss rise within that mean's noise is not overfitting."""
     clip = max_grad_norm if max_grad_norm is not None else log.max_grad_norm
+    n_eval = eval_size if eval_size is not None else log.eval_size
     findings: list[Finding] = []
     nseg = len(log.segments)
     train_segments = [s for s in log.segments if s.train]
@@ -53,7 +55,7 @@ def detect(log: StepLog, max_grad_norm: float | None = None) -> list[Finding]:
             shape = [f for f in shape if f.kind != "spike"]
             fluct = []
         findings += shape + fluct
-        findings += _rule_overfitting(seg, tag)
+        findings += _rule_overfitting(seg, tag, n_eval)
         findings += _rule_memorization(seg, tag)
     kinds = {f.kind for f in findings}
     if not log.is_rl and not kinds & {"no_learning", "nan_inf", "divergence", "zero_collapse", "negative_loss"}:

@@ -87,6 +87,12 @@ OVERFIT_MIN_EVALS = 3
 OVERFIT_EVAL_RISE = 0.03
 OVERFIT_TRAIN_FALL = 0.05
 OVERFIT_GAP_WIDEN = 0.05
+#: With the eval set's size N known, the rise must also pass the noise of a mean loss over N rows: a
+#: per-example loss spread of OVERFIT_LOSS_CV times the mean (cross-entropies of short answers vary about
+#: that much from example to example) and OVERFIT_NOISE_Z standard errors, i.e. a relative rise of
+#: Z * CV / sqrt(N): 33% on 9 rows, 10% on 100, 3% (the floor above) from about 1,100.
+OVERFIT_LOSS_CV = 0.5
+OVERFIT_NOISE_Z = 2.0
 
 #: Memorisation: the train loss ends below MEMO_LOSS after at least MEMO_MIN_EPOCHS epochs, having
 #: fallen there from a start above MEMO_MIN_START (a loss that is ~0 from the first log, or with a grad

@@ -26,6 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-grad-norm", type=float, default=None, metavar="X",
                    help="the run's gradient clipping (max_grad_norm), when the log does not record it: grad norms far "
                         "above it are a finding")
+    p.add_argument("--eval-size", type=int, default=None, metavar="N",
+                   help="how many held-out rows each eval loss is a mean over (an adapter trained by the harness "
+                        "records it): an eval-loss rise within that mean's noise is not reported as overfitting")
 
 
 def _table(findings: list) -> str:
@@ -51,8 +54,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_grad_norm is not None and not (math.isfinite(args.max_grad_norm) and args.max_grad_norm > 0):
         raise UsageError(f"--max-grad-norm {args.max_grad_norm!r} must be a positive number (the Trainer's default is 1.0)")
+    if args.eval_size is not None and args.eval_size <= 0:
+        raise UsageError(f"--eval-size {args.eval_size!r} must be a positive number of rows")
     log = read_log(args.path)
-    findings = detect(log, max_grad_norm=args.max_grad_norm)
+    findings = detect(log, max_grad_norm=args.max_grad_norm, eval_size=args.eval_size)
     if args.json:
         print(json.dumps([f.to_dict() for f in findings], indent=2))
     else:

@@ -564,3 +564,41 @@ def test_cli_max_grad_norm_flag_judges_grad_norms_against_the_clip(capsys):
     kinds = {f["kind"] for f in json.loads(capsys.readouterr().out)}
     assert {"divergence", "grad_explosion"} <= kinds
     assert main(["anomalies", str(real / "healthy__linear_eval.json"), "--max-grad-norm", "nan"]) == 2
+
+
+def _overfit_history(rise: float) -> list[dict]:
+    """Train loss falling 2.0 -> 0.5 over 100 steps; eval loss best (1.0) at step 40, ``rise`` above it at 100."""
+    rows: list[dict] = [{"step": s, "epoch": s / 50, "loss": 2.0 - 1.5 * s / 100, "learning_rate": 1e-4} for s in range(5, 101, 5)]
+    evals = {20: 1.1, 40: 1.0, 60: 1.0 + rise / 3, 80: 1.0 + 2 * rise / 3, 100: 1.0 + rise}
+    rows += [{"step": s, "epoch": s / 50, "eval_loss": v} for s, v in evals.items()]
+    return sorted(rows, key=lambda r: (r["step"], "eval_loss" in r))
+
+
+# (relative rise, eval rows, overfitting?) -- labelled by hand: a rise is evidence only beyond the noise of a
+# mean over that many rows (2 x 0.5 / sqrt(N): 33% on 9 rows, 3% floor from ~1,100 rows)
+OVERFIT_CASES = [(0.02, 9, False), (0.05, 9, False), (0.20, 9, False), (0.40, 9, True), (0.05, 2000, True),
+                 (0.02, 2000, False), (0.15, 100, True), (0.08, 100, False), (0.02, None, True)]
+
+
+@pytest.mark.parametrize(("rise", "n", "expected"), OVERFIT_CASES)
+def test_overfitting_needs_a_rise_beyond_the_eval_sets_noise(rise, n, expected) -> None:
+    """Issue 35.1: the warning fired on a 2% rise over 9 held-out rows. With the eval set's size known, the rise
+    must pass its noise; the message quotes the rise, the size, the threshold and which train losses it compared."""
+    from harness.anomalies.logs import from_history
+
+    found = [f for f in detect(from_history(_overfit_history(rise)), eval_size=n) if f.kind == "overfitting"]
+    assert bool(found) is expected, [f.message for f in found]
+    if found and n:
+        msg = found[0].message
+        assert f"{n} rows" in msg and f"a rise of {rise:.1%}" in msg and "median of the last 5 logs" in msg, msg
+    if found and n is None:
+        assert "size is unknown" in found[0].message
+
+
+def test_anomalies_cli_takes_the_eval_size(tmp_path: Path) -> None:
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"log_history": _overfit_history(0.05)}))
+    assert "overfitting" in cli(str(tmp_path / "trainer_state.json")).stdout  # size unknown: the old rule
+    res = cli(str(tmp_path / "trainer_state.json"), "--eval-size", "9")
+    assert res.returncode == 0 and "overfitting" not in res.stdout, res.stdout
+    res = cli(str(tmp_path / "trainer_state.json"), "--eval-size", "0")
+    assert res.returncode == 2 and "--eval-size" in res.stderr
