@@ -166,6 +166,7 @@ def replay_rows(base: LoadedBase, n: int, seed: int, log: Callable[[str], None] 
     """
     from harness.generation.generate import GenerationSettings, generate, render_prompt
     from harness.models.base import harness_home
+    from harness.util.progress import Progress
 
     pool = [json.loads(line)["prompt"] for line in REPLAY_POOL.read_text(encoding="utf-8").splitlines() if line.strip()]
     # The prompts used are the first n of a seeded shuffle of the pool whose answers ended on their own;
@@ -191,7 +192,9 @@ def replay_rows(base: LoadedBase, n: int, seed: int, log: Callable[[str], None] 
         missing = [p for p in take if p not in answers]
         if missing:
             log(f"  generating the base model's answers to {len(missing)} general prompts for replay (cached afterwards)")
-            gens = generate(base.model, base.tokenizer, [render_prompt(base.tokenizer, p) for p in missing], settings, batch_size=16)
+            with Progress(len(missing), "replay answers", log) as bar:
+                gens = generate(base.model, base.tokenizer, [render_prompt(base.tokenizer, p) for p in missing], settings,
+                                batch_size=16, progress=bar.update)
             answers.update({p: ((g.text or "").strip(), g.truncated) for p, g in zip(missing, gens)})
             generated = True
         usable += [p for p in take if answers[p][0] and not answers[p][1]]

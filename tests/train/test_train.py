@@ -345,7 +345,8 @@ def test_replay_mix_uses_base_model_answers_generated_once_and_cached(tiny_model
     assert len(rows) == 5 and all(r["prompt"][0]["content"] in pool for r in rows)
     assert len({r["prompt"][0]["content"] for r in rows}) == 5
     assert all(r["completion"][0]["content"].strip() for r in rows)
-    assert [s.strip() for s in said] == ["generating the base model's answers to 5 general prompts for replay (cached afterwards)"]
+    assert [s.strip() for s in said][0] == "generating the base model's answers to 5 general prompts for replay (cached afterwards)"
+    assert re.fullmatch(r"replay answers: 5/5 \(100%\), [0-9.e+]+/s", said[-1].strip()), said  # issue 35.2: progress
     said.clear()
     again = replay_rows(base, 5, seed=1, log=said.append)
     assert again == rows and not said  # served from the cache, no generation
