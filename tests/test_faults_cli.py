@@ -309,7 +309,9 @@ def test_row24_unknown_config_keys_are_a_warning_listing_them_shown_and_stored_w
 def test_row25_a_bad_r_or_lora_alpha_is_one_line_exit_2_before_any_load(case, config, needle, lora_dir, tiny_model_dir,
                                                                         suite, stored, tmp_path, capsys):
     d = adapter_copy(lora_dir, tmp_path / "a", config)  # json.dumps writes NaN and Infinity, as Python's json reads them
-    refused_by_eval(capsys, tiny_model_dir, suite, stored, d, 2, str(d / "adapter_config.json"), needle)
+    # the rank is checked against the weights file's header: that message names the weights file
+    named = d / ("adapter_model.safetensors" if "rank" in case else "adapter_config.json")
+    refused_by_eval(capsys, tiny_model_dir, suite, stored, d, 2, str(named), needle)
 
 
 # -- training spec helpers (rows 13, 31, 34) --------------------------------------------------------------

@@ -388,6 +388,35 @@ def unscored_metrics(suite: Suite, examples: Sequence[Example]) -> list[str]:
     return out
 
 
+def unscorable_examples(suite: Suite, examples: Sequence[Example]) -> list[str]:
+    """Examples a scorer of the suite cannot score whatever the model answers (it gives no value even for an
+    empty answer: a row with no target for ``exact_match``, no reference for ``rouge``): each scorer's rows as
+    one problem, found with no model loaded. Before, such rows were scored as missing after generation, and a
+    target column named wrong in some rows showed only then."""
+    from harness.metrics import model_metric_names
+    from harness.scorers import get_scorer
+
+    out = []
+    for sc in suite.scorers:
+        if sc.name in model_metric_names():
+            continue
+        fn = get_scorer(sc.name, sc.args).fn
+        bad: list[tuple[Example, str]] = []
+        for ex in examples:
+            try:
+                missing = [s for s in fn("", ex) if s.value is None]
+            except (ValueError, TypeError, KeyError, AttributeError, IndexError):
+                continue  # a probe the scorer cannot take says nothing about the example
+            if missing:
+                bad.append((ex, missing[0].reason or "no value"))
+        if bad:
+            shown = ", ".join(f"id {ex.id}" for ex, _ in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            out.append(f"{sc.name} cannot score {len(bad)} of {len(examples)} examples whatever the model answers "
+                       f"({bad[0][1]}: {shown}); fix: give every row the column it needs (map it under data.fields), "
+                       "or drop the scorer")
+    return out
+
+
 def check_suites(names_or_paths: Sequence[str | Path], limit: int | Limit | None = None) -> tuple[list[Suite], dict[str, list[Example]]]:
     """Load and fully check every suite (spec, data, every template rendered against every example,
     every scorer built, gates), and raise one SuiteError listing the problems of all of them.
@@ -412,7 +441,7 @@ def check_suites(names_or_paths: Sequence[str | Path], limit: int | Limit | None
         if suite.name in {s.name for s in suites}:
             problems.append(f"{suite.path}: a second suite named {suite.name!r} in one run; rename one (name:)")
             continue
-        unknown = unscored_metrics(suite, examples[suite.name])
+        unknown = unscored_metrics(suite, examples[suite.name]) + unscorable_examples(suite, examples[suite.name])
         if unknown:
             problems.append(f"{len(unknown)} problem(s) in suite {suite.path}:\n  " + "\n  ".join(unknown))
             continue

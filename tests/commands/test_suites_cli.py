@@ -50,3 +50,23 @@ def test_suites_check_refuses_a_headline_or_gate_no_scorer_emits(tmp_path, capsy
     err = capsys.readouterr().err
     assert "headline: no scorer of the suite emits 'rouge1'" in err and "they emit exact_match" in err
     assert "gates[0].metric: no scorer of the suite emits 'json_exact'" in err
+
+
+def test_check_finds_rows_a_scorer_cannot_score_before_any_model(tmp_path, capsys):
+    """Issue 35.4: rows without the target column (a column misnamed in some rows) were scored as missing only
+    after generation. `suites check` names the scorer, the rows and the fix; a full suite passes."""
+    d = tmp_path / "dates"
+    d.mkdir()
+    rows = [{"id": "1", "text": "Aug 31 1999", "iso": "1999-08-31"}, {"id": "2", "text": "May 1 2001", "iso": "2001-05-01"},
+            {"id": "3", "text": "Jan 2 2020", "ISO": "2020-01-02"}]
+    (d / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "suite.yaml").write_text("name: dates\nversion: 1\ndata: {path: data.jsonl, fields: {input: text, target: iso}}\n"
+                                  "prompt: {template: 'Write {{ input }} as an ISO 8601 date.'}\n"
+                                  "scorers: [{name: exact_match}, {name: chrf}]\nheadline: exact_match\n")
+    assert main(["suites", "check", str(d / "suite.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "exact_match cannot score 1 of 3 examples" in err and "id 3" in err and "data.fields" in err, err
+    assert "chrf cannot score 1 of 3" in err, err
+    rows[2] = {"id": "3", "text": "Jan 2 2020", "iso": "2020-01-02"}
+    (d / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["suites", "check", str(d / "suite.yaml")]) == 0
