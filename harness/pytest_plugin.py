@@ -94,10 +94,16 @@ class HarnessSession:
         self.suites[suite.name] = suite
 
     def register(self, planned: Any) -> Any:
+        """``planned`` with a name unique over the session, or None when the same gate is already an item
+        (a suite's gate collected from its suite file and from the project file is one gate, reported once)."""
+        from harness.gates.spec import numbered_name, same_gate
+
+        if any(same_gate(planned, g) for g in self.plan):
+            return None
         name, n = planned.name, 1
         while name in self._names:
             n += 1
-            name = f"{planned.name}#{n}"
+            name = numbered_name(planned.name, n)
         self._names.add(name)
         planned = replace(planned, name=name)
         self.plan.append(planned)
@@ -183,8 +189,8 @@ class SuiteFile(pytest.File):
         except (HarnessError, ValueError) as exc:
             raise self.CollectError(str(exc)) from None
         for planned in plan_gates([suite], ProjectGates(training_health=False), with_baseline=state.with_baseline):
-            if planned.suite == suite.name:
-                yield GateItem.from_parent(self, name=(p := state.register(planned)).name, planned=p)
+            if planned.suite == suite.name and (p := state.register(planned)) is not None:
+                yield GateItem.from_parent(self, name=p.name, planned=p)
 
 
 class GatesFile(pytest.File):
@@ -222,12 +228,13 @@ class GatesFile(pytest.File):
         from harness.jobs.check import release_defaults
 
         for planned in plan_gates(bare, release_defaults(cfg.gates), with_baseline=state.with_baseline, provenance=True):
-            yield GateItem.from_parent(self, name=(p := state.register(planned)).name, planned=p)
+            if (p := state.register(planned)) is not None:
+                yield GateItem.from_parent(self, name=p.name, planned=p)
         for s in listed:
             if not _under_args(self.config, Path(s.path)):  # else its own SuiteFile lists them
                 for planned in plan_gates([s], ProjectGates(training_health=False), with_baseline=state.with_baseline):
-                    if planned.suite == s.name:
-                        yield GateItem.from_parent(self, name=(p := state.register(planned)).name, planned=p)
+                    if planned.suite == s.name and (p := state.register(planned)) is not None:
+                        yield GateItem.from_parent(self, name=p.name, planned=p)
 
 
 def _under_args(config: pytest.Config, path: Path) -> bool:

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from harness.cli import main
-from tests.store.test_store_support import counts, fill, shard_tables
+from tests.store.test_store_support import counts, fill, harness, shard_tables
 from tests.test_hostile import Sentinel, write_suite
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,16 +41,16 @@ def run_cli(capsys, argv: list[str]) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-def error_line(err: str, *, only: bool = True) -> str:
-    """The one ``error: `` line of ``err``. With ``only`` nothing else may be there but ``warning: `` lines
-    (a refusal before any model work prints nothing else); without, progress lines may come first and the
-    error must be the last line."""
+def error_line(err: str, *, only: bool = True, allow: tuple[str, ...] = ("warning: ",)) -> str:
+    """The one ``error: `` line of ``err``. With ``only`` nothing else may be there but lines starting with one
+    of ``allow`` (a refusal before any model work prints nothing else); without, progress lines may come
+    first and the error must be the last line."""
     assert "Traceback" not in err, err
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("error: ")]
     assert len(errors) == 1, err
     if only:
-        assert all(ln.startswith(("error: ", "warning: ")) for ln in lines), err
+        assert all(ln.startswith(("error: ", *allow)) for ln in lines), err
     else:
         assert lines[-1] == errors[0], err
     return errors[0]
@@ -327,3 +327,428 @@ def _train_spec(tiny_model_dir: Path, tmp_path: Path, rows: list[dict], extra: s
     spec.write_text(f"base: {tiny_model_dir}\ndata: {data}\nr: 4\nlora_alpha: 8\nlearning_rate: 1e-2\n"
                     f"max_steps: 2\nper_device_train_batch_size: 4\n{extra}")
     return spec
+
+
+# -- row 27: a tokenizer larger than the base's embedding table --------------------------------------------
+
+
+def test_row27_eval_refuses_a_base_whose_tokenizer_outgrew_its_embeddings_exit_3_before_any_forward(
+        tmp_path, capsys, monkeypatch):
+    from transformers import LlamaForCausalLM
+
+    from harness.store import Store
+    from tests.helpers import make_tiny_llama, make_tokenizer
+
+    base = make_tiny_llama(tmp_path / "grown")
+    tok = make_tokenizer(tmp_path / "tok")
+    tok.add_tokens([f"<extra_{i}>" for i in range(50)])
+    tok.save_pretrained(str(base))  # the tokenizer grew, the embeddings did not
+    forwards: list[int] = []
+    real_forward = LlamaForCausalLM.forward
+
+    def counted(self, *a, **k):
+        forwards.append(1)
+        return real_forward(self, *a, **k)
+
+    monkeypatch.setattr(LlamaForCausalLM, "forward", counted)
+    db = tmp_path / "h.duckdb"
+    suite = write_suite(tmp_path / "s")
+    got, err = run_cli(capsys, eval_cmd(base, suite, db))
+    assert got == 3, err
+    line = error_line(err, only=False)
+    assert str(base) in line and f"tokenizer has {len(tok)} tokens" in line
+    assert f"embedding table has {len(tok) - 50} rows" in line and "resize" in line
+    assert forwards == []
+    assert Store(db, read_only=True).query("SELECT count(*) AS n FROM generations")[0]["n"] == 0
+
+
+# -- row 29: torch's weights-only pickle guard off, or a torch without it ------------------------------------
+
+
+@pytest.mark.parametrize("command", ["eval", "train"])
+@pytest.mark.parametrize("how", ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=true",
+                                 "torch 2.5.1"])
+def test_row29_a_torch_without_its_pickle_guard_is_refused_exit_4_before_any_weights_load(
+        how, command, tiny_model_dir, suite, stored, tmp_path, capsys, monkeypatch):
+    import transformers
+
+    if how.startswith("TORCH_FORCE"):
+        monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", how.partition("=")[2])
+        needle = how
+    else:
+        monkeypatch.setattr(torch, "__version__", "2.5.1+cpu")
+        needle = "torch 2.5.1+cpu is older than 2.6"
+    loads: list[str] = []
+    for cls in (transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
+        real = cls.from_pretrained
+
+        def spy(*a, _real=real, _name=cls.__name__, **k):
+            loads.append(_name)
+            return _real(*a, **k)
+
+        monkeypatch.setattr(cls, "from_pretrained", spy)
+    db, before = stored
+    if command == "eval":
+        argv = eval_cmd(tiny_model_dir, suite, db)
+    else:
+        argv = ["train", _train_spec(tiny_model_dir, tmp_path, ROWS), "--out", tmp_path / "out", "--db", db]
+    got, err = run_cli(capsys, argv)
+    assert got == 4, err
+    line = error_line(err, only=command == "eval")
+    assert needle in line
+    assert loads == []  # neither the tokenizer nor any weights were loaded
+    assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
+    after = counts(db)
+    assert all(after[t] == before[t] for t in ("generations", "scores", "run_results", "adapters", "step_logs")
+               if t in before), (before, after)
+
+
+# -- row 38: hostile text in the HTML report ---------------------------------------------------------------
+
+
+def _inert(html: str) -> None:
+    from tests.reports.test_report import assert_inert
+
+    assert_inert(html)
+    # template syntax in data stays text; markup is escaped; direction overrides are shown, not applied
+    assert "<script>document.title" not in html and 'href="javascript' not in html
+    assert "\u202e" not in html
+
+
+def test_row38_report_of_a_store_full_of_hostile_text_renders_it_inert(tmp_path, capsys):
+    from tests.reports.test_report_data import HOSTILE, make_store
+
+    db = tmp_path / "h.duckdb"
+    make_store(db, n_adapters=2, scales=(0.5, 1.0), n_examples=len(HOSTILE), hostile=HOSTILE)
+    out = tmp_path / "report.html"
+    title = "<script>document.title='t'</script>"
+    got, err = run_cli(capsys, ["report", "--db", db, "--out", out, "--title", title])
+    assert got == 0, err
+    assert "Traceback" not in err
+    html = out.read_text()
+    _inert(html)
+    assert "&lt;script&gt;document.title=" in html and "{{ 7*7 }} {% if 1 %}jinja{% endif %}" in html
+    assert "&lt;U+202E&gt;" in html and "&lt;U+200B&gt;" in html
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("report")] == ["report.html"]  # no temp file left
+
+
+def test_row38_hostile_suite_data_and_adapter_name_from_a_real_eval_are_inert_in_the_report(
+        lora_dir, tiny_model_dir, tmp_path, capsys):
+    from tests.reports.test_report_data import HOSTILE
+
+    rows = [json.dumps({"id": f"h{i}", "question": f"{p} Capital of France?", "answer": f"Paris {p}"})
+            for i, p in enumerate(HOSTILE)]
+    suite = write_suite(tmp_path / "s", rows=rows)
+    db = tmp_path / "h.duckdb"
+    name = "<img src=x onerror=\"document.title='name'\">"
+    got, err = run_cli(capsys, eval_cmd(tiny_model_dir, suite, db, "--adapter", lora_dir, "--name", name, "--no-gates"))
+    assert got == 0, err
+    out = tmp_path / "report.html"
+    got, err = run_cli(capsys, ["report", "--db", db, "--out", out])
+    assert got == 0, err
+    html = out.read_text()
+    _inert(html)
+    assert "&lt;script&gt;document.title=" in html  # the suite's text is in the page, escaped
+    assert "&lt;img src=x onerror=" in html  # and so is the adapter's name
+
+
+# -- row 6: one bad record in a shard the command ingests -----------------------------------------------------
+
+
+def _bad_shard(db: Path) -> tuple[Path, dict[str, int]]:
+    from harness.store import write_shard
+    from tests.store.test_store_support import gen
+
+    store = fill(db, n_shards=2)
+    before = counts(db)
+    t = shard_tables("bad", 0, 5)
+    t["generations"][2] = gen("bad-k2", "bad", example="ex-42", scale="not a number")
+    shard = write_shard(store.shard_dir, "bad-00001", "bad", t)
+    return shard, before
+
+
+def test_row6_eval_meeting_a_shard_with_one_bad_record_exits_5_naming_file_line_and_example(
+        tiny_model_dir, suite, tmp_path, capsys):
+    db = tmp_path / "h.duckdb"
+    shard, before = _bad_shard(db)
+    got, err = run_cli(capsys, eval_cmd(tiny_model_dir, suite, db))
+    assert got == 5, err
+    line = error_line(err)
+    assert f"{shard / 'generations.jsonl'} line 3 (example_id ex-42)" in line and "nothing from the shard was stored" in line
+    assert counts(db) == before  # none of the shard's 5 good rows either
+    assert shard.is_dir()  # the evidence is kept
+    got, err = run_cli(capsys, eval_cmd(tiny_model_dir, suite, db))  # and every later writer says the same
+    assert got == 5 and "line 3 (example_id ex-42)" in error_line(err)
+    assert counts(db) == before
+
+
+def test_row6_readers_show_what_is_stored_and_name_the_bad_record(tmp_path, capsys):
+    db = tmp_path / "h.duckdb"
+    shard, before = _bad_shard(db)
+    for command in (["runs"], ["results"], ["report", "--out", tmp_path / "r.html"]):
+        # a real process: the warning goes through logging, to the process's own stderr
+        proc = harness(*map(str, command), "--db", str(db), cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert "Traceback" not in proc.stderr
+        [warning] = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert warning.startswith("warning: ") and "nothing from the shard was stored" in warning
+        assert f"{shard / 'generations.jsonl'} line 3 (example_id ex-42)" in warning
+    assert "r0" in proc.stdout or (tmp_path / "r.html").is_file()
+    assert counts(db) == before
+
+
+@pytest.mark.xfail(strict=True, reason="`harness db check` says the bad shard 'is not in the database; the next harness "
+                                       "command that opens it moves it in', which no command can (every writer exits 5 "
+                                       "on it), and it does not name the bad record's file and line")
+def test_row6_db_check_names_the_bad_record_of_a_shard_that_cannot_be_moved_in(tmp_path):
+    db = tmp_path / "h.duckdb"
+    shard, before = _bad_shard(db)
+    proc = harness("db", "check", "--db", str(db), cwd=tmp_path)
+    assert proc.returncode == 5, proc.stderr
+    line = error_line(proc.stderr, allow=("problem: ",))
+    assert counts(db) == before
+    assert f"{shard / 'generations.jsonl'} line 3" in line and "moves it in" not in line
+
+
+# -- row 1: a second process holds the results database ----------------------------------------------------------
+
+HOLD = r"""
+import sys, time
+from harness.store import Store
+with Store(sys.argv[1]).connect():
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+PLAIN_HOLDER = r"""
+import sys, time, duckdb
+con = duckdb.connect(sys.argv[1])
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def _hold(script: str, db: Path, seconds: float) -> subprocess.Popen:
+    p = subprocess.Popen([sys.executable, "-c", script, str(db), str(seconds)], stdout=subprocess.PIPE, text=True,
+                         cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def _short_lock_timeout(monkeypatch, seconds: float) -> None:
+    """The CLI has no flag for it: every Store it makes waits ``lock_timeout`` (default 120 s); shorten the default."""
+    from harness.store import Store
+
+    defaults = list(Store.__init__.__defaults__)
+    defaults[0] = seconds
+    monkeypatch.setattr(Store.__init__, "__defaults__", tuple(defaults))
+
+
+@pytest.mark.parametrize("holder", ["harness", "plain duckdb"])
+def test_row1_eval_while_another_process_holds_the_db_exits_5_naming_the_holder(holder, tiny_model_dir, suite,
+                                                                               tmp_path, capsys, monkeypatch):
+    db = tmp_path / "h.duckdb"
+    fill(db, n_shards=1)
+    before = counts(db)
+    _short_lock_timeout(monkeypatch, 2.0)
+    proc = _hold(HOLD if holder == "harness" else PLAIN_HOLDER, db, 60)
+    try:
+        t0 = time.monotonic()
+        got, err = run_cli(capsys, eval_cmd(tiny_model_dir, suite, db))
+        took = time.monotonic() - t0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert got == 5, err
+    line = error_line(err, allow=("waiting for the results DB",))
+    assert str(db) in line and f"PID {proc.pid}" in line and "pass --db" in line
+    if holder == "plain duckdb":
+        assert "(not a harness process" in line
+    assert 1.9 <= took < 15, took  # it waited its timeout, then gave up
+    assert counts(db) == before
+
+
+WAITER = r"""
+import sys
+from harness.store import Store
+defaults = list(Store.__init__.__defaults__)
+defaults[0] = float(sys.argv[1])
+Store.__init__.__defaults__ = tuple(defaults)
+from harness.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_row1_a_second_harness_process_waits_its_timeout_then_exits_5_naming_this_one(tmp_path):
+    """The holder is this process (a run holding the store); `harness runs` in a real second process gives up."""
+    from harness.store import Store
+
+    db = tmp_path / "h.duckdb"
+    fill(db, n_shards=1)
+    before = counts(db)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    with Store(db).connect():
+        t0 = time.monotonic()
+        proc = subprocess.run([sys.executable, "-c", WAITER, "2", "runs", "--db", str(db)], capture_output=True,
+                              text=True, cwd=tmp_path, env=env, timeout=120)
+        took = time.monotonic() - t0
+    assert proc.returncode == 5, proc.stderr
+    line = error_line(proc.stderr, allow=("waiting for the results DB",))
+    assert f"results DB {db} locked by PID {os.getpid()}" in line and "pass --db" in line
+    assert took >= 1.9
+    assert counts(db) == before
+    # once the holder is done, the same command works
+    proc = subprocess.run([sys.executable, "-m", "harness", "runs", "--db", str(db)], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+# -- row 34: every answer token cut off by truncation ----------------------------------------------------------
+
+
+def _long_rows(n: int) -> list[dict]:
+    return [{"prompt": f"word {i} " + "word " * 400, "completion": "x"} for i in range(n)]
+
+
+@pytest.mark.parametrize("which", ["one example", "every example"])
+def test_row34_train_refuses_examples_whose_answer_truncation_removes_with_one_line(which, tiny_model_dir, tmp_path,
+                                                                                    capsys):
+    from harness.store import Store
+
+    rows = ROWS[:3] + _long_rows(1) if which == "one example" else _long_rows(4)
+    n_bad = 1 if which == "one example" else 4
+    spec = _train_spec(tiny_model_dir, tmp_path, rows, "max_seq_length: 64\n")
+    out, db = tmp_path / "out", tmp_path / "h.duckdb"
+    got, err = run_cli(capsys, ["train", spec, "--out", out, "--db", db])
+    assert got == 2, err
+    line = error_line(err, only=False)
+    assert f"{n_bad} of 4 examples keep no answer token after truncation to max_seq_length=64" in line
+    assert "loss would be 0.0" in line and "Raise max_seq_length" in line
+    assert not (out / "adapter_model.safetensors").exists()
+    # never a loss of 0.0 reported as a result: no step was taken, and the run is stored as failed
+    assert "loss" not in capsys.readouterr().out
+    store = Store(db, read_only=True)
+    assert [r["status"] for r in store.query("SELECT status FROM runs WHERE kind = 'train'")] == ["failed"]
+    assert store.query("SELECT count(*) AS n FROM step_logs")[0]["n"] == 0
+
+
+@pytest.mark.xfail(strict=True, reason="the refusal names the examples by 0-based position in the (mixed) rows "
+                                       "('rows 3' for line 4 of the file) and does not name the data file, unlike "
+                                       "every other training-data error ('FILE row N', 1-based)")
+def test_row34_the_refusal_names_the_data_file_and_its_row_as_other_data_errors_do(tiny_model_dir, tmp_path, capsys):
+    spec = _train_spec(tiny_model_dir, tmp_path, ROWS[:3] + _long_rows(1), "max_seq_length: 64\n")
+    got, err = run_cli(capsys, ["train", spec, "--out", tmp_path / "out", "--db", tmp_path / "h.duckdb"])
+    assert got == 2, err
+    line = error_line(err, only=False)
+    assert f"{tmp_path / 'orders.jsonl'} row 4" in line, line
+
+
+# -- row 31: a checkpoint save cut short by SIGKILL, then --resume ------------------------------------------------
+
+KILL_MID_SAVE = r"""
+import os, signal, sys
+import torch
+
+real_save = torch.save
+
+
+def save(obj, f, *a, **k):
+    # the Trainer has written checkpoint-4's adapter and training args; it dies writing the optimizer state
+    if str(f).endswith(os.path.join("checkpoint-4", "optimizer.pt")):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, f, *a, **k)
+
+
+torch.save = save
+from harness.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def killed_mid_save(tiny_model_dir, tmp_path_factory):
+    """`harness train` (4 steps, a checkpoint every 2) in a second process, SIGKILLed inside checkpoint-4's save:
+    checkpoint-2 is complete and marked, checkpoint-4 is half written. Returns (spec, out dir, db)."""
+    tmp = tmp_path_factory.mktemp("killed")
+    spec = _train_spec(tiny_model_dir, tmp, ROWS * 2, "save_steps: 2\n")
+    spec.write_text(spec.read_text().replace("max_steps: 2", "max_steps: 4"))
+    out, db = tmp / "run", tmp / "h.duckdb"
+    proc = subprocess.run([sys.executable, "-c", KILL_MID_SAVE, "train", str(spec), "--out", str(out), "--db", str(db)],
+                          capture_output=True, text=True, cwd=tmp, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                          timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    ckpts = out / "checkpoints"
+    assert (ckpts / "checkpoint-2" / "harness-complete.json").is_file()
+    partial = ckpts / "checkpoint-4"
+    assert (partial / "adapter_model.safetensors").is_file()  # killed mid-save: weights there, the rest not
+    assert not (partial / "trainer_state.json").exists() and not (partial / "harness-complete.json").exists()
+    assert not (out / "adapter_model.safetensors").exists()
+    return spec, out, db
+
+
+def test_row31_resume_after_a_sigkill_mid_save_quarantines_the_partial_checkpoint_and_finishes(
+        killed_mid_save, tiny_model_dir, tmp_path, capsys):
+    spec, killed_out, db = killed_mid_save
+    out = tmp_path / "run"
+    shutil.copytree(killed_out, out)  # the kill's leftovers, as they are, for this test alone
+    partial_files = sorted(p.name for p in (out / "checkpoints" / "checkpoint-4").iterdir())
+    capsys.readouterr()
+    code = main(["train", str(spec), "--out", str(out), "--db", str(db), "--resume"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "Traceback" not in captured.err and not [ln for ln in captured.err.splitlines() if ln.startswith("error")]
+    assert captured.out.strip().splitlines()[-1] == str(out)
+    assert "moved partial checkpoint checkpoint-4" in captured.err
+    [aside] = (out / "checkpoints" / "quarantine").iterdir()
+    assert aside.name.startswith("checkpoint-4-") and sorted(p.name for p in aside.iterdir()) == partial_files
+    record = json.loads((out / "harness.json").read_text())
+    assert record["resumed_from"].endswith("checkpoint-2")
+    assert (out / "checkpoints" / "checkpoint-4" / "harness-complete.json").is_file()  # saved again, complete
+    steps = [json.loads(line)["step"] for line in (out / "step_logs.jsonl").read_text().splitlines()]
+    assert steps[-1] == 4 and (out / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_row31_the_run_resumed_after_the_kill_matches_one_never_interrupted(killed_mid_save, tmp_path, capsys):
+    """The resumed run is the run that was killed, finished: the same losses and weights as one never interrupted
+    (CPU, fixed seed: exactly equal)."""
+    spec, killed_out, db = killed_mid_save
+    out = tmp_path / "run"
+    shutil.copytree(killed_out, out)
+    assert main(["train", str(spec), "--out", str(out), "--db", str(db), "--resume"]) == 0
+    whole = tmp_path / "whole"
+    assert main(["train", str(spec), "--out", str(whole), "--db", str(tmp_path / "w.duckdb")]) == 0
+
+    def losses(d: Path) -> list[tuple[int, float]]:
+        logs = [json.loads(line) for line in (d / "step_logs.jsonl").read_text().splitlines()]
+        return [(s["step"], s["loss"]) for s in logs if s.get("loss") is not None]
+
+    assert [s for s, _ in losses(out)] == [1, 2, 3, 4] and losses(out) == losses(whole)
+    from harness.models.adapters import inspect_adapter
+
+    assert inspect_adapter(out).adapter_id == inspect_adapter(whole).adapter_id
+
+
+def test_row31_row13_resume_refuses_a_checkpoint_whose_files_were_swapped_for_pickles_exit_4(
+        killed_mid_save, tmp_path, capsys):
+    """Row 13 through `train --resume`: the newest complete checkpoint's weights or optimizer state replaced by a
+    code-carrying pickle is refused with its name, and the payload never runs."""
+    spec, killed_out, db = killed_mid_save
+    sentinel = tmp_path / "PWNED"
+    for what in ("weights", "optimizer"):
+        out = tmp_path / what
+        shutil.copytree(killed_out, out)
+        ckpt = out / "checkpoints" / "checkpoint-2"
+        if what == "weights":
+            (ckpt / "adapter_model.safetensors").unlink()
+            bad = ckpt / "adapter_model.bin"
+        else:
+            bad = ckpt / "optimizer.pt"
+        bad.write_bytes(pickle.dumps(Sentinel(sentinel)))
+        got, err = run_cli(capsys, ["train", spec, "--out", out, "--db", db, "--resume"])
+        assert got == 4, (what, err)
+        line = error_line(err, only=False)
+        assert bad.name in line and str(ckpt) in line, line
+        assert not sentinel.exists()
+        assert not (out / "adapter_model.safetensors").exists()

@@ -115,3 +115,21 @@ def test_inert_without_adapter(pytester, built):
     code = "import sys, harness.pytest_plugin; print(sorted(m for m in sys.modules if m.startswith(('torch', 'harness.'))))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert out.strip() == "['harness._offline', 'harness.pytest_plugin']"  # _offline: the package's env switches
+
+
+def test_one_gate_is_one_item_and_every_junit_name_is_well_formed(project, built):
+    """Issues 31/35.6: the same gate from the suite file and the project file was reported twice, and the second
+    of two gates of one name became the JUnit name ``threshold[gk:exact_match]#2]``. A project threshold equal to
+    the suite's own gate is that gate (one item); a different one is numbered inside the brackets."""
+    (project.path / "gates" / "harness.toml").write_text(
+        '[gates]\nmin_retention = 0.95\nskip = ["leakage", "task"]\n'
+        '[[gates.threshold]]\nrole = "general"\nmetric = "exact_match"\nmin = 0.9\n'   # the suite's own gate again
+        '[[gates.threshold]]\nrole = "general"\nmetric = "exact_match"\nmin = 0.5\n')  # another gate, same name
+    junit = project.path / "junit.xml"
+    run(project, built, "good", f"--junitxml={junit}")
+    names = [c.get("name") for c in ET.parse(junit).getroot().iter("testcase")]
+    assert len(names) == len(set(names)), names
+    gk = sorted(n for n in names if n.startswith("threshold[gk:exact_match"))
+    assert gk == ["threshold[gk:exact_match#2]", "threshold[gk:exact_match]"], names
+    for n in names:  # a bracket opens once and closes the name
+        assert n.count("[") == n.count("]") <= 1 and (("[" not in n) or n.endswith("]")), n

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -67,6 +67,19 @@ class PlannedGate:
     source: str = ""
 
 
+def numbered_name(base_name: str, n: int) -> str:
+    """The n-th gate of one name: ``threshold[order:exact_match#2]`` (the number inside the brackets, where a
+    JUnit report or a pytest node id reads the bracket as the end of the name: ``...]#2`` left a stray ``]``)."""
+    if n <= 1:
+        return base_name
+    return f"{base_name[:-1]}#{n}]" if base_name.endswith("]") else f"{base_name}#{n}"
+
+
+def same_gate(a: PlannedGate, b: PlannedGate) -> bool:
+    """Whether two planned gates judge the same thing the same way (then one is enough)."""
+    return (a.kind, a.metric, a.suite, a.min, a.max) == (b.kind, b.metric, b.suite, b.min, b.max)
+
+
 def plan_gates(suites: Sequence[Suite], project: ProjectGates | None = None, *, with_baseline: bool = False,
                provenance: bool = False) -> list[PlannedGate]:
     """The gates of these suites and this project file, with unique names (the same names every time)."""
@@ -76,9 +89,11 @@ def plan_gates(suites: Sequence[Suite], project: ProjectGates | None = None, *, 
 
     def add(kind: str, base_name: str, metric: str, suite: str | None = None, lo: float | None = None,
             hi: float | None = None, source: str = "") -> None:
+        planned = PlannedGate(base_name, kind, metric, suite, lo, hi, source)
+        if any(same_gate(planned, g) for g in out):
+            return  # the same gate from two places (a suite's own and the project's): judged and reported once
         names[base_name] += 1
-        name = base_name if names[base_name] == 1 else f"{base_name}#{names[base_name]}"
-        out.append(PlannedGate(name, kind, metric, suite, lo, hi, source))
+        out.append(replace(planned, name=numbered_name(base_name, names[base_name])))
 
     for s in suites:
         src = str(s.path)

@@ -53,11 +53,25 @@ _DENIALS = frozenset({"no", "nope", "not", "wrong", "incorrect", "false"})
 
 
 def _protect_numbers(text: str) -> str:
-    """Keep numbers whole through normalisation ("16.5" and "-4" are other numbers than 16 and 4), and fold
-    dotted abbreviations before the text is cut into clauses ("U.S.A." is one word, not three clauses)."""
+    """Keep numbers whole through normalisation ("16.5" and "-4" are other numbers than 16 and 4), keep the
+    arithmetic signs between numbers as words ("3600 / 60" is "3600 over 60"), and fold dotted abbreviations
+    before the text is cut into clauses ("U.S.A." is one word, not three clauses)."""
     text = re.sub(r"\b(?:[A-Za-z]\.){2,}", lambda m: m.group(0).replace(".", ""), text)
     text = re.sub(r"(?<=\d)\.(?=\d)", "point", text)
-    return re.sub(r"(?:(?<=^)|(?<=[\s(\[=:]))[-\u2212](?=\d)", "minus", text)
+    text = re.sub(r"(?:(?<=^)|(?<=[\s(\[=:]))[-\u2212](?=\d)", "minus", text)
+    return re.sub(r"(?<=[\d\s])([*\u00d7/\u00f7+=])(?=[\s\d])", lambda m: f" {_SIGNS[m.group(1)]} ", text)
+
+
+_SIGNS = {"*": "times", "\u00d7": "times", "/": "over", "\u00f7": "over", "+": "plus", "=": "equals"}
+#: words that make the number next to them an operand of a calculation, not its result ("divide 3600 by 60")
+_OPERAND_BEFORE = frozenset({"by", "times", "multiply", "multiplied", "divide", "divided", "over", "plus", "minus", "add",
+                             "subtract", "x"})
+_OPERAND_AFTER = frozenset({"times", "multiplied", "divided", "over", "plus", "minus", "x"})
+_NUMBER = re.compile(r"(?:minus)?\d+(?:point\d+)?")
+
+
+def _operand(before: list[str], after: list[str]) -> bool:
+    return bool((before and before[-1] in _OPERAND_BEFORE) or (after and after[0] in _OPERAND_AFTER))
 
 
 def _prose(output: str) -> str:
@@ -89,11 +103,21 @@ def _alias_credited(clauses: list[list[str]], norm: list[str]) -> bool:
                 continue
             if (before and before[-1] in ("or", "either")) or after == ["or"]:
                 continue
+            if k == 1 and _NUMBER.fullmatch(norm[0]) and _operand(before, after):
+                continue  # "divide 3600 by 60" does not answer 60
             return True
     return False
 
 
-@register_scorer("alias_match", version="3")
+def _restated(words: list[str], question: list[str], norm: list[str]) -> bool:
+    """A number the question holds, said no more often in the output than in the question: the output may only
+    restate the question ("3600 minutes ... 3600"), so the number is not credited as the answer."""
+    if len(norm) != 1 or not _NUMBER.fullmatch(norm[0]) or norm[0] not in question:
+        return False
+    return words.count(norm[0]) <= question.count(norm[0])
+
+
+@register_scorer("alias_match", version="4")  # 4: operands and numbers restated from the question
 def alias_match(mode: str = "contains", max_words: int | None = None, structured_is_wrong: bool = True) -> ScoreFn:
     """1.0 when the target or an accepted alias appears in the output as whole words, as an answer.
 
@@ -104,7 +128,10 @@ def alias_match(mode: str = "contains", max_words: int | None = None, structured
     Marseille or Paris"), or inside another number ("16.5" or "-4" for 16 or 4), and an alias found only
     inside JSON: an answer given as (or cut off inside) a JSON object scores 0 with the reason (a leaked
     answer is never a correct one) unless structured_is_wrong=False; a right answer followed by unrelated
-    JSON still counts. Dotted abbreviations and invisible characters fold ("The US" is "U.S.").
+    JSON still counts. Dotted abbreviations and invisible characters fold ("The US" is "U.S."). Version 4: a
+    number that is an operand of a calculation ("divide 3600 by 60", "60 x 24") is not the answer 60, and a
+    number the question holds counts only when the output says it more often than the question does (a
+    restated question is not an answer).
     """
     if mode not in ("contains", "exact"):
         raise ValueError(f"alias_match mode must be 'contains' or 'exact', not {mode!r}")
@@ -126,6 +153,7 @@ def alias_match(mode: str = "contains", max_words: int | None = None, structured
             words = words[:max_words]
             raw = " ".join(words)
         clauses = [normalize_answer(c).split() for c in _CLAUSE.split(raw)]
+        question = normalize_answer(_protect_numbers(example.input or "")).split()
         for ans in answers:
             norm = normalize_answer(_protect_numbers(ans)).split()
             if not norm:
@@ -133,7 +161,7 @@ def alias_match(mode: str = "contains", max_words: int | None = None, structured
             if mode == "exact":
                 if words == norm:
                     return [Score("alias_match", 1.0)]
-            elif _alias_credited(clauses, norm):
+            elif _alias_credited(clauses, norm) and not _restated(words, question, norm):
                 return [Score("alias_match", 1.0)]
         # not in the prose; when the output also holds JSON, that is where the answer went: say so
         return [Score("alias_match", 0.0, leaked)]

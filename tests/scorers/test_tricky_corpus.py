@@ -37,7 +37,7 @@ def cases() -> list[tuple[str, int, dict]]:
 def judge(scorer: str, case: dict) -> float | None:
     args = case.get("args") or ({"keys": ORDER_KEYS} if scorer == "format_leakage" else {})
     fn = get_scorer(scorer, args).fn
-    ex = Example("case", "question", case.get("target"), tuple(case.get("aliases", ())))
+    ex = Example("case", case.get("input", "question"), case.get("target"), tuple(case.get("aliases", ())))
     return next(s.value for s in fn(case["output"], ex) if s.metric == METRIC[scorer])
 
 
