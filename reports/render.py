@@ -88,9 +88,11 @@ def render_html(report: Report, chart_workers: int | None = None) -> str:
     sweeps = dict(zip(keys, charts))
     losses = charts[len(keys):]
     categories = sorted({c for run in report.runs for t in run.examples for c in t.categories})
+    scales = sorted({t.scale for run in report.runs for t in run.examples})
     script, csp = script_and_csp()
     return _env().get_template("report.html.j2").render(
         r=report, csp=csp, script=script, sweep_charts=sweeps, loss_charts=losses, categories=categories,
+        example_scales=scales,
     )
 
 

@@ -1,5 +1,6 @@
-"""The per-example comparison: each adapter at its chosen scale against the base model (and a baseline)
-on every suite's headline metric, regressions first, capped at ``max_examples`` rows per adapter.
+"""The per-example comparison: each adapter at every scale it was evaluated at (its chosen scale first)
+against the base model (and a baseline) on every suite's headline metric, regressions first, capped at
+``max_examples`` rows per table.
 
 Every example is classified (the counts cover all of them); only the rows that are shown become
 records, with their texts cut to ``MAX_TEXT``.
@@ -45,8 +46,10 @@ def classify(score: float | None, output: str | None, base: tuple[Any, ...] | No
 
 def example_tables(r: Reader, run_id: str, c: Comparison, sweeps: Sequence[AdapterSweep], max_examples: int,
                    baseline: str | None) -> tuple[ExampleTable, ...]:
-    """One table per adapter of ``sweeps`` at its chosen scale; ``baseline`` (an adapter id, id prefix or
-    label) is shown beside each, else the adapter's parent when the run evaluated it."""
+    """One table per adapter of ``sweeps`` and scale it was evaluated at, its chosen scale first (the report
+    opens that one; any other is one selection away: the scale the user would ship need not be the chosen one);
+    ``baseline`` (an adapter id, id prefix or label) is shown beside each at its own chosen scale, else the
+    adapter's parent when the run evaluated it."""
     if not sweeps:
         return ()
     headline = {i.name: i.headline for i in c.suites if i.headline}
@@ -57,7 +60,9 @@ def example_tables(r: Reader, run_id: str, c: Comparison, sweeps: Sequence[Adapt
     if baseline is not None:
         chosen_baseline = next((s.adapter_id for s in sweeps if baseline in (s.adapter_id, s.label)
                                 or (len(baseline) >= 6 and s.adapter_id.startswith(baseline))), None)
-    pairs = sorted({(s.adapter_id, s.chosen) for s in sweeps})
+    scales = {s.adapter_id: [s.chosen] + sorted({float(p.scale) for p in s.points if p.scale != 0 and p.scale != s.chosen})
+              for s in sweeps}
+    pairs = sorted({(aid, sc) for aid, scs in scales.items() for sc in scs})
     heads, head_params, within, within_params = _pairs(sorted(headline.items()))
     rows = [] if not headline else r.rows(
         f"""
@@ -70,21 +75,21 @@ def example_tables(r: Reader, run_id: str, c: Comparison, sweeps: Sequence[Adapt
         """,
         [*head_params, [a for a, _ in pairs], [s for _, s in pairs], run_id, *within_params, sorted({a for a, _ in pairs})])
     texts: dict[tuple[str, str], tuple[str, str | None, str | None]] = {}
-    #: (adapter id or None for the base model, suite, example) -> (scale, output, score, error)
-    answers: dict[tuple[str | None, str, str], tuple[Any, ...]] = {}
+    #: (adapter id or None for the base model, scale (0 for the base), suite, example) -> (scale, output, score, error)
+    answers: dict[tuple[str | None, float, str, str], tuple[Any, ...]] = {}
     for aid, scale, suite, ex, cat, inp, ref, output, error, value in rows:
         if (suite, ex) not in texts:
             texts[(suite, ex)] = (inp or "", ref, cat)
         who = aid if aid and scale != 0 else None
-        answers[(who, suite, ex)] = (scale, output, value, error)
+        answers[(who, float(scale) if who else 0.0, suite, ex)] = (scale, output, value, error)
     direction = {}
     for suite, metric in headline.items():
         info = c.suite(suite)
         direction[suite] = info.higher_is_better(metric) if info else True
-    shown: dict[tuple[str | None, str, str], Answer] = {}
+    shown: dict[tuple[str | None, float, str, str], Answer] = {}
 
-    def answer(who: str | None, suite: str, ex: str) -> Answer | None:
-        key = (who, suite, ex)
+    def answer(who: str | None, scale: float, suite: str, ex: str) -> Answer | None:
+        key = (who, scale if who else 0.0, suite, ex)
         if key not in answers:
             return None
         if key not in shown:
@@ -94,32 +99,33 @@ def example_tables(r: Reader, run_id: str, c: Comparison, sweeps: Sequence[Adapt
         return shown[key]
 
     tables = []
-    for s in sweeps:
+    for s, at in ((s, at) for s in sweeps for at in scales[s.adapter_id]):
         base_line = chosen_baseline if chosen_baseline and chosen_baseline != s.adapter_id else None
         if base_line is None and parents.get(s.adapter_id) in by_id:
             base_line = parents[s.adapter_id]
         decided = []
         for i, (suite, ex) in enumerate(texts):
-            mine = answers.get((s.adapter_id, suite, ex))
+            mine = answers.get((s.adapter_id, at, suite, ex))
             if mine is None:
                 continue
-            status, failed, changed = classify(mine[2], mine[1], answers.get((None, suite, ex)), direction[suite],
+            status, failed, changed = classify(mine[2], mine[1], answers.get((None, 0.0, suite, ex)), direction[suite],
                                                headline[suite] in RAW_METRICS)
             decided.append((RANK[status], not failed, i, suite, ex, status, failed, changed))
         decided.sort()  # regressions first, failures first within a status, then in (suite, example) order
         diffs = []
         for _, _, _, suite, ex, status, failed, changed in decided[:max_examples]:
             inp, ref, cat = texts[(suite, ex)]
-            mine_answer = answer(s.adapter_id, suite, ex)
+            mine_answer = answer(s.adapter_id, at, suite, ex)
             assert mine_answer is not None  # decided holds only the examples this adapter answered
             diffs.append(ExampleDiff(suite, ex, cat, headline[suite], direction[suite], clip(inp) or "", clip(ref),
-                                     answer(None, suite, ex), mine_answer,
-                                     answer(base_line, suite, ex) if base_line else None, status, failed, changed))
+                                     answer(None, 0.0, suite, ex), mine_answer,
+                                     answer(base_line, by_id[base_line].chosen, suite, ex) if base_line else None,
+                                     status, failed, changed))
         cats = tuple(sorted({cat for d in decided if (cat := texts[(d[3], d[4])][2])}))
         tables.append(ExampleTable(
-            s.adapter_id, s.label, s.chosen, by_id[base_line].label if base_line else None, tuple(diffs),
+            s.adapter_id, s.label, at, by_id[base_line].label if base_line else None, tuple(diffs),
             len(decided), sum(d[5] == "regression" for d in decided), sum(d[6] for d in decided),
-            sum(d[7] for d in decided), cats))
+            sum(d[7] for d in decided), cats, chosen=at == s.chosen))
     return tuple(tables)
 
 

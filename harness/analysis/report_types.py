@@ -118,7 +118,7 @@ class ExampleDiff:
 
 @dataclass(frozen=True)
 class ExampleTable:
-    """The per-example comparison of one adapter at its chosen scale, regressions first, capped."""
+    """The per-example comparison of one adapter at one scale (its chosen one, or another), regressions first, capped."""
 
     adapter_id: str
     label: str
@@ -130,6 +130,8 @@ class ExampleTable:
     n_failed: int
     n_changed: int
     categories: tuple[str, ...]
+    #: whether ``scale`` is the adapter's chosen scale (the table the report opens); the others are its other scales
+    chosen: bool = True
 
 
 @dataclass(frozen=True)

@@ -201,12 +201,21 @@ def test_sections_from_the_store(small):
     assert {c.metric for c in s.curves} == {"rougeL", "bleu"}
     assert any(row.recommended and row.target == "adapter-0@0.5" for row in run.overview)
     assert [g.gate for g in run.gates] == ["retention", "task_min"] and run.gates[0].passed is False
+    # issue 35.6: a table per adapter and evaluated scale, each adapter's chosen scale first
+    assert [(t.label, t.scale, t.chosen) for t in run.examples] == [
+        ("adapter-0", 0.5, True), ("adapter-0", 0.25, False), ("adapter-0", 1.0, False), ("adapter-0", 1.5, False),
+        ("adapter-1", run.sweeps[1].chosen, True)] + [("adapter-1", sc, False) for sc in (0.25, 0.5, 1.0, 1.5)
+                                                       if sc != run.sweeps[1].chosen]
     t = run.examples[0]
     assert len(t.rows) == 5 and t.n_total == 4 * 12 and t.scale == 0.5
     statuses = [d.status for d in t.rows]
     assert statuses == sorted(statuses, key=["regression", "improved", "changed", "same"].index)
     assert t.n_regressions == 0 or statuses[0] == "regression"
-    assert run.examples[1].baseline == "adapter-0"  # the continued fine-tune is shown beside its parent
+    # the continued fine-tune is shown beside its parent (at the parent's chosen scale), at every scale of its own
+    assert {t.baseline for t in run.examples if t.label == "adapter-1"} == {"adapter-0"}
+    at1 = next(t for t in run.examples if t.label == "adapter-1" and t.scale == 1.0)
+    assert all(d.baseline is None or d.baseline.label == "adapter-0@0.5" for d in at1.rows)
+    assert at1.rows and all(d.adapter.label == "adapter-1@1" for d in at1.rows)
     assert [(n.label, n.depth) for n in r.lineage] == [("adapter-0", 0), ("adapter-1", 1)]
     assert [len(c.points) for c in r.training] == [40, 40] and all(c.findings for c in r.training)
     eval_prov = r.provenance[0]

@@ -94,15 +94,25 @@ def test_charts_drawn_and_filters_work(browser, hostile_report):
     for c in charts:
         assert c["lines"] > 0, c
     assert all(c["points"] > 0 for c in sweeps) and all(c["rules"] > 0 for c in losses)  # front points; findings
-    total = page.locator("tr.ex").count()
+    # each adapter's chosen scale's table is shown; the others are one selection away (issue 35.6)
+    tables = page.locator("details.example-table")
+    assert tables.count() > 2
+    assert page.evaluate("() => Array.from(document.querySelectorAll('details.example-table')).every(t => t.hidden === (t.dataset.chosen !== '1'))")
+    total = page.locator("details.example-table[data-chosen='1'] tr.ex").count()
     count = page.locator("#f-count")
     assert count.inner_text() == f"{total} of {total} rows shown"
+    page.select_option("#f-scale", "1")
+    shown = page.evaluate("() => Array.from(document.querySelectorAll('details.example-table')).filter(t => !t.hidden).map(t => t.dataset.scale)")
+    assert shown and set(shown) == {"1"}
+    at_one = page.locator("details.example-table[data-scale='1'] tr.ex").count()
+    assert count.inner_text() == f"{at_one} of {at_one} rows shown"
+    page.select_option("#f-scale", "")
     page.check("#f-failed")
-    failed = page.locator("tr.ex[data-failed='1']").count()
+    failed = page.locator("details.example-table[data-chosen='1'] tr.ex[data-failed='1']").count()
     assert count.inner_text() == f"{failed} of {total} rows shown" and failed < total
     page.uncheck("#f-failed")
     page.check("#f-changed")
-    changed = page.locator("tr.ex[data-changed='1']").count()
+    changed = page.locator("details.example-table[data-chosen='1'] tr.ex[data-changed='1']").count()
     assert count.inner_text() == f"{changed} of {total} rows shown"
     page.uncheck("#f-changed")
     page.fill("#f-search", "question 3 of order-task")
