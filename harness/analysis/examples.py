@@ -60,7 +60,7 @@ def example_tables(r: Reader, run_id: str, c: Comparison, sweeps: Sequence[Adapt
     if baseline is not None:
         chosen_baseline = next((s.adapter_id for s in sweeps if baseline in (s.adapter_id, s.label)
                                 or (len(baseline) >= 6 and s.adapter_id.startswith(baseline))), None)
-    scales = {s.adapter_id: [s.chosen] + sorted({float(p.scale) for p in s.points if p.scale != 0 and p.scale != s.chosen})
+    scales = {s.adapter_id: [s.chosen, *sorted({float(p.scale) for p in s.points if p.scale != 0 and p.scale != s.chosen})]
               for s in sweeps}
     pairs = sorted({(aid, sc) for aid, scs in scales.items() for sc in scs})
     heads, head_params, within, within_params = _pairs(sorted(headline.items()))
@@ -99,7 +99,7 @@ def example_tables(r: Reader, run_id: str, c: Comparison, sweeps: Sequence[Adapt
         return shown[key]
 
     tables = []
-    for s, at in ((s, at) for s in sweeps for at in scales[s.adapter_id]):
+    for s, at in [(sw, at) for sw in sweeps for at in scales[sw.adapter_id]]:
         base_line = chosen_baseline if chosen_baseline and chosen_baseline != s.adapter_id else None
         if base_line is None and parents.get(s.adapter_id) in by_id:
             base_line = parents[s.adapter_id]

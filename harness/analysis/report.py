@@ -24,7 +24,7 @@ from harness.analysis.report_types import (
     Report,
     RunReport,
 )
-from harness.analysis.sweep import curve, pareto_front, recommend, run_limits
+from harness.analysis.sweep import curve, pareto_front, recommend, run_blocked, run_limits
 from harness.analysis.types import Cell, Comparison, SuiteInfo
 
 if TYPE_CHECKING:
@@ -99,10 +99,11 @@ def _run_report(r: Reader, run_id: str, c: Comparison, max_examples: int, baseli
     # the limits the run recommended with (a sweep's --min-retention / --max-leakage), so the report shows the
     # recommendation the sweep printed, not one recomputed under the defaults
     config = r.rows("SELECT config FROM runs WHERE run_id = ?", [run_id])
-    limits = run_limits(json.loads(config[0][0]) if config and isinstance(config[0][0], str) else None)
+    stored = json.loads(config[0][0]) if config and isinstance(config[0][0], str) else None
+    limits = run_limits(stored)
     for aid in ids:
         points = curve(c, aid)
-        rec = recommend(points, *limits)
+        rec = recommend(points, *limits, blocked=run_blocked(stored, aid))
         front = tuple(p.scale for p in pareto_front(points))
         by_scale = {0.0: "base", **{x.scale: x.target for x in c.cells if x.adapter_id == aid}}
         curves = []

@@ -30,6 +30,13 @@ class Limits(NamedTuple):
     max_leakage: float = MAX_LEAKAGE
 
 
+def run_blocked(config: Mapping[str, Any] | None, adapter_id: str) -> dict[float, str]:
+    """The scales of ``adapter_id`` that failed a release gate in the stored sweep (``config["sweep"]["blocked"]``:
+    scale -> the first failed gate's message), which no recommendation may pick; {} for a run that judged none."""
+    blocked = (((config or {}).get("sweep") or {}).get("blocked") or {}).get(adapter_id) or {}
+    return {float(k): str(v) for k, v in blocked.items()}
+
+
 def run_limits(config: Mapping[str, Any] | None) -> Limits:
     """The limits a stored run recommended with: its ``config["sweep"]`` (``harness sweep`` stores the
     ``--min-retention`` / ``--max-leakage`` it ran with), else the defaults. Every face that shows a run's
@@ -139,12 +146,15 @@ def passes(p: ScalePoint, min_retention: float = MIN_RETENTION, max_leakage: flo
 
 
 def recommend(points: Sequence[ScalePoint], min_retention: float = MIN_RETENTION,
-              max_leakage: float = MAX_LEAKAGE) -> Recommendation:
-    """The non-zero scale with the highest task score whose retention and leakage meet the gates.
+              max_leakage: float = MAX_LEAKAGE, blocked: Mapping[float, str] | None = None) -> Recommendation:
+    """The non-zero scale with the highest task score whose retention and leakage meet the gates, among the
+    scales no release gate failed at (``blocked``: scale -> why, as the sweep judged and stored them; a scale
+    recommended there passes ``harness check`` at that scale).
 
     Ties on the task score go to the smaller scale (less change to the base for the same skill). The
     sentence states the numbers, the counts and a 95% interval on the task score.
     """
+    blocked = blocked or {}
     gates = f"retention >= {min_retention:.0%} and leakage <= {max_leakage:.0%}"
     scaled = [p for p in points if p.scale > 0]
     if not scaled:
@@ -154,10 +164,15 @@ def recommend(points: Sequence[ScalePoint], min_retention: float = MIN_RETENTION
         # itself dominates (it changes nothing it is meant to)
         return Recommendation(None, None, "no task suite was scored, so nothing tells which scale does the task: add a "
                               "suite with role task; no scale is recommended", min_retention, max_leakage)
-    candidates = [p for p in scaled if passes(p, min_retention, max_leakage)]
-    if not candidates:
+    within = [p for p in scaled if passes(p, min_retention, max_leakage)]
+    if not within:
         worst = ", ".join(f"{p.scale:g}: {_figures(p)}" for p in scaled)
         return Recommendation(None, None, f"no scale meets {gates} ({worst}); do not ship this adapter as it is",
+                              min_retention, max_leakage)
+    candidates = [p for p in within if not _blocked(blocked, p.scale)]
+    if not candidates:
+        why = "; ".join(f"{p.scale:g}: {_blocked(blocked, p.scale)}" for p in within)
+        return Recommendation(None, None, f"no scale passes the release gates ({why}); do not ship this adapter as it is",
                               min_retention, max_leakage)
     best = max(candidates, key=lambda p: (p.task if p.task is not None else -math.inf, -p.scale))
     base = next((p for p in points if p.scale == 0 and p.task is not None), None)
@@ -173,6 +188,9 @@ def recommend(points: Sequence[ScalePoint], min_retention: float = MIN_RETENTION
                               min_retention, max_leakage)
     interval = wilson(round(best.task * best.n_task), best.n_task)
     ci = f" (95% interval {interval.low:.0%}-{interval.high:.0%})" if interval else ""
+    passed_over = [p for p in within if _blocked(blocked, p.scale) and (p.task or -math.inf) > (best.task or -math.inf)]
+    over = ("; passed over for a failed release gate: " + "; ".join(f"scale {p.scale:g} ({_blocked(blocked, p.scale)})"
+                                                                    for p in passed_over)) if passed_over else ""
     unmeasured = [what for what, v in (("retention", best.retention), ("leakage", best.leakage)) if v is None]
     applied = (f"the highest task score with {gates}" if not unmeasured else
                f"the highest task score; {' and '.join(unmeasured)} not measured, so "
@@ -180,7 +198,11 @@ def recommend(points: Sequence[ScalePoint], min_retention: float = MIN_RETENTION
                f"{' and a task format' if 'leakage' in unmeasured else ''}; a release check fails on it)")
     return Recommendation(best.scale, best,
                           f"ship scale {best.scale:g}: task score {best.task:.1%} over {best.n_task} examples{ci}, "
-                          f"{_figures(best)}; {applied}", min_retention, max_leakage)
+                          f"{_figures(best)}; {applied}{over}", min_retention, max_leakage)
+
+
+def _blocked(blocked: Mapping[float, str], scale: float) -> str | None:
+    return next((why for s, why in blocked.items() if math.isclose(s, scale)), None)
 
 
 def _figures(p: ScalePoint) -> str:
@@ -212,13 +234,15 @@ class SweepView:
     recommendation: Recommendation
 
 
-def sweep_views(c: Comparison, adapter_ids: Sequence[str], limits: Limits) -> list[SweepView]:
-    """Per adapter, its curve, front and the one recommendation under ``limits`` (the run's, ``run_limits``)."""
+def sweep_views(c: Comparison, adapter_ids: Sequence[str], limits: Limits,
+                blocked: Mapping[str, Mapping[float, str]] | None = None) -> list[SweepView]:
+    """Per adapter, its curve, front and the one recommendation under ``limits`` (the run's, ``run_limits``) and
+    the scales its release gates blocked (the run's, ``run_blocked``)."""
     out = []
     for aid in adapter_ids:
         points = curve(c, aid)
         label = next((x.target.rsplit("@", 1)[0] for x in c.cells if x.adapter_id == aid), aid[:12])
         out.append(SweepView(aid, label, tuple(points), frozenset(p.scale for p in pareto_front(points)),
-                             recommend(points, *limits)))
+                             recommend(points, *limits, blocked=(blocked or {}).get(aid))))
     return out
 

@@ -97,8 +97,14 @@ def run_check(req: CheckRequest, plan: Sequence[Any] | None = None, require_gate
     main = distributed.is_main()  # under a launcher only the main process opens the database
     if main:
         store.queries.ping()  # a damaged or locked database is exit 5 now, before the model loads
-    scale = distributed.broadcast(recommended_scale(store, adapter.adapter_id, req.adapter, log)
-                                  if req.recommended and main else (req.scale or 1.0))
+    picked = distributed.broadcast(recommended_scale(store, adapter.adapter_id, req.adapter, log)
+                                   if req.recommended and main else None)
+    scale = picked[0] if picked else (req.scale or 1.0)
+    if picked:
+        # the sweep judged its recommendation with the release gates at its own limits: the check judges the same
+        from harness.analysis.sweep import Limits
+
+        project = release_gates(req.project, Limits(*picked[1]))
     base = load_base(ref, device=distributed.device(req.device), lazy=True)
     targets = [Target(None, 0.0), Target(adapter, scale)] + ([Target(baseline, req.baseline_scale)] if baseline else [])
     info = RunInfo(kind="check", command=req.command, device=str(base.device),
@@ -146,12 +152,29 @@ def release_defaults(gates: Any) -> Any:
     return dataclasses.replace(gates, **filled, source=f"{gates.source} + release defaults ({', '.join(filled)})")
 
 
-def recommended_scale(store: Any, adapter_id: str, adapter_path: str, log: Callable[[str], None] = log_to_stderr) -> float:
+def release_gates(project_gates: Any, limits: Any) -> Any:
+    """The gates a scale must pass to be recommended (and that ``check --recommended`` judges it on): the project
+    file's (or none), the suites' own, and the release defaults at the sweep's limits (``harness.analysis.sweep.
+    Limits``) where the file sets none. ``release_defaults`` with the default limits."""
+    import dataclasses
+
+    from harness.gates import ProjectGates
+
+    gates = project_gates if project_gates is not None else ProjectGates()
+    filled = {f: v for f, name, v in (("min_retention", "retention", limits.min_retention),
+                                      ("max_leakage", "leakage", limits.max_leakage))
+              if getattr(gates, f) is None and name not in gates.skip}
+    return release_defaults(dataclasses.replace(gates, **filled) if filled else gates)
+
+
+def recommended_scale(store: Any, adapter_id: str, adapter_path: str,
+                      log: Callable[[str], None] = log_to_stderr) -> tuple[float, tuple[float, float]]:
     """The scale the newest stored sweep of this adapter (a run with it at two or more non-zero scales)
-    recommends, under the limits that sweep ran with (``run_limits``): the sweep's table, its report and this
-    check show one recommendation."""
+    recommends, under the limits that sweep ran with (``run_limits``) and the release gates it judged at every
+    scale (``run_blocked``), with those limits: the sweep's table, its report and this check show one
+    recommendation, and the check judges it on the same gates."""
     from harness.analysis import build_comparison
-    from harness.analysis.sweep import curve, recommend, run_limits
+    from harness.analysis.sweep import curve, recommend, run_blocked, run_limits
 
     run_id = store.queries.newest_sweep_run_id(adapter_id)
     if run_id is None:
@@ -159,8 +182,10 @@ def recommended_scale(store: Any, adapter_id: str, adapter_path: str, log: Calla
                          f"`harness sweep --adapter {adapter_path}` (or `harness eval --adapter {adapter_path} --scale 0.5 "
                          "--scale 1 ...`) first")
     c = build_comparison(store, run_id, samples_per_suite=0)
-    rec = recommend(curve(c, adapter_id), *run_limits(store.queries.run_config(run_id)))
+    config = store.queries.run_config(run_id)
+    rec = recommend(curve(c, adapter_id), *run_limits(config), blocked=run_blocked(config, adapter_id))
     if rec.scale is None:
         raise GateFailure(f"no recommended scale for {adapter_path} (sweep run {run_id}): {rec.sentence}")
     log(f"recommended scale (sweep run {run_id}): {rec.sentence}")
-    return rec.scale
+    limits = run_limits(config)
+    return rec.scale, (limits.min_retention, limits.max_leakage)

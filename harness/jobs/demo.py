@@ -130,6 +130,16 @@ def run_demo(out_dir: Path, quick: bool, base_name: str, device: str | None, log
         # (scale 0 == base, scale 1 == plain PEFT load) run once.
         run_eval(base, targets, suites, run, store, examples=examples, log=log)
         run_id = run.run_id
+        # the release gates judged at every scale once, stored with the run: the tables below, the report and
+        # `harness check --recommended` pick the same scale from them
+        from harness.analysis import build_comparison
+        from harness.analysis.sweep import Limits
+        from harness.jobs.sweep import release_blocked
+
+        run.flush()
+        blocked = release_blocked(store, run_id, suites, adapters, build_comparison(store, run_id), None, Limits())
+        run.update_config(sweep={"min_retention": Limits().min_retention, "max_leakage": Limits().max_leakage,
+                                 "blocked": blocked})
     phases("evaluate base + adapters", t)
 
     t = time.perf_counter()
@@ -139,8 +149,9 @@ def run_demo(out_dir: Path, quick: bool, base_name: str, device: str | None, log
     from harness.analysis.sweep import Limits, sweep_views
     from harness.reports.terminal import sweep_tables
 
-    # the demo's run stores no sweep limits: the release limits, as the report and `check --recommended` read them
-    print(sweep_tables(sweep_views(comparison, [a.adapter_id for a in adapters], Limits())))
+    # the release limits and the scales the release gates blocked, as the report and `check --recommended` read them
+    print(sweep_tables(sweep_views(comparison, [a.adapter_id for a in adapters], Limits(),
+                                   {aid: {float(s): why for s, why in b.items()} for aid, b in blocked.items()})))
     from harness.analysis import build_report
     from harness.reports.render import write_report
 

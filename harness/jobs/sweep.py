@@ -81,7 +81,11 @@ def sweep(req: SweepRequest, log: Callable[[str], None] = log_to_stderr) -> Swee
         if not distributed.is_main():
             return SweepOutcome(None, stats, [], [], store, base.loaded)
         run_writer.flush()  # the recommendation and the gates read the store
-        views = sweep_views(build_comparison(store, run_id), [a.adapter_id for a in prep.adapters], limits)
+        comparison = build_comparison(store, run_id)
+        blocked = release_blocked(store, run_id, prep.suites, prep.adapters, comparison, prep.project_gates, limits)
+        run_writer.update_config(sweep={**prep.config["sweep"], "blocked": blocked})
+        views = sweep_views(comparison, [a.adapter_id for a in prep.adapters], limits,
+                            {aid: {float(s): why for s, why in b.items()} for aid, b in blocked.items()})
         gate_reports = _apply_gates(store, run_writer, prep, views) if prep.project_gates is not None else []
     stats.generated = sum(st.generated for st in all_stats)
     stats.cached = sum(st.cached for st in all_stats)
@@ -90,6 +94,29 @@ def sweep(req: SweepRequest, log: Callable[[str], None] = log_to_stderr) -> Swee
     stats.first_error = next((st.first_error for st in all_stats if st.first_error), None)
     stats.seconds = sum(st.seconds for st in all_stats)
     return SweepOutcome(run_id, stats, views, gate_reports, store, base.loaded)
+
+
+def release_blocked(store: Any, run_id: str, suites: Any, adapters: Any, comparison: Any, project_gates: Any,
+                    limits: Limits) -> dict[str, dict[str, str]]:
+    """Per adapter, the scales (as text keys, for the run's stored config) at which a release gate fails: scale ->
+    the failed gates, one line. Judged once here, stored with the run, read by every face (``run_blocked``)."""
+    from harness.analysis.sweep import curve
+    from harness.gates import evaluate_gates
+    from harness.jobs.check import release_gates
+
+    gates = release_gates(project_gates, limits)
+    out: dict[str, dict[str, str]] = {}
+    for a in adapters:
+        for p in curve(comparison, a.adapter_id):
+            if p.scale == 0:
+                continue
+            report = evaluate_gates(store, run_id, suites, adapter_id=a.adapter_id, scale=p.scale, project_gates=gates)
+            failed = [o.result.gate for o in report.outcomes if not o.passed]
+            if failed:
+                first = next(o for o in report.outcomes if not o.passed)
+                out.setdefault(a.adapter_id, {})[f"{p.scale:g}"] = (
+                    f"fails {', '.join(dict.fromkeys(failed))}: {first.result.message}")
+    return out
 
 
 def _apply_gates(store: Any, run_writer: Any, prep: Any, views: list[SweepView]) -> list[tuple[str, Any]]:

@@ -283,6 +283,15 @@ class RunWriter:
         }
         self.flush(force=True)
 
+    def update_config(self, **values: Any) -> None:
+        """Add ``values`` to the run's stored config (written with the run row at the next flush): what the run
+        decided at its end, such as a sweep's per-scale gate verdicts."""
+        if not self.lead or not self._run_row:
+            return
+        config = json.loads(self._run_row["config"])
+        config.update(values)
+        self._run_row["config"] = json.dumps(config, default=str)
+
     def expect(self, n: int) -> None:
         """Declare ``n`` more results this run must hold (scored or errored) to be complete."""
         self.n_expected += n

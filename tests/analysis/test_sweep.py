@@ -175,7 +175,8 @@ def test_sweep_command_stores_every_scale_and_a_rerun_does_no_model_work(tiny_mo
     # shipping, the sentence says why, and the sweep exits 1 (its gates have no scale to judge)
     assert main(args) == 1
     out = capsys.readouterr()
-    assert "recommendation:" in out.out and "does better on the task than the base" in out.out
+    # every scale fails a release gate (the suite's own task threshold among them): no scale is recommended
+    assert "recommendation:" in out.out and "no scale passes the release gates" in out.out and "do not ship" in out.out
     assert "no scale to ship" in out.err
     args.append("--no-gates")
     con = duckdb.connect(str(tmp_path / "h.duckdb"), read_only=True)
@@ -254,7 +255,10 @@ def test_one_sweep_gives_one_recommendation_in_the_terminal_the_report_and_check
 
     a = make_adapter(tiny_model_dir, tmp_path / "a", 6)
     db = str(tmp_path / "h.duckdb")
-    questions = ["Two plus two?", "Capital of France?", "Sky colour?", "Largest ocean?", "Boiling point of water?"]
+    # 12 task examples: fewer cannot show a task gain over the base on the exact paired bound, even all right
+    questions = ["Two plus two?", "Capital of France?", "Sky colour?", "Largest ocean?", "Boiling point of water?",
+                 "Capital of Spain?", "Three times three?", "Grass colour?", "Fastest land animal?", "Largest planet?",
+                 "Author of Hamlet?", "Days in a week?"]
 
     def suite(name: str, role: str, answers: list[str]) -> Path:
         d = tmp_path / name
@@ -279,14 +283,17 @@ def test_one_sweep_gives_one_recommendation_in_the_terminal_the_report_and_check
     report = tmp_path / "R.html"
     sweep = ["sweep", "--base", str(tiny_model_dir), "--db", db, "--adapter", str(a), "--suite", str(task), "--suite",
              str(general), "--scales", "0,0.5,1", "--no-gates"]
-    assert main([*sweep, "--min-retention", "0", "--max-leakage", "0.8", "--report", str(report)]) == 0
+    gates = tmp_path / "harness.toml"  # leakage cannot be measured for a task with no JSON format: opted out by name
+    gates.write_text('[gates]\nskip = ["leakage"]\n')
+    assert main([*sweep[:-1], "--gates", str(gates), "--min-retention", "0", "--max-leakage", "0.8", "--report", str(report)]) == 0
     terminal = capsys.readouterr().out
     shipped = re.findall(r"recommendation: ship scale ([\d.]+)", terminal)
     assert len(shipped) == 1, terminal
     page = html.unescape(report.read_text())
     assert f"ship scale {shipped[0]}:" in page and "do not ship" not in page
+    # issue 32.2: the recommended scale is one the release check passes, with the same gates
     assert main(["check", "--base", str(tiny_model_dir), "--db", db, "--adapter", str(a), "--recommended",
-                 "--suite", str(task), "--suite", str(general)]) in (0, 1)
+                 "--gates", str(gates), "--suite", str(task), "--suite", str(general)]) == 0
     err = capsys.readouterr().err
     assert re.findall(r"recommended scale \(sweep run [\w-]+\): ship scale ([\d.]+)", err) == shipped
     # the same rows under the default limits: no scale (retention of the base's answers is far below 95%)
@@ -311,3 +318,27 @@ def test_a_recommendation_with_unmeasured_limits_says_it_did_not_apply_them():
     assert rec.scale == 1.0
     assert "retention and leakage not measured, so those limits were not applied" in rec.sentence
     assert "with retention >=" not in rec.sentence
+
+
+def test_a_scale_that_fails_a_release_gate_is_never_recommended():
+    """Issue 32.2: "ship scale 0.1: task score 26.7%" and, two lines later, the task suite's own gate FAILed at 0.1.
+    The release gates judged at every scale (stored with the run) block a scale; the next best is recommended and
+    the sentence names what was passed over; with every scale blocked nothing is."""
+    pts = [P(0, 0.0, 1.0, 0.0), P(0.25, 0.5, 0.98, 0.0), P(0.5, 0.8, 0.96, 0.01), P(1.0, 0.9, 0.2, 1.0)]
+    blocked = {0.5: "fails threshold[date-iso:exact_match]: lower bound 0.55 must be >= 0.6"}
+    rec = recommend(pts, blocked=blocked)
+    assert rec.scale == 0.25
+    assert "passed over for a failed release gate: scale 0.5 (fails threshold[date-iso:exact_match]" in rec.sentence
+    none = recommend(pts, blocked={**blocked, 0.25: "fails task_gain: insufficient evidence"})
+    assert none.scale is None and "no scale passes the release gates" in none.sentence
+    assert "0.25: fails task_gain" in none.sentence and "do not ship" in none.sentence
+    # a blocked scale that the limits already excluded is not named twice
+    assert "1: " not in none.sentence.split("(", 1)[1]
+
+
+def test_stored_verdicts_are_read_per_adapter():
+    from harness.analysis.sweep import run_blocked
+
+    config = {"sweep": {"blocked": {"a" * 64: {"0.5": "fails retention: ..."}}}}
+    assert run_blocked(config, "a" * 64) == {0.5: "fails retention: ..."}
+    assert run_blocked(config, "b" * 64) == {} and run_blocked(None, "a") == {}
