@@ -41,7 +41,11 @@ def run_cli(capsys, argv: list[str]) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-def error_line(err: str, *, only: bool = True, allow: tuple[str, ...] = ("warning: ",)) -> str:
+#: what `harness eval` may print before a refusal that comes after its suites were read (no model work yet)
+EVAL_INFO = ("warning: ", "task format: ")
+
+
+def error_line(err: str, *, only: bool = True, allow: tuple[str, ...] = EVAL_INFO) -> str:
     """The one ``error: `` line of ``err``. With ``only`` nothing else may be there but lines starting with one
     of ``allow`` (a refusal before any model work prints nothing else); without, progress lines may come
     first and the error must be the last line."""
@@ -505,7 +509,7 @@ def test_row6_db_check_names_the_bad_record_of_a_shard_that_cannot_be_moved_in(t
     shard, before = _bad_shard(db)
     proc = harness("db", "check", "--db", str(db), cwd=tmp_path)
     assert proc.returncode == 5, proc.stderr
-    line = error_line(proc.stderr, allow=("problem: ",))
+    line = error_line(proc.stderr, allow=(*EVAL_INFO, "problem: "))
     assert counts(db) == before
     assert f"{shard / 'generations.jsonl'} line 3" in line and "moves it in" not in line
 
@@ -560,7 +564,7 @@ def test_row1_eval_while_another_process_holds_the_db_exits_5_naming_the_holder(
         proc.kill()
         proc.wait()
     assert got == 5, err
-    line = error_line(err, allow=("waiting for the results DB",))
+    line = error_line(err, allow=(*EVAL_INFO, "waiting for the results DB"))
     assert str(db) in line and f"PID {proc.pid}" in line and "pass --db" in line
     if holder == "plain duckdb":
         assert "(not a harness process" in line
@@ -593,7 +597,7 @@ def test_row1_a_second_harness_process_waits_its_timeout_then_exits_5_naming_thi
                               text=True, cwd=tmp_path, env=env, timeout=120)
         took = time.monotonic() - t0
     assert proc.returncode == 5, proc.stderr
-    line = error_line(proc.stderr, allow=("waiting for the results DB",))
+    line = error_line(proc.stderr, allow=(*EVAL_INFO, "waiting for the results DB"))
     assert f"results DB {db} locked by PID {os.getpid()}" in line and "pass --db" in line
     assert took >= 1.9
     assert counts(db) == before

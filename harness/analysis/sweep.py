@@ -113,8 +113,8 @@ def curve(c: Comparison, adapter_id: str) -> list[ScalePoint]:
             rets = [r for r in c.retention if r.target == label]
             base_correct, kept = sum(r.base_correct for r in rets), sum(r.kept for r in rets)
             retention = kept / base_correct if base_correct else None
-        leak_cells = [(x.mean, x.n_scored) for x in c.cells if x.target == label and x.metric == "format_leakage"
-                      and x.suite in roles and roles[x.suite].role in ("general", "leakage") and x.mean is not None]
+        leak_cells = [(x.mean, x.n_scored) for x in c.cells if x.target == label and x.suite in roles
+                      and x.metric == roles[x.suite].leakage_metric and x.mean is not None]
         n_leak = sum(n for _, n in leak_cells)
         n_leaked = sum(round(mean * n) for mean, n in leak_cells)
         leakage = n_leaked / n_leak if n_leak else None

@@ -26,6 +26,15 @@ class SuiteInfo:
 
         return higher_is_better(metric, dict(self.directions))
 
+    @property
+    def leakage_metric(self) -> str | None:
+        """The metric that counts as format leakage in this suite: a ``leakage`` suite's own headline when it is
+        lower-is-better (a user's regex for their task's format counts, issue 32), else ``format_leakage`` (added
+        to every general and leakage suite for the run's task format); None for other roles."""
+        if self.role == "leakage" and self.headline and not self.higher_is_better(self.headline):
+            return self.headline
+        return "format_leakage" if self.role in ("general", "leakage") else None
+
 
 @dataclass(frozen=True)
 class Cell:

@@ -23,9 +23,10 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="display name of the adapter given at the same position (repeatable); labels are made unique "
                         "from the paths otherwise (a/final, b/final); never used as a key")
     p.add_argument("--suite", action="append", default=[], metavar="NAME|PATH", help="built-in suite name, suite directory or suite.yaml path; repeatable")
-    p.add_argument("--task-format", default=None, metavar="KEY,KEY",
-                   help="the JSON keys of the task's answers, for format leakage on general and leakage suites "
-                        "(default: from the run's task suite targets, else from the adapters' harness.json)")
+    p.add_argument("--task-format", default=None, metavar="FORMAT",
+                   help="the task's answer format, for format leakage on general and leakage suites: JSON keys "
+                        "(item,quantity), regex:PATTERN or labels:a|b|c (default: a task suite's format:, else "
+                        "inferred from its targets, else from the adapters' harness.json)")
     add_limit_arguments(p)
     p.add_argument("--batch-size", type=int, default=16,
                    help="generation batch rows per model (default: %(default)s); the models of a sweep share batches "

@@ -46,7 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--suite", action="append", default=[], metavar="NAME|PATH",
                    help="suite to evaluate; repeatable (default: the project file's suites)")
     p.add_argument("--base", default=None, help=f"base model (default: the project file's, else {DEFAULT_BASE})")
-    p.add_argument("--task-format", default=None, metavar="KEY,KEY", help="the JSON keys of the task's answers, for format leakage")
+    p.add_argument("--task-format", default=None, metavar="FORMAT",
+                   help="the task's answer format, for format leakage: JSON keys (item,quantity), regex:PATTERN or "
+                        "labels:a|b|c (default: a task suite's format:, else inferred from its targets)")
     add_limit_arguments(p)
     p.add_argument("--batch-size", type=int, default=16, help="generation batch size (default: %(default)s)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")

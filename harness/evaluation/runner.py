@@ -16,6 +16,7 @@ from harness.evaluation.engine import attached, plan_groups
 from harness.evaluation.targets import Target
 from harness.generation.generate import Generation, generate, render_prompt
 from harness.models.base import LoadedBase
+from harness.records import TaskFormat
 from harness.scorers import BoundScorer, Example, Score, get_scorer
 from harness.store import (
     AdapterRow,
@@ -92,7 +93,7 @@ def run_eval(
     log: Callable[[str], None] = print,
     progress_bar: bool = False,
     examples: dict[str, list[Example]] | None = None,
-    task_format: str | None = None,
+    task_format: TaskFormat | str | None = None,
     self_check: bool = True,
 ) -> EvalStats:
     """Evaluate every target on every suite, writing rows through ``run`` as they are produced.
@@ -102,7 +103,8 @@ def run_eval(
     suite alone often has too few examples to fill a batch that size.
 
     ``examples`` (suite name -> examples) passes examples already loaded (and so validated) by the
-    caller; suites not in it are loaded here.
+    caller; suites not in it are loaded here. ``task_format``: the run's task format (as resolved by the
+    caller, or a ``--task-format`` value); None resolves it here from the suites and adapters.
 
     Under ``accelerate launch`` / ``torchrun`` with a ``run`` shared by the ranks (``store.run(info,
     ranks=True)``), every rank calls this with the same arguments: the main process looks up the cache
@@ -132,8 +134,8 @@ def run_eval(
     loaded = {s.name: (examples or {}).get(s.name) or load_examples(s, limit) for s in suites}
     # general and leakage suites are scored for leakage of this run's task format (idempotent when the
     # caller already did it, as `harness eval` does before loading the model)
-    keys, _ = taskformat.resolve(suites, loaded, [t.adapter for t in targets if t.adapter is not None], task_format)
-    suites = taskformat.with_leakage(suites, keys)
+    fmt, _ = taskformat.resolve(suites, loaded, [t.adapter for t in targets if t.adapter is not None], task_format)
+    suites = taskformat.with_leakage(suites, fmt)
     # The whole expected count is declared, and made durable, before anything is generated: a run killed
     # after its first model must read as incomplete, not as a finished smaller run.
     if lead:

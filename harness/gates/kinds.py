@@ -99,7 +99,8 @@ def _leakage(ctx: GateContext, g: PlannedGate, t: tuple) -> GateOutcome:
     base = points.get(0.0)
     if point is None or point.leakage is None:
         has_suite = any(s.role in ("general", "leakage") for s in ctx.comparison.suites)
-        why = ("the task's output format is not known: evaluate a task suite with JSON targets, or pass --task-format KEY,KEY"
+        why = ("the task's output format is not known: declare it in the task suite (format: {json: [keys]}, {regex: "
+               "PATTERN} or {choices: [labels]}), add a leakage suite of your own, or pass --task-format"
                if has_suite else "no general or leakage suite in the run: add one (e.g. --suite format-leakage)")
         return GateOutcome(GateResult(g.name, "format_leakage", None, g.max, None, False,
                                       f"{label} format_leakage: not measured ({why}); needs <= {g.max:g}: FAIL",
@@ -108,8 +109,9 @@ def _leakage(ctx: GateContext, g: PlannedGate, t: tuple) -> GateOutcome:
                                  unit="general and leakage answers", best="none of them leaked")
     interval = wilson(point.n_leaked, point.n_leakage)
     base_leak = base.leakage if base is not None else None
+    leak_metric = {s.name: s.leakage_metric for s in ctx.comparison.suites}
     leaked = [ctx.example(t, s, ex, v) for (aid, sc, s, m), vals in ctx.data.values.items()
-              if (aid, sc) == t and m == "format_leakage" for ex, v in vals.items() if v == 1.0]
+              if (aid, sc) == t and m == leak_metric.get(s) for ex, v in vals.items() if v == 1.0]
     return GateOutcome(GateResult(g.name, "format_leakage", point.leakage, g.max, base_leak, decision.passed,
                                   f"{label} format_leakage = {point.leakage:.4g} ({point.n_leaked}/{point.n_leakage} general and "
                                   f"leakage answers in the task's format){_ci(interval)}{_vs(base_leak, 'base')}; "

@@ -84,8 +84,9 @@ def run_check(req: CheckRequest, plan: Sequence[Any] | None = None, require_gate
                 if req.baseline else None)
     if baseline is not None and baseline.adapter_id == adapter.adapter_id:
         raise UsageError(f"baseline {req.baseline} is the same adapter as {req.adapter} (same hash)")
-    keys, key_source = taskformat.resolve(suites, examples, [a for a in (adapter, baseline) if a], req.task_format)
-    suites = taskformat.with_leakage(suites, keys)
+    fmt, key_source = taskformat.resolve(suites, examples, [a for a in (adapter, baseline) if a], req.task_format)
+    suites = taskformat.with_leakage(suites, fmt)
+    log(f"task format: {taskformat.describe(fmt)} ({key_source})")
     project = release_defaults(req.project)
     warnings = adapter_warnings([a for a in (adapter, baseline) if a is not None], ref, req.allow_base_mismatch, log)
     db = Path(req.db or default_db_path())
@@ -112,11 +113,11 @@ def run_check(req: CheckRequest, plan: Sequence[Any] | None = None, require_gate
                            "warnings": warnings, "batch_size": req.batch_size, "gates_file": req.gates_file,
                            "adapter_id": adapter.adapter_id, "baseline_id": baseline.adapter_id if baseline else None,
                            "baseline_scale": req.baseline_scale if baseline else None,
-                           "task_format": {"keys": list(keys), "source": key_source},
+                           "task_format": taskformat.to_config(fmt, key_source),
                            "limit": {"n": limit.n, "how": limit.how} if limit else None})
     with store.run(info, ranks=True) as writer:
         stats = run_eval(base, targets, suites, writer, store, batch_size=req.batch_size,
-                         task_format=",".join(keys) or None, examples=examples, log=log)
+                         task_format=fmt, examples=examples, log=log)
         if not main:
             return CheckResult(None, {}, stats)  # this rank's rows are stored (run_eval synced)
         writer.flush()  # cached results are buffered until a flush: the gates read the store

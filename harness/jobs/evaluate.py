@@ -95,7 +95,7 @@ class Prepared:
     examples: dict[str, list[Any]]
     adapters: list[Any]
     names: dict[str, str]
-    keys: tuple[str, ...]
+    task_format: Any  # harness.records.TaskFormat | None: the run's task format (harness.suites.taskformat)
     key_source: str
     ref: Any
     warnings: list[str]
@@ -144,8 +144,9 @@ def prepare(req: EvalRequest, scales: list[float], *, need_adapter: bool = False
     # before any weights load or PEFT sees the base
     adapters = [inspect_adapter(a, base=ref, allow_base_mismatch=req.allow_base_mismatch) for a in req.adapters]
     names = {a.adapter_id: n for a, n in zip(adapters, req.names)}
-    keys, key_source = taskformat.resolve(suites, examples, adapters, req.task_format)
-    suites = taskformat.with_leakage(suites, keys)  # a leakage suite with no known format is exit 2 here
+    fmt, key_source = taskformat.resolve(suites, examples, adapters, req.task_format)
+    suites = taskformat.with_leakage(suites, fmt)  # a leakage suite with no known format is exit 2 here
+    log(f"task format: {taskformat.describe(fmt)} ({key_source})")
     warnings = adapter_warnings(adapters, ref, req.allow_base_mismatch, log)
     from harness.util import distributed
 
@@ -157,7 +158,7 @@ def prepare(req: EvalRequest, scales: list[float], *, need_adapter: bool = False
     base = load_base(ref, device=distributed.device(req.device), lazy=True)
     config = {"device": base.device, "base": req.base, "scales": scales, "suites": [s.name for s in suites],
               "warnings": warnings, "batch_size": req.batch_size, "max_batch": req.max_batch, "names": names,
-              "task_format": {"keys": list(keys), "source": key_source},
+              "task_format": taskformat.to_config(fmt, key_source),
               "limit": {"n": limit.n, "how": limit.how} if limit else None,
               "scorers": {s.name: [scorer_record(sc) for sc in s.scorers] for s in suites},
               # what the cache key leaves out on purpose: results reused across these are the same results
@@ -165,7 +166,7 @@ def prepare(req: EvalRequest, scales: list[float], *, need_adapter: bool = False
               "cache_key_excludes": ["batch_size", "max_batch", "flush_every", "device", "library versions"]}
     if distributed.is_distributed():
         config["world_size"] = distributed.world_size()
-    return Prepared(suites, examples, adapters, names, keys, key_source, ref, warnings, store, base, config, project_gates)
+    return Prepared(suites, examples, adapters, names, fmt, key_source, ref, warnings, store, base, config, project_gates)
 
 
 def load_project_gates(gates_file: Path | None, apply: bool = True) -> Any:
@@ -222,7 +223,7 @@ def evaluate(req: EvalRequest, log: Callable[[str], None] = log_to_stderr) -> Ev
     targets = expand_targets(prep.adapters, scales, include_base=req.include_base)
     with store.run(prep.run_info("eval", req), ranks=True) as run_writer:
         stats = run_eval(base, targets, prep.suites, run_writer, store, batch_size=req.batch_size, max_batch=req.max_batch,
-                         task_format=",".join(prep.keys) or None, flush_every=req.flush_every,
+                         task_format=prep.task_format, flush_every=req.flush_every,
                          progress_bar=req.progress_bar, examples=prep.examples, log=log)
         run_id = run_writer.run_id
         gate_report = None

@@ -55,7 +55,7 @@ def sweep(req: SweepRequest, log: Callable[[str], None] = log_to_stderr) -> Swee
     prep.config.update(sweep={"scales": scales, "refine": req.refine, "min_retention": limits.min_retention,
                               "max_leakage": limits.max_leakage})
     store, base = prep.store, prep.base
-    common: dict[str, Any] = dict(batch_size=ev.batch_size, max_batch=ev.max_batch, task_format=",".join(prep.keys) or None,
+    common: dict[str, Any] = dict(batch_size=ev.batch_size, max_batch=ev.max_batch, task_format=prep.task_format,
                                   flush_every=ev.flush_every, progress_bar=ev.progress_bar, examples=prep.examples, log=log)
     with store.run(prep.run_info("sweep", ev), ranks=True) as run_writer:
         stats = run_eval(base, expand_targets(prep.adapters, scales), prep.suites, run_writer, store, **common)

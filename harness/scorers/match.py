@@ -245,15 +245,40 @@ def json_field(fields: Sequence[str] | None = None) -> ScoreFn:
 
 
 @register_scorer("format_leakage", version="3")
-def format_leakage(keys: Sequence[str], min_keys: int = 1) -> ScoreFn:
-    """1.0 when a general answer takes the task's output format: an object holding the task's keys.
+def format_leakage(keys: Sequence[str] | None = None, min_keys: int = 1, pattern: str | None = None,
+                   labels: Sequence[str] | None = None) -> ScoreFn:
+    """1.0 when a general answer takes the task's output format; give exactly one of ``keys``, ``pattern``, ``labels``.
 
-    Version 3 looks anywhere in the answer, the way a careful grader reads it: an object after prose ("Sure!
-    Here is the order: {"item": ...") or after a stray character (``"{"item": ...``), closed or cut off by
-    max_new_tokens, with double, single or no quotes around the keys and the keys in any case. An answer
-    leaks when one ``{`` opens a segment in which at least ``min_keys`` of ``keys`` appear as keys
-    (``"item":``, ``'Item':``, ``item:``). Errs towards leakage, never away from it.
+    ``keys`` (a JSON task): an object holding the task's keys. Version 3 looks anywhere in the answer, the way a
+    careful grader reads it: an object after prose ("Sure! Here is the order: {"item": ...") or after a stray
+    character (``"{"item": ...``), closed or cut off by max_new_tokens, with double, single or no quotes around
+    the keys and the keys in any case. An answer leaks when one ``{`` opens a segment in which at least
+    ``min_keys`` of ``keys`` appear as keys (``"item":``, ``'Item':``, ``item:``).
+    ``pattern`` (a task of another shape, e.g. ``\\d{4}-\\d{2}-\\d{2}``): the answer starts with a match (after
+    spaces, quotes, backticks or a code fence), not followed by a letter or digit.
+    ``labels`` (a classification task): the answer is one of the labels alone, or opens with one followed by
+    punctuation ("Positive." / "positive, because ..."), in any case.
+    Errs towards leakage, never away from it.
     """
+    given = [x for x in (keys, pattern, labels) if x]
+    if len(given) != 1:
+        raise ValueError("format_leakage needs exactly one of keys (JSON), pattern (a regex) or labels")
+    if pattern:
+        opening = re.compile(r"""\s*(?:```\w*\s*)?["'`]*\s*(?:""" + pattern + r")(?![^\W_])")
+
+        def by_pattern(output: str, example: Example) -> list[Score]:
+            return [Score("format_leakage", float(opening.match(output) is not None))]
+
+        return by_pattern
+    if labels:
+        alternatives = "|".join(re.escape(str(x).strip()) for x in sorted(labels, key=len, reverse=True))
+        alone = re.compile(r"""\s*["'`*]*\s*(?:""" + alternatives + r""")\s*["'`*]*\s*(?:$|[.!,:;\n])""", re.IGNORECASE)
+
+        def by_label(output: str, example: Example) -> list[Score]:
+            return [Score("format_leakage", float(alone.match(output) is not None))]
+
+        return by_label
+    assert keys is not None
     wanted = sorted({k.lower() for k in keys}, key=len, reverse=True)
     key_re = re.compile(r"""(?:^|[{,\n])\s*\\?["'`]?\s*(""" + "|".join(re.escape(k) for k in wanted) + r""")\s*\\?["'`]?\s*:""",
                         re.IGNORECASE)

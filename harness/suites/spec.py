@@ -51,7 +51,7 @@ __all__ = [
 
 SUITES_DIR = (Path(__file__).resolve().parent / "builtin").resolve()  # the top-level suites/, installed as harness/suites/builtin
 _TOP_KEYS = {"name", "version", "description", "role", "headline", "metrics", "data", "prompt", "generation",
-             "scorers", "gates"}
+             "scorers", "gates", "format"}
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
 
@@ -276,6 +276,15 @@ def load_suite(name_or_path: str | Path) -> Suite:
             continue
         gates.append(GateSpec(str(gd["metric"]), **values))
 
+    task_format = None
+    if spec.get("format") is not None:
+        from harness.suites.taskformat import parse_declared
+
+        if role != "task":
+            err("format: declares a task's answer format; it belongs on a suite with role task", "format")
+        task_format, problems = parse_declared(spec["format"], y.where("format"))
+        errors.extend(problems)
+
     if data_path.is_file() and data_path.suffix in DATA_SUFFIXES:
         scanned, data_errors = scan_jsonl(data_path)
         errors.extend(data_errors)
@@ -297,7 +306,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
         name=name, version=str(spec["version"]), description=str(spec.get("description", "")), path=path,
         data_path=data_path, split=split, fields=fields, prompt=prompt, generation=generation,
         scorers=tuple(scorers), gates=tuple(gates), suite_id=_suite_hash(path, data_path), max_chars=max_chars,
-        role=role, headline=headline, directions=directions,
+        role=role, headline=headline, directions=directions, format=task_format,
     )
 
 

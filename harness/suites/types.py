@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.generation.rows import GenerationSettings
+from harness.records import TaskFormat
 
 FIELDS = ("id", "input", "target", "aliases", "references", "category")
 #: task: what the adapter was trained for; general: what the base could do (retention is computed, and
@@ -81,6 +82,8 @@ class Suite:
     directions: Mapping[str, bool] = field(default_factory=dict)
     #: text fields longer than this many characters are cut and flagged (data.max_chars)
     max_chars: int = 16_384
+    #: a task suite's declared answer format (``format:``; harness.suites.taskformat), None: inferred or unknown
+    format: TaskFormat | None = None
 
 
 def suite_directions(suite: Suite) -> dict[str, bool]:
