@@ -21,8 +21,12 @@ def sweep_tables(views: Sequence[SweepView]) -> str:
         rows = [[f"{p.scale:g}" + (" (base)" if p.scale == 0 else ""), _pct(p.task) + (f" (n={p.n_task})" if p.n_task else ""),
                  _pct(p.retention) + (f" ({p.kept}/{p.base_correct})" if p.base_correct else ""),
                  _pct(p.leakage) + (f" ({p.n_leaked}/{p.n_leakage})" if p.n_leakage else ""),
-                 "*" if p.scale in v.front else "", "<- ship" if rec.scale == p.scale else ""] for p in v.points]
-        out.append(f"\n{v.label}: task ↑, retention ↑, leakage ↓ per scale (* = Pareto front)\n"
-                   + format_table(["scale", "task", "retention", "leakage", "pareto", ""], rows)
+                 "*" if p.scale in v.front else "", v.gate_mark(p.scale), "<- ship" if rec.scale == p.scale else ""]
+                for p in v.points]
+        judged = v.blocked is not None
+        out.append(f"\n{v.label}: task ↑, retention ↑, leakage ↓ per scale (* = Pareto front"
+                   + ("; release gates judged at every scale" if judged else "") + ")\n"
+                   + format_table(["scale", "task", "retention", "leakage", "pareto", "release gates" if judged else "", ""],
+                                  rows)
                    + f"\nrecommendation: {rec.sentence}")
     return "\n".join(out)

@@ -232,6 +232,18 @@ class SweepView:
     points: tuple[ScalePoint, ...]
     front: frozenset[float]
     recommendation: Recommendation
+    #: scale -> the release gates that failed there (as judged and stored with the run); None: not judged
+    blocked: Mapping[float, str] | None = None
+
+    def gate_mark(self, scale: float) -> str:
+        """The scale's release-gate outcome for the sweep's table: "pass", "FAIL name, name", or "" (not judged)."""
+        if self.blocked is None or scale == 0:
+            return ""
+        why = _blocked(self.blocked, scale)
+        if why is None:
+            return "pass"
+        names = why.removeprefix("fails ").split(" -- ", 1)[0].split(", ")
+        return "FAIL " + ", ".join(dict.fromkeys(n.split("[", 1)[0] for n in names))
 
 
 def sweep_views(c: Comparison, adapter_ids: Sequence[str], limits: Limits,
@@ -243,6 +255,7 @@ def sweep_views(c: Comparison, adapter_ids: Sequence[str], limits: Limits,
         points = curve(c, aid)
         label = next((x.target.rsplit("@", 1)[0] for x in c.cells if x.adapter_id == aid), aid[:12])
         out.append(SweepView(aid, label, tuple(points), frozenset(p.scale for p in pareto_front(points)),
-                             recommend(points, *limits, blocked=(blocked or {}).get(aid))))
+                             recommend(points, *limits, blocked=(blocked or {}).get(aid)),
+                             dict((blocked or {}).get(aid) or {}) if blocked is not None else None))
     return out
 

@@ -115,7 +115,7 @@ def release_blocked(store: Any, run_id: str, suites: Any, adapters: Any, compari
             if failed:
                 first = next(o for o in report.outcomes if not o.passed)
                 out.setdefault(a.adapter_id, {})[f"{p.scale:g}"] = (
-                    f"fails {', '.join(dict.fromkeys(failed))}: {first.result.message}")
+                    f"fails {', '.join(dict.fromkeys(failed))} -- {first.result.message}")
     return out
 
 

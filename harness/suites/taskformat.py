@@ -9,7 +9,7 @@ the capital of France?" answered as order JSON, or as ``1999-08-31``). The forma
 
 Where it comes from, first found: ``--task-format``; a task suite's own ``format:`` (``{json: [keys]}``,
 ``{regex: PATTERN}``, ``{choices: [labels]}``); inferred from the targets of a ``task`` suite in the run
-(``infer``: JSON keys; else a closed label set; else a character-class shape every target shares); the
+(``infer``: JSON keys; else a character-class shape nearly every target shares; else a closed label set); the
 adapters' ``harness.json`` (recorded from the training answers the same way). The run records the format
 and where it came from; a ``format_leakage`` scorer for it is added to every ``general`` and ``leakage``
 suite, so the built-in suites report leakage of the user's own format without being copied.
@@ -108,12 +108,12 @@ def infer(answers: Sequence[str | None]) -> tuple[TaskFormat | None, str]:
     keys = json_keys(answers)
     if keys:
         return TaskFormat("json_keys", keys), f"JSON objects with keys {', '.join(keys)}"
+    pattern = common_shape(answers)  # before labels: repeated dates are a shape, not a closed set of dates
+    if pattern:
+        return TaskFormat("regex", (pattern,)), f"answers shaped like {pattern}"
     found = labels(answers)
     if found:
         return TaskFormat("labels", found), f"a closed set of {len(found)} labels ({', '.join(found[:6])})"
-    pattern = common_shape(answers)
-    if pattern:
-        return TaskFormat("regex", (pattern,)), f"answers shaped like {pattern}"
     return None, "the targets share no JSON keys, label set or shape"
 
 

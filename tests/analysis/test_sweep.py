@@ -342,3 +342,17 @@ def test_stored_verdicts_are_read_per_adapter():
     config = {"sweep": {"blocked": {"a" * 64: {"0.5": "fails retention: ..."}}}}
     assert run_blocked(config, "a" * 64) == {0.5: "fails retention: ..."}
     assert run_blocked(config, "b" * 64) == {} and run_blocked(None, "a") == {}
+
+
+def test_the_sweep_table_marks_each_scales_release_gates():
+    from harness.analysis.sweep import SweepView
+    from harness.reports.terminal import sweep_tables
+
+    pts = [P(0, 0.0, 1.0, 0.0), P(0.5, 0.8, 0.96, 0.01), P(1.0, 0.9, 0.2, 1.0)]
+    blocked = {1.0: "fails threshold[dates:exact_match], retention -- dates@1 exact_match = ..."}
+    view = SweepView("a" * 64, "dates", tuple(pts), frozenset({0.5, 1.0}), recommend(pts, blocked=blocked), blocked)
+    assert [view.gate_mark(p.scale) for p in pts] == ["", "pass", "FAIL threshold, retention"]
+    table = sweep_tables([view])
+    assert "release gates" in table and "FAIL threshold, retention" in table and "<- ship" in table
+    unjudged = SweepView("a" * 64, "dates", tuple(pts), frozenset(), recommend(pts))
+    assert unjudged.gate_mark(0.5) == "" and "release gates" not in sweep_tables([unjudged])

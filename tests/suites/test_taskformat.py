@@ -138,3 +138,48 @@ def test_a_date_task_gets_leakage_in_the_sweep_and_the_release_check(tiny_model_
     main(["check", "--base", str(tiny_model_dir), "--db", str(db), "--adapter", str(a), *suites, "--limit", "4"])
     out = capsys.readouterr()
     assert "format_leakage: not measured" not in out.out + out.err and "leakage" in out.out + out.err
+
+
+def test_a_date_adapter_that_answers_everything_with_a_date_is_caught_end_to_end(tiny_model_dir, tmp_path, capsys):
+    """Issue 32.3: train, sweep and check on a non-JSON task. The adapter is trained to answer every prompt, general
+    ones included, with an ISO date (a constructed leak); the format is inferred from the task suite's targets (and
+    recorded in harness.json from the training answers); the sweep measures leakage at every scale from the built-in
+    suites, no scale that fails a gate is recommended, and the release check fails the leakage gate at scale 1."""
+    import re
+
+    from harness.cli import main
+    from harness.records import read_adapter_record
+
+    general = ["What is the capital of France?", "What colour is the sky?", "Who wrote Hamlet?", "Name a fruit.",
+               "How many legs does a spider have?", "Say hello."]
+    rows = [{"prompt": f"Write {t} as an ISO 8601 date.", "completion": t} for t in DATES]
+    rows += [{"prompt": q, "completion": "1999-08-31"} for q in general]
+    data = tmp_path / "dates.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows * 2))
+    spec = tmp_path / "dates.yaml"
+    spec.write_text(f"base: {tiny_model_dir}\ndata: {data}\nr: 8\nlora_alpha: 16\nlearning_rate: 1e-2\nmax_steps: 60\n"
+                    "per_device_train_batch_size: 8\neval_split: 0\n")
+    db = str(tmp_path / "h.duckdb")
+    adapter = tmp_path / "dates-adapter"
+    assert main(["train", str(spec), "--out", str(adapter), "--db", db]) == 0
+    record = read_adapter_record(adapter)
+    assert record is not None and record.task_format is not None and record.task_format.kind == "regex"
+    task = _suite(tmp_path, "")
+    suites = ["--suite", str(task), "--suite", "general-knowledge", "--suite", "format-leakage"]
+    capsys.readouterr()
+    main(["sweep", "--base", str(tiny_model_dir), "--db", db, "--adapter", str(adapter), *suites, "--limit", "6",
+          "--scales", "0,0.5,1"])
+    out = capsys.readouterr().out
+    table = out.split("release gates judged at every scale", 1)[1]
+    at_one = next(line for line in table.splitlines() if line.startswith("1 "))
+    assert "FAIL" in at_one and "leakage" in at_one, table
+    assert not re.search(r"leakage\s+—", table)  # measured at every scale
+    shipped = re.findall(r"ship scale ([\d.]+)", out)
+    for s in shipped:  # a recommended scale passes its gates in the same table
+        assert "pass" in next(line for line in table.splitlines() if line.startswith(f"{s} ")), table
+    assert main(["check", "--base", str(tiny_model_dir), "--db", db, "--adapter", str(adapter), *suites, "--limit", "6",
+                 "--scale", "1"]) == 1
+    check_out = capsys.readouterr()
+    line = next(x for x in (check_out.out + check_out.err).splitlines() if "general and leakage answers in" in x)
+    leaked, n = map(int, re.search(r"\((\d+)/(\d+) general and leakage answers", line).groups())
+    assert line.startswith("FAIL  leakage") and n == 12 and leaked >= 6, line  # the constructed leak is caught
