@@ -501,9 +501,6 @@ def test_row6_readers_show_what_is_stored_and_name_the_bad_record(tmp_path, caps
     assert counts(db) == before
 
 
-@pytest.mark.xfail(strict=True, reason="`harness db check` says the bad shard 'is not in the database; the next harness "
-                                       "command that opens it moves it in', which no command can (every writer exits 5 "
-                                       "on it), and it does not name the bad record's file and line")
 def test_row6_db_check_names_the_bad_record_of_a_shard_that_cannot_be_moved_in(tmp_path):
     db = tmp_path / "h.duckdb"
     shard, before = _bad_shard(db)
@@ -636,9 +633,6 @@ def test_row34_train_refuses_examples_whose_answer_truncation_removes_with_one_l
     assert store.query("SELECT count(*) AS n FROM step_logs")[0]["n"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="the refusal names the examples by 0-based position in the (mixed) rows "
-                                       "('rows 3' for line 4 of the file) and does not name the data file, unlike "
-                                       "every other training-data error ('FILE row N', 1-based)")
 def test_row34_the_refusal_names_the_data_file_and_its_row_as_other_data_errors_do(tiny_model_dir, tmp_path, capsys):
     spec = _train_spec(tiny_model_dir, tmp_path, ROWS[:3] + _long_rows(1), "max_seq_length: 64\n")
     got, err = run_cli(capsys, ["train", spec, "--out", tmp_path / "out", "--db", tmp_path / "h.duckdb"])

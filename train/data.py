@@ -126,11 +126,13 @@ class TokenCheck:
     max_length: int
 
 
-def check_supervision(tokenizer, rows: Sequence[Conversation], max_length: int) -> TokenCheck:
+def check_supervision(tokenizer, rows: Sequence[Conversation], max_length: int,
+                      labels: Sequence[str] | None = None) -> TokenCheck:
     """Refuse data where an example keeps no answer token after truncation; count truncations.
 
     Such an example contributes loss 0 with no gradient: a run made of them logs a loss of 0.0 from
-    the first step and learns nothing (DOMAIN.md).
+    the first step and learns nothing (DOMAIN.md). ``labels`` names each row where it came from
+    (``FILE row N``, 1-based, as every other data error does); without them rows are numbered from 1.
     """
     empty, truncated, supervised = [], 0, 0
     for i, row in enumerate(rows):
@@ -146,10 +148,11 @@ def check_supervision(tokenizer, rows: Sequence[Conversation], max_length: int) 
         else:
             supervised += n_answer
     if empty:
-        shown = ", ".join(str(i) for i in empty[:10]) + (" ..." if len(empty) > 10 else "")
+        named = [labels[i] for i in empty] if labels is not None and len(labels) == len(rows) else [f"row {i + 1}" for i in empty]
+        shown = ", ".join(named[:10]) + (" ..." if len(empty) > 10 else "")
         raise DatasetError(
             f"{len(empty)} of {len(rows)} examples keep no answer token after truncation to max_seq_length="
-            f"{max_length} (rows {shown}); their loss would be 0.0 and teach nothing. Raise max_seq_length "
+            f"{max_length} ({shown}); their loss would be 0.0 and teach nothing. Raise max_seq_length "
             "or shorten the prompts"
         )
     return TokenCheck(len(rows), truncated, supervised, max_length)

@@ -216,12 +216,24 @@ def load_data(spec: TrainSpec, base: LoadedBase, examples: Sequence[dict[str, An
         rows, rows_hash, n_task = prepared
     else:
         rows, rows_hash, n_task = prepare_rows(spec, base, examples, log, parent)
-    check = check_supervision(base.tokenizer, rows, spec.max_seq_length)
+    check = check_supervision(base.tokenizer, rows, spec.max_seq_length, _row_labels(spec, examples, n_task, len(rows)))
     if check.n_truncated:
         log(f"  warning: {check.n_truncated} of {check.n_examples} examples truncated to max_seq_length={spec.max_seq_length}")
     datasets.disable_progress_bars()
     train_ds, eval_ds = _split(datasets, rows, spec)
     return TrainingRows(rows, rows_hash, n_task, check, train_ds, eval_ds)
+
+
+def _row_labels(spec: TrainSpec, examples: Sequence[dict[str, Any]] | None, n_task: int, n_rows: int) -> list[str]:
+    """Where each prepared row came from, in the prepared (mixed) order: ``FILE row N`` for the task data, 1-based
+    as every data error names rows; the mixed-in rows by their mix. ``mix_in``'s shuffle depends only on the
+    number of rows and the seed, so shuffling the labels the same way lines them up."""
+    from harness.train.data import mix_in
+
+    where = str(spec.data) if examples is None else "examples"
+    task = [f"{where} row {i + 1}" for i in range(n_task)]
+    extra = [f"mixed-in row {j + 1} ({', '.join(spec.mix)})" for j in range(n_rows - n_task)]
+    return [str(x) for x in mix_in(task, extra, spec.seed)] if extra else task  # type: ignore[arg-type]
 
 
 def find_resume_point(ckpt_root: Path, identity: RunIdentity, look: bool, log: Callable[[str], None]) -> Path | None:

@@ -210,6 +210,24 @@ def _swap(db: Path, new: Path) -> Path | None:
     return backup
 
 
+def _trial_ingest(shard: Path, db_path: Path) -> str | None:
+    """Why ``shard`` could not be moved in (a bad record, named by file and line, as ingest names it), tried in an
+    empty in-memory database of the current schema; None when it would go in."""
+    import duckdb
+
+    con = duckdb.connect(":memory:")
+    try:
+        migrate(con, db_path)
+        ingest(con, shard, db_path)
+    except StorageError as exc:
+        return str(exc)
+    except duckdb.Error as exc:
+        return first_line(exc)
+    finally:
+        con.close()
+    return None
+
+
 @dataclass
 class CheckReport:
     db: Path
@@ -275,8 +293,10 @@ def check(db_path: Path, shard_dir: Path | None = None, lock_timeout: float = 12
                     problems.append(str(exc))
                     continue
                 if s.name not in recorded:
+                    refused = _trial_ingest(s, db_path)
                     problems.append(f"shard {s} ({m.n_rows} rows) is not in the database; the next harness command "
-                                    "that opens it moves it in")
+                                    "that opens it moves it in" if refused is None else
+                                    f"shard {s} ({m.n_rows} rows) is not in the database and cannot be moved in: {refused}")
                     continue
                 if recorded[s.name] != m.n_rows:
                     problems.append(f"shard {s}: the database records {recorded[s.name]} rows from it, its manifest {m.n_rows}")

@@ -58,7 +58,7 @@ def test_adapter_directory_holds_safetensors_and_its_record(base, tiny_model_dir
 
 def test_refuses_examples_with_no_answer_token_after_truncation(base, tiny_model_dir, tmp_path):
     rows = ROWS[:3] + [{"prompt": "word " * 400, "completion": "x"}]
-    with pytest.raises(DatasetError, match=r"1 of 4 examples keep no answer token.*max_seq_length=64.*rows 3"):
+    with pytest.raises(DatasetError, match=r"1 of 4 examples keep no answer token.*max_seq_length=64 \(examples row 4\)"):
         train_adapter(_spec(tiny_model_dir, max_seq_length=64), tmp_path / "x", examples=rows, base=base, log=lambda s: None)
     assert not (tmp_path / "x" / "adapter_model.safetensors").exists()
 
