@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
 _UPSTREAM_DEPRECATIONS = (r"`is_gradient_checkpointing` is deprecated",)
 
 
+#: the exit code of an unexpected exception (sysexits' EX_SOFTWARE): distinct from 1 (a gate failed) and from
+#: 2-5 (the user's input, artifacts, safety, storage), so CI never reads a crash as a verdict
+INTERNAL_ERROR = 70
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import warnings
 
@@ -55,6 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not a verdict: never exit 1, which CI reads as "a gate failed"
+        import traceback
+
+        traceback.print_exc()
+        print(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} -- a bug in "
+              f"adapter-harness, not a verdict on the adapter (exit {INTERNAL_ERROR}); please report it with the "
+              "traceback above", file=sys.stderr)
+        return INTERNAL_ERROR
     finally:
         from harness.util import distributed
 

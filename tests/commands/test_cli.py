@@ -35,3 +35,18 @@ def test_every_option_of_every_command_has_help(name, capsys):
     for action in sub._actions:
         for opt in action.option_strings:
             assert opt in out
+
+
+def test_an_unexpected_exception_is_exit_70_not_a_failed_gate(monkeypatch, capsys):
+    """Issue 31: a crash exited 1, the code CI reads as "a gate failed"."""
+    import harness.commands.suites as suites_cmd
+    from harness.cli import INTERNAL_ERROR, main
+
+    def boom(args):
+        raise RuntimeError("something the harness did not expect")
+
+    monkeypatch.setattr(suites_cmd, "run", boom)
+    assert main(["suites", "list"]) == INTERNAL_ERROR == 70
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "internal error: RuntimeError: something the harness did not expect" in err
+    assert "not a verdict on the adapter" in err
