@@ -1,6 +1,6 @@
-"""The pytest face of the gates: ``pytest --adapter DIR`` turns suite and gate files into test items.
+"""The pytest face of the gates: ``pytest --harness-adapter DIR`` turns suite and gate files into test items.
 
-    pytest --adapter out/adapter [--baseline DIR] [--scale S] [--harness-db F] [--harness-base B] gates/
+    pytest --harness-adapter out/adapter [--harness-baseline DIR] [--harness-scale S] [--harness-db F] [--harness-base B] gates/
 
 Collected files (under the paths pytest is given): every ``suite.yaml`` (one item per gate of its
 ``gates:``) and every ``harness.toml`` / ``gates.toml`` / ``pyproject.toml`` with ``[tool.harness]``
@@ -10,13 +10,13 @@ store lacks, once, exactly as ``harness check`` does (it is ``harness.jobs.check
 item then reports its gate. A failure shows a table (metric, observed, threshold, baseline, interval)
 and the worst examples. ``-k``, ``-x`` and ``--junitxml`` work as for any test.
 
-Baselines: ``--baseline DIR``, else the adapter named in ``harness-baseline.json`` at the root (a small
+Baselines: ``--harness-baseline DIR``, else the adapter named in ``harness-baseline.json`` at the root (a small
 file meant to be committed, so a new baseline is a reviewable diff). ``--harness-update-baseline``
 writes that file for the adapter under test (regressions are then not judged: it is the new baseline).
 
 Python gates: the ``harness_results`` fixture gives the run's comparison and a ``gate`` helper.
 
-Without ``--adapter`` the plugin does nothing (no import of the harness, no model): it is installed in
+Without ``--harness-adapter`` the plugin does nothing (no import of the harness, no model): it is installed in
 every environment that has the package, including the harness's own tests.
 """
 
@@ -40,10 +40,11 @@ _PROJECT_NAMES = ("harness.toml", "gates.toml", "pyproject.toml")
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("adapter-harness", "adapter quality gates (adapter-harness)")
-    g.addoption("--adapter", default=None, metavar="DIR", help="adapter to judge: collect suite and gate files as tests")
-    g.addoption("--baseline", default=None, metavar="DIR", help=f"baseline adapter (default: the one in {BASELINE_FILE})")
-    g.addoption("--baseline-scale", type=float, default=None, metavar="S", help="the baseline's scale (default: its file's, else 1)")
-    g.addoption("--scale", type=float, default=None, metavar="S", help="LoRA scale of the adapter (default: 1)")
+    g.addoption("--harness-adapter", dest="harness_adapter", default=None, metavar="DIR",
+                help="adapter to judge: collect suite and gate files as tests")
+    g.addoption("--harness-baseline", dest="harness_baseline", default=None, metavar="DIR", help=f"baseline adapter (default: the one in {BASELINE_FILE})")
+    g.addoption("--harness-baseline-scale", dest="harness_baseline_scale", type=float, default=None, metavar="S", help="the baseline's scale (default: its file's, else 1)")
+    g.addoption("--harness-scale", dest="harness_scale", type=float, default=None, metavar="S", help="LoRA scale of the adapter (default: 1)")
     g.addoption("--harness-db", default=None, metavar="F", help="results database (default: $HARNESS_DB or ./harness.duckdb)")
     g.addoption("--harness-base", default=None, metavar="B", help="base model (default: the project file's, else smollm2-135m)")
     g.addoption("--harness-limit", type=int, default=None, metavar="N", help="evaluate only N examples of each suite")
@@ -67,15 +68,15 @@ class HarnessSession:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         opt = config.getoption
-        self.adapter: str = opt("adapter")
+        self.adapter: str = opt("harness_adapter")
         self.update = bool(opt("harness_update_baseline"))
         self.baseline_file = Path(opt("harness_baseline_file") or config.rootpath / BASELINE_FILE)
-        self.baseline: str | None = opt("baseline")
-        self.baseline_scale: float = opt("baseline_scale") or 1.0
+        self.baseline: str | None = opt("harness_baseline")
+        self.baseline_scale: float = opt("harness_baseline_scale") or 1.0
         self.baseline_id: str | None = None
         if self.baseline is None and not self.update and self.baseline_file.is_file():
             self.baseline, self.baseline_id, scale = read_baseline(self.baseline_file)
-            self.baseline_scale = opt("baseline_scale") or scale
+            self.baseline_scale = opt("harness_baseline_scale") or scale
         self.suites: dict[str, Any] = {}  # name -> Suite
         self.plan: list[Any] = []  # PlannedGate, names unique over the session
         self.project: Any = None  # ProjectConfig of the (one) project file
@@ -122,10 +123,10 @@ class HarnessSession:
                 adapter=self.adapter, suites=tuple(str(s.path) for s in self.suites.values()),
                 project=project.gates if project else ProjectGates(training_health=False),
                 base=opt("harness_base") or (project.base if project and project.base else DEFAULT_BASE),
-                db=Path(opt("harness_db")) if opt("harness_db") else None, scale=opt("scale"),
+                db=Path(opt("harness_db")) if opt("harness_db") else None, scale=opt("harness_scale"),
                 baseline=self.baseline if self.with_baseline else None, baseline_scale=self.baseline_scale,
                 gates_file=str(project.path) if project else None, limit=opt("harness_limit"),
-                command="pytest --adapter " + self.adapter)
+                command="pytest --harness-adapter " + self.adapter)
             try:
                 if self.baseline is not None and self.baseline_id is not None:  # both read from the baseline file
                     check_baseline_id(self.baseline, self.baseline_id, self.baseline_file)
@@ -149,13 +150,13 @@ def _session(config: pytest.Config) -> HarnessSession | None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if config.getoption("adapter", None):
+    if config.getoption("harness_adapter", None):
         config.stash[_KEY] = HarnessSession(config)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     if _session(parent.config) is None:
-        return None  # inert without --adapter
+        return None  # inert without --harness-adapter
     if file_path.name == "suite.yaml":
         return SuiteFile.from_parent(parent, path=file_path)
     if file_path.name in _PROJECT_NAMES:
@@ -253,7 +254,7 @@ class GateItem(pytest.Item):
 
     def runtest(self) -> None:
         state = _session(self.config)
-        assert state is not None  # gate items are collected only with --adapter, which creates the session
+        assert state is not None  # gate items are collected only with --harness-adapter, which creates the session
         result = state.evaluate()
         skipped = dict(result.report.skipped)
         if self.planned.name in skipped:
@@ -270,7 +271,7 @@ class GateItem(pytest.Item):
             return "\n\n".join(failure_table(o) for o in excinfo.value.outcomes)
         if isinstance(excinfo.value, HarnessUnavailable):
             cause = excinfo.value.args[0]
-            return f"adapter-harness could not evaluate {self.config.getoption('adapter')}: {cause}"
+            return f"adapter-harness could not evaluate {self.config.getoption('harness_adapter')}: {cause}"
         return super().repr_failure(excinfo, style)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
@@ -415,10 +416,10 @@ class HarnessResults:
 
 @pytest.fixture(scope="session")
 def harness_results(pytestconfig: pytest.Config) -> HarnessResults:
-    """The evaluated run of ``--adapter`` (skips when pytest runs without it)."""
+    """The evaluated run of ``--harness-adapter`` (skips when pytest runs without it)."""
     state = _session(pytestconfig)
     if state is None:
-        pytest.skip("adapter-harness: no --adapter given")
+        pytest.skip("adapter-harness: no --harness-adapter given")
     if not state.suites:
         pytest.skip("adapter-harness: no suite collected (add suite.yaml files or a harness.toml listing suites)")
     return HarnessResults(state.evaluate())

@@ -42,7 +42,7 @@ def project(pytester, built):
 
 def run(pytester, built, adapter, *extra):
     # --opt=value: pytest's rootdir guess reads a separate path value as a test path
-    return pytester.runpytest(f"--adapter={built[adapter]}", f"--harness-base={built['tiny']}",
+    return pytester.runpytest(f"--harness-adapter={built[adapter]}", f"--harness-base={built['tiny']}",
                               f"--harness-db={built['db']}", "-p", "no:cacheprovider", *extra)
 
 
@@ -133,3 +133,19 @@ def test_one_gate_is_one_item_and_every_junit_name_is_well_formed(project, built
     assert gk == ["threshold[gk:exact_match#2]", "threshold[gk:exact_match]"], names
     for n in names:  # a bracket opens once and closes the name
         assert n.count("[") == n.count("]") <= 1 and (("[" not in n) or n.endswith("]")), n
+
+
+def test_a_projects_own_adapter_option_does_not_collide(pytester):
+    """Issue 31: the plugin registered bare --adapter, --baseline and --scale for every pytest run where the harness
+    is installed; a project's conftest.py defining the same option crashed at collection."""
+    pytester.makeconftest('''
+def pytest_addoption(parser):
+    parser.addoption("--adapter", default=None)
+    parser.addoption("--scale", default=None)
+    parser.addoption("--baseline", default=None)
+''')
+    pytester.makepyfile(test_own="def test_own(request):\n    assert request.config.getoption('adapter') == 'mine'\n")
+    res = pytester.runpytest("--adapter=mine", "-p", "no:cacheprovider")
+    res.assert_outcomes(passed=1)
+    help_text = pytester.runpytest("--help").stdout.str()
+    assert "--harness-adapter=DIR" in help_text and "--harness-scale=S" in help_text
