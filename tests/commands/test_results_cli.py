@@ -249,3 +249,44 @@ def test_results_without_a_run_picks_the_newest_sweep_or_check_too(tmp_path, cap
         pass
     assert main(["results", "--db", str(empty)]) == 2
     assert "no eval, sweep, check or demo runs" in capsys.readouterr().err
+
+
+def test_sql_writes_results_to_csv_parquet_jsonl_and_json(tmp_path, capsys):
+    """Issue 31: results did not leave the DuckDB file, and `COPY ... TO` was refused as if it changed the store."""
+    import csv
+
+    import duckdb
+
+    from harness.store import RunInfo, Store
+
+    db = tmp_path / "h.duckdb"
+    with Store(db).run(RunInfo(kind="eval", command="a \"quoted\", comma'd command")):
+        pass
+    query = "SELECT i, i * 0.5 AS half, 'row ' || i AS label FROM range(1234) t(i)"
+    for suffix in (".csv", ".parquet", ".jsonl", ".json"):
+        out = tmp_path / f"rows{suffix}"
+        assert main(["sql", query, "--db", str(db), "--out", str(out)]) == 0
+        assert f"wrote 1234 rows to {out}" in capsys.readouterr().out
+        if suffix == ".csv":
+            got = list(csv.DictReader(out.open()))
+            assert len(got) == 1234 and got[7] == {"i": "7", "half": "3.5", "label": "row 7"}
+        elif suffix == ".parquet":
+            con = duckdb.connect()
+            assert con.execute(f"SELECT count(*), sum(half), max(label) FROM read_parquet('{out}')").fetchone() == \
+                (1234, sum(i * 0.5 for i in range(1234)), "row 999")
+        elif suffix == ".jsonl":
+            lines = out.read_text().splitlines()
+            assert len(lines) == 1234 and json.loads(lines[3]) == {"i": 3, "half": 1.5, "label": "row 3"}
+        else:
+            assert len(json.loads(out.read_text())) == 1234
+    assert not list(tmp_path.glob(".rows*.tmp"))  # written through a temporary file, none left
+    # text with quotes and commas round-trips through CSV
+    assert main(["sql", "SELECT command FROM runs", "--db", str(db), "--out", str(tmp_path / "c.csv")]) == 0
+    assert next(csv.DictReader((tmp_path / "c.csv").open()))["command"] == "a \"quoted\", comma'd command"
+    capsys.readouterr()
+    assert main(["sql", "SELECT 1", "--db", str(db), "--out", str(tmp_path / "x.xlsx")]) == 2
+    assert ".csv, .parquet, .jsonl" in capsys.readouterr().err
+    assert main(["sql", f"COPY runs TO '{tmp_path / 'r.csv'}'", "--db", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert "pass --out FILE.csv" in err and "changed only by harness commands" not in err
+    assert not (tmp_path / "r.csv").exists()
