@@ -3,6 +3,7 @@ XML and JSON. Nothing here computes a verdict: each function shows the ``GateRep
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -35,11 +36,20 @@ def _short(text: str | None, n: int = 80) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+#: Markdown's inline punctuation: escaped, so a model output's ``[text](url)`` or ``![img](url)`` stays text
+_MD_PUNCT = re.compile(r"([\\`*_\[\]()!~|#])")
+#: URLs GitHub would link on its own (autolinks): a zero-width space after the scheme keeps them text
+_AUTOLINK = re.compile(r"(?i)\b(https?|ftp|mailto|file|javascript|data)(:)|\b(www)(\.)")
+
+
 def _md(text: str) -> str:
-    """Text safe inside a Markdown table cell (model outputs are hostile: no HTML, no pipes, one line)."""
+    """Text safe inside a Markdown table cell: model outputs are hostile, so no HTML, no pipes, one line, and no
+    live link or image (Markdown punctuation escaped, autolinks broken by a zero-width space)."""
     import html
 
-    return html.escape(" ".join(str(text).split())).replace("|", "\\|")
+    one_line = " ".join(str(text).split())
+    one_line = _AUTOLINK.sub(lambda m: f"{m.group(1) or m.group(3)}\u200b{m.group(2) or m.group(4)}", one_line)
+    return _MD_PUNCT.sub(r"\\\1", html.escape(one_line, quote=False))  # < > & as entities: no HTML either
 
 
 def markdown_summary(report: Any, context: dict) -> str:
@@ -95,3 +105,29 @@ def report_json(report: Any, context: dict) -> dict:
                    "worst": [asdict(w) for w in o.worst]} for o in report.outcomes],
         "skipped": [{"gate": g, "reason": r} for g, r in report.skipped],
     }
+
+
+#: what an errored check's exit code means, for its summary (DESIGN.md's codes)
+_ERROR_KINDS = {2: "a usage or input error", 3: "incompatible artifacts", 4: "refused for safety", 5: "storage trouble"}
+
+
+def error_markdown(code: int, message: str) -> str:
+    """The step summary of a check that could not judge: no gate passed or failed, and why."""
+    return "\n".join([f"## adapter-harness check: ERROR (exit {code}, {_ERROR_KINDS.get(code, 'an error')})", "",
+                      "No gate was judged: the check stopped before it could.", "", f"> {_md(message)}"])
+
+
+def error_json(code: int, message: str) -> dict:
+    return {"format_version": 1, "passed": False, "error": {"exit_code": code, "kind": _ERROR_KINDS.get(code, "error"),
+                                                            "message": message}, "gates": [], "skipped": []}
+
+
+def write_error_junit(code: int, message: str, path: Path) -> None:
+    """One test case, errored: a CI test report shows the check did not run rather than nothing at all."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.Element("testsuites", name="adapter-harness", tests="1", failures="0", errors="1")
+    suite = ET.SubElement(root, "testsuite", name="harness check", tests="1", failures="0", errors="1", skipped="0")
+    case = ET.SubElement(suite, "testcase", classname="harness.check", name="harness check", time="0")
+    ET.SubElement(case, "error", message=message, type=f"exit {code}").text = message
+    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)

@@ -10,6 +10,7 @@ lost (row counts read back by plain DuckDB in a fresh process, compared with a s
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import shutil
@@ -750,3 +751,231 @@ def test_row31_row13_resume_refuses_a_checkpoint_whose_files_were_swapped_for_pi
         assert bad.name in line and str(ckpt) in line, line
         assert not sentinel.exists()
         assert not (out / "adapter_model.safetensors").exists()
+
+
+# -- row 5: SIGKILL during one large INSERT, in a `harness` process moving a shard in ----------------------------
+
+
+def _big_scores_shard(shard_dir: Path, n: int) -> Path:
+    """A verified shard of ``n`` score rows (one INSERT ... SELECT of tens of MB when moved in), with no writer
+    recorded, so any process that opens the database moves it in."""
+    import hashlib
+
+    import duckdb
+
+    shard = shard_dir / "big-00001.shard"
+    shard.mkdir()
+    con = duckdb.connect()
+    con.execute(f"COPY (SELECT 'big-' || range AS cache_key, 'm' AS metric, (range % 10) / 10 AS value, NULL AS reason, "
+                f"'s' AS scorer, '1' AS scorer_version FROM range({n})) TO '{shard}/scores.jsonl' (FORMAT json)")
+    con.close()
+    digest = hashlib.sha256((shard / "scores.jsonl").read_bytes()).hexdigest()
+    (shard / "MANIFEST.json").write_text(json.dumps({"format_version": 2, "run_id": "big", "tables": {"scores": n},
+                                                     "sha256": {"scores": digest}}))
+    return shard
+
+
+def test_row5_sigkill_of_a_harness_process_mid_insert_stores_nothing_and_the_next_command_moves_it_all_in(tmp_path):
+    """`harness runs` meets a large shard the database lacks and moves it in with one INSERT; it is SIGKILLed while
+    DuckDB is writing that statement's rows into the database file (the file grows, no WAL yet: nothing committed).
+    Plain DuckDB in a fresh process then sees none of the rows; the next `harness` command sees all of them, exit 0,
+    and `harness db check` finds the database healthy."""
+    from tests.store.test_store_support import env
+
+    db = tmp_path / "h.duckdb"
+    store = fill(db, n_shards=1)
+    before = counts(db)
+    n = 600_000
+    shard = _big_scores_shard(store.shard_dir, n)
+    wal = db.with_name(db.name + ".wal")
+    size0 = db.stat().st_size
+    assert not wal.exists()
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "runs", "--db", str(db)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env())
+    deadline = time.monotonic() + 90
+    try:
+        # mid-statement: the INSERT's rows are being written to the database file, and no COMMIT has begun
+        # (DuckDB writes the WAL at commit); polling every 2 ms, the kill lands well inside that window
+        while not (db.stat().st_size >= size0 + (1 << 20) and not wal.exists()):
+            assert proc.poll() is None, f"the ingest finished before the kill; make the shard larger\n{proc.stderr.read()}"
+            assert not wal.exists(), "the commit began before the file grew: make the shard larger"
+            assert time.monotonic() < deadline, "the ingest never started"
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        if proc.poll() is None and time.monotonic() >= deadline:
+            proc.kill()
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, err
+    assert counts(db) == before  # none of the statement's rows, read by plain DuckDB with no harness repair
+    # the next command moves the whole shard in, once, and says so
+    after = harness("sql", "--db", str(db), "--json", "SELECT count(*) AS n FROM scores", cwd=tmp_path)
+    assert after.returncode == 0, after.stderr
+    assert "Traceback" not in after.stderr
+    assert json.loads(after.stdout) == [{"n": before["scores"] + n}]
+    [warning] = [ln for ln in after.stderr.splitlines() if ln.strip()]
+    assert warning.startswith("warning: moved 1 shard(s)") and shard.name in warning
+    check = harness("db", "check", "--db", str(db), cwd=tmp_path)
+    assert check.returncode == 0, check.stderr
+    assert "healthy" in check.stdout + check.stderr and f"{before['scores'] + n} scores" in check.stdout + check.stderr
+    got = counts(db)
+    assert got["scores"] == before["scores"] + n and got["ingested_shards"] == before["ingested_shards"] + 1
+    assert {t: v for t, v in got.items() if t not in ("scores", "ingested_shards")} == \
+           {t: v for t, v in before.items() if t not in ("scores", "ingested_shards")}
+
+
+# -- row 7: a non-finite metric value ---------------------------------------------------------------------------
+
+
+def _shard_with_score(db: Path, value: str, literal: bool) -> tuple[Path, dict[str, int]]:
+    """A database holding rows, and a shard beside it whose 4th score is ``value``: a JSON string, or (``literal``)
+    the bare token as Python's json and DuckDB's COPY write a non-finite float (NaN, Infinity, -Infinity)."""
+    import hashlib
+
+    from harness.store import write_shard
+
+    store = fill(db, n_shards=2)
+    before = counts(db)
+    t = shard_tables("bad", 0, 5)
+    t["scores"][3]["value"] = value
+    shard = write_shard(store.shard_dir, "bad-00001", "bad", t)
+    if literal:
+        f = shard / "scores.jsonl"
+        f.write_text(f.read_text().replace(json.dumps(value), value))
+        manifest = json.loads((shard / "MANIFEST.json").read_text())
+        manifest["sha256"]["scores"] = hashlib.sha256(f.read_bytes()).hexdigest()  # a whole, verified shard
+        (shard / "MANIFEST.json").write_text(json.dumps(manifest))
+        assert f'"value": {value},' in f.read_text()
+    return shard, before
+
+
+@pytest.mark.parametrize("value, literal", [
+    ("NaN", True), ("Infinity", True), ("-Infinity", True), ("NaN", False),
+    pytest.param("nan", True, marks=pytest.mark.xfail(strict=True, reason=(
+        "a bare lowercase nan (not JSON, but DuckDB's read_json takes it and the CHECK refuses it): finding the "
+        "line, harness/store/ingest.py _bad_line calls json.loads on it unguarded -> JSONDecodeError, exit 70 "
+        "with a traceback instead of exit 5 naming the line"))),
+])
+def test_row7_eval_meeting_a_shard_with_a_non_finite_score_exits_5_naming_file_line_and_key(
+        value, literal, tiny_model_dir, suite, tmp_path, capsys):
+    db = tmp_path / "h.duckdb"
+    shard, before = _shard_with_score(db, value, literal)
+    got, err = run_cli(capsys, eval_cmd(tiny_model_dir, suite, db))
+    assert got == 5, err
+    line = error_line(err)
+    assert f"{shard / 'scores.jsonl'} line 4 (cache_key bad-k3)" in line, line
+    assert "isfinite" in line and "nothing from the shard was stored" in line
+    assert counts(db) == before  # nothing from the shard, the good rows included
+    assert shard.is_dir()
+
+
+def _register_scorer(monkeypatch, name: str, metric: str, bad: dict[str, float | None]) -> None:
+    """A scorer of the user's own (registered as the scorers package says), for this test only: ``bad[id]`` for
+    those examples once the model has answered, 1.0 for the others. (With an empty answer it gives 0.0: `harness`
+    probes every scorer with one before any model, and refuses a suite it cannot score whatever the answer.)"""
+    from harness.scorers import Score, ScorerInfo, registry
+
+    def factory():
+        def score(output: str, example) -> list[Score]:
+            if not output:
+                return [Score(metric, 0.0)]
+            if example.id in bad:
+                return [Score(metric, bad[example.id], None if bad[example.id] is not None else "no answer found")]
+            return [Score(metric, 1.0)]
+        return score
+
+    monkeypatch.setitem(registry._REGISTRY, name, ScorerInfo(name, "1", factory, "test scorer"))
+
+
+def _gated_suite(d: Path, scorer: str, metric: str, n: int = 5) -> Path:
+    rows = [json.dumps({"id": f"q{i}", "question": f"Capital of France, take {i}?", "answer": "Paris"})
+            for i in range(1, n + 1)]
+    # a bound any finite mean clears: only missing or non-finite evidence can fail it
+    return write_suite(d, scorers=f"  - name: {scorer}\n", rows=rows,
+                       extra=f"headline: {metric}\ngates:\n  - {{metric: {metric}, min: -1}}\n")
+
+
+def _stored(db: Path, sql: str) -> list[tuple]:
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_row7_eval_whose_scorer_gives_nan_or_inf_stores_null_with_the_reason_and_the_gate_fails(
+        tiny_model_dir, tmp_path, capsys, monkeypatch):
+    _register_scorer(monkeypatch, "row7_ratio", "ratio", {"q2": math.nan, "q3": math.inf, "q4": -math.inf})
+    suite = _gated_suite(tmp_path / "s", "row7_ratio", "ratio")
+    db = tmp_path / "h.duckdb"
+    got, err = run_cli(capsys, eval_cmd(tiny_model_dir, suite, db))
+    assert got == 1, err
+    assert "Traceback" not in err and not [ln for ln in err.splitlines() if ln.startswith("error")]
+    assert all(o for (o,) in _stored(db, "SELECT output FROM generations"))  # the model answered every example
+    failed = [ln for ln in err.splitlines() if ln.startswith("gate failed: ")]
+    assert len(failed) == 1 and "threshold[hostile:ratio]" in failed[0], err
+    assert "3 of 5 scores are missing or not finite" in failed[0] and "a gate cannot pass on them" in failed[0]
+    # stored as NULL with the reason, never as a NaN or an infinity DuckDB would sort above every bound
+    scores = _stored(db, "SELECT g.example_id, s.value, s.reason FROM scores s JOIN generations g USING (cache_key) "
+                         "ORDER BY 1")
+    assert scores == [("q1", 1.0, None), ("q2", None, "non-finite value nan"), ("q3", None, "non-finite value inf"),
+                      ("q4", None, "non-finite value -inf"), ("q5", 1.0, None)]
+    assert _stored(db, "SELECT passed, observed FROM gate_results WHERE gate = 'threshold[hostile:ratio]'") == \
+           [(False, None)]
+
+
+# -- row 8: missing scores for some examples ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("missing", [(), ("q2", "q5")])
+def test_row8_eval_with_scores_missing_for_some_examples_fails_the_gate_naming_them(missing, tiny_model_dir, tmp_path,
+                                                                                   capsys, monkeypatch):
+    """The same suite and gate pass when every example is scored (the control), and fail, exit 1, when some
+    scores are NULL: the mean of the others (1.0) is never taken for the suite's."""
+    _register_scorer(monkeypatch, "row8_parse", "parsed", {i: None for i in missing})
+    suite = _gated_suite(tmp_path / "s", "row8_parse", "parsed")
+    db = tmp_path / "h.duckdb"
+    got, err = run_cli(capsys, eval_cmd(tiny_model_dir, suite, db))
+    assert "Traceback" not in err and not [ln for ln in err.splitlines() if ln.startswith("error")]
+    [(passed, observed)] = _stored(db, "SELECT passed, observed FROM gate_results WHERE gate = 'threshold[hostile:parsed]'")
+    assert _stored(db, "SELECT count(*) FROM scores WHERE value IS NULL") == [(len(missing),)]
+    if not missing:
+        assert got == 0, err
+        assert passed and observed == 1.0
+        return
+    assert got == 1, err
+    failed = [ln for ln in err.splitlines() if ln.startswith("gate failed: ")]
+    assert len(failed) == 1 and "threshold[hostile:parsed]" in failed[0], err
+    assert "2 of 5 scores are missing or not finite" in failed[0] and "a gate cannot pass on them" in failed[0]
+    assert not passed and observed is None  # not avg() over the 3 scored (1.0)
+    shown = err[err.index(failed[0]):]
+    assert "hostile/q2" in shown and "hostile/q5" in shown  # the examples without a score are named
+
+
+@pytest.mark.parametrize("command", ["suites check", "eval"])
+def test_row8_a_suite_some_of_whose_examples_can_never_be_scored_is_refused_exit_2_before_any_model(
+        command, tiny_model_dir, stored, tmp_path, capsys):
+    """Rows without a target would be missing scores for exact_match whatever the model answered: refused from
+    the files, naming the suite file and the rows, with nothing stored."""
+    rows = [json.dumps({"id": "q1", "question": "Capital of France?", "answer": "Paris"}),
+            json.dumps({"id": "q2", "question": "Capital of Spain?"}),
+            json.dumps({"id": "q3", "question": "Capital of Italy?", "answer": "Rome"}),
+            json.dumps({"id": "q4", "question": "Capital of Peru?", "answer": None})]
+    suite = write_suite(tmp_path / "s", rows=rows, extra="gates:\n  - {metric: exact_match, min: 0}\n")
+    db, before = stored
+    argv = ["suites", "check", suite] if command == "suites check" else eval_cmd(tiny_model_dir, suite, db)
+    t0 = time.perf_counter()
+    got, err = run_cli(capsys, argv)
+    assert got == 2, err
+    assert time.perf_counter() - t0 < 20  # from the files, before any model
+    assert "Traceback" not in err
+    # one `error: ` line, then the problems it sums up, indented under it
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    head = [i for i, ln in enumerate(lines) if ln.startswith("error: ")]
+    assert len(head) == 1 and all(ln.startswith(EVAL_INFO) for ln in lines[:head[0]]), err
+    assert lines[head[0]] == "error: 1 suite(s) with problems:" and all(ln.startswith("  ") for ln in lines[head[0] + 1:])
+    assert f"in suite {suite}:" in err
+    assert "exact_match cannot score 2 of 4 examples whatever the model answers" in err and "id q2, id q4" in err, err
+    assert counts(db) == before

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from harness.commands._common import add_db_argument
 from harness.commands._evalrun import add_limit_arguments
-from harness.errors import UsageError
+from harness.errors import HarnessError, UsageError
 from harness.jobs.check import CheckRequest, CheckResult, run_check
 from harness.models.base import DEFAULT_BASE
 from harness.reports.gates import markdown_summary, print_report, report_json, write_junit
@@ -81,10 +81,31 @@ def run(args: argparse.Namespace) -> int:
         allow_base_mismatch=args.allow_base_mismatch, command=shlex.join(["harness", *sys.argv[1:]]))
     from harness.util import distributed
 
-    result = run_check(req)
+    try:
+        result = run_check(req)
+    except HarnessError as exc:
+        # CI reads these files: an errored check says so in each (exit code and message), never leaves them absent
+        _write_error(args, exc.exit_code, str(exc))
+        raise
     if result.report is None:  # another rank of a launched job: its share is stored; the main process judges
         return distributed.agree(None)
     return distributed.agree(_finish(args, result))
+
+
+def _write_error(args: argparse.Namespace, code: int, message: str) -> None:
+    from harness.reports.gates import error_json, error_markdown, write_error_junit
+
+    md = error_markdown(code, message)
+    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if step_summary:
+        with open(step_summary, "a", encoding="utf-8") as f:
+            f.write(md + "\n")
+    if args.summary:
+        args.summary.write_text(md + "\n", encoding="utf-8")
+    if args.junit:
+        write_error_junit(code, message, args.junit)
+    if args.json:
+        args.json.write_text(json.dumps(error_json(code, message), indent=2) + "\n", encoding="utf-8")
 
 
 def _finish(args: argparse.Namespace, result: CheckResult) -> int:

@@ -216,3 +216,30 @@ def test_losing_every_one_of_four_answers_against_the_baseline_fails(setup, tiny
     err = capsys.readouterr().err
     line = next(ln for ln in err.splitlines() if ln.startswith("gate failed: regression[gk:exact_match]"))
     assert "4 worse, 0 better" in line and "upper bound of the drop" in line and line.endswith("FAIL")
+
+
+def test_an_errored_check_still_writes_its_junit_json_and_summary(setup, tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """Issue 31: an errored check (exit 2) wrote no JUnit, JSON or step summary, so CI showed nothing."""
+    step = tmp_path / "step.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step))
+    out = {k: tmp_path / f"out.{k}" for k in ("md", "xml", "json")}
+    args = ["check", "--adapter", str(tmp_path / "no-such-adapter"), "--base", str(tiny_model_dir), "--suite",
+            str(setup["suite"]), "--summary", str(out["md"]), "--junit", str(out["xml"]), "--json", str(out["json"])]
+    assert main(args) == 2
+    assert "does not exist" in capsys.readouterr().err
+    for md in (step.read_text(), out["md"].read_text()):
+        assert md.startswith("## adapter-harness check: ERROR (exit 2, a usage or input error)") and "no-such-adapter" in md
+    case = ET.parse(out["xml"]).getroot().find(".//testcase")
+    assert case is not None and case.find("error") is not None and "does not exist" in case.find("error").get("message")
+    got = json.loads(out["json"].read_text())
+    assert got["passed"] is False and got["error"]["exit_code"] == 2 and got["gates"] == []
+
+
+def test_the_summary_keeps_hostile_model_output_as_text():
+    """Issue 31: links and images in model output became live in the Markdown step summary."""
+    from harness.reports.gates import _md
+
+    cell = _md("see [click](http://evil.example/x) ![img](https://x/y.png) <img src=x onerror=alert(1)> www.evil.com | x")
+    assert "](" not in cell.replace("\\](", "") and "![" not in cell.replace("\\!\\[", "")
+    assert "http://" not in cell and "https://" not in cell and "www.evil" not in cell  # autolinks broken
+    assert "<img" not in cell and "| x" not in cell.replace("\\| x", "")
