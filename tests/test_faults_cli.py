@@ -766,8 +766,9 @@ def _big_scores_shard(shard_dir: Path, n: int) -> Path:
     shard = shard_dir / "big-00001.shard"
     shard.mkdir()
     con = duckdb.connect()
-    con.execute(f"COPY (SELECT 'big-' || range AS cache_key, 'm' AS metric, (range % 10) / 10 AS value, NULL AS reason, "
-                f"'s' AS scorer, '1' AS scorer_version FROM range({n})) TO '{shard}/scores.jsonl' (FORMAT json)")
+    con.execute(f"COPY (SELECT 'big-' || range AS cache_key, 'm' AS metric, (range % 10) / 10 AS value, "
+                f"NULL AS reason, 's' AS scorer, '1' AS scorer_version FROM range({n})) "
+                f"TO '{shard}/scores.jsonl' (FORMAT json)")
     con.close()
     digest = hashlib.sha256((shard / "scores.jsonl").read_bytes()).hexdigest()
     (shard / "MANIFEST.json").write_text(json.dumps({"format_version": 2, "run_id": "big", "tables": {"scores": n},
@@ -797,7 +798,8 @@ def test_row5_sigkill_of_a_harness_process_mid_insert_stores_nothing_and_the_nex
         # mid-statement: the INSERT's rows are being written to the database file, and no COMMIT has begun
         # (DuckDB writes the WAL at commit); polling every 2 ms, the kill lands well inside that window
         while not (db.stat().st_size >= size0 + (1 << 20) and not wal.exists()):
-            assert proc.poll() is None, f"the ingest finished before the kill; make the shard larger\n{proc.stderr.read()}"
+            assert proc.poll() is None, \
+                f"the ingest finished before the kill; make the shard larger\n{proc.stderr.read()}"
             assert not wal.exists(), "the commit began before the file grew: make the shard larger"
             assert time.monotonic() < deadline, "the ingest never started"
             time.sleep(0.002)
@@ -851,10 +853,7 @@ def _shard_with_score(db: Path, value: str, literal: bool) -> tuple[Path, dict[s
 
 @pytest.mark.parametrize("value, literal", [
     ("NaN", True), ("Infinity", True), ("-Infinity", True), ("NaN", False),
-    pytest.param("nan", True, marks=pytest.mark.xfail(strict=True, reason=(
-        "a bare lowercase nan (not JSON, but DuckDB's read_json takes it and the CHECK refuses it): finding the "
-        "line, harness/store/ingest.py _bad_line calls json.loads on it unguarded -> JSONDecodeError, exit 70 "
-        "with a traceback instead of exit 5 naming the line"))),
+    ("nan", True), ("inf", True),  # not JSON, but DuckDB's read_json takes them (finding the line crashed, exit 70)
 ])
 def test_row7_eval_meeting_a_shard_with_a_non_finite_score_exits_5_naming_file_line_and_key(
         value, literal, tiny_model_dir, suite, tmp_path, capsys):
@@ -939,7 +938,8 @@ def test_row8_eval_with_scores_missing_for_some_examples_fails_the_gate_naming_t
     db = tmp_path / "h.duckdb"
     got, err = run_cli(capsys, eval_cmd(tiny_model_dir, suite, db))
     assert "Traceback" not in err and not [ln for ln in err.splitlines() if ln.startswith("error")]
-    [(passed, observed)] = _stored(db, "SELECT passed, observed FROM gate_results WHERE gate = 'threshold[hostile:parsed]'")
+    [(passed, observed)] = _stored(db, "SELECT passed, observed FROM gate_results "
+                                       "WHERE gate = 'threshold[hostile:parsed]'")
     assert _stored(db, "SELECT count(*) FROM scores WHERE value IS NULL") == [(len(missing),)]
     if not missing:
         assert got == 0, err
@@ -975,7 +975,8 @@ def test_row8_a_suite_some_of_whose_examples_can_never_be_scored_is_refused_exit
     lines = [ln for ln in err.splitlines() if ln.strip()]
     head = [i for i, ln in enumerate(lines) if ln.startswith("error: ")]
     assert len(head) == 1 and all(ln.startswith(EVAL_INFO) for ln in lines[:head[0]]), err
-    assert lines[head[0]] == "error: 1 suite(s) with problems:" and all(ln.startswith("  ") for ln in lines[head[0] + 1:])
+    assert lines[head[0]] == "error: 1 suite(s) with problems:"
+    assert all(ln.startswith("  ") for ln in lines[head[0] + 1:]), err
     assert f"in suite {suite}:" in err
     assert "exact_match cannot score 2 of 4 examples whatever the model answers" in err and "id q2, id q4" in err, err
     assert counts(db) == before

@@ -178,42 +178,32 @@ def _ended(row: _Row, tail: Sequence[int], tokenizer: Any, settings: GenerationS
     return any(text.find(s, max(0, start - len(s) + 1)) >= 0 for s in settings.stop)
 
 
-def decode_threads(model: Any, rows: int, reps: int = 12) -> tuple[int, str]:
-    """The intra-op thread count the decode loop runs at, measured: a decode step is ~200 small matmuls
-    (``rows`` x hidden), and on a shared CPU each one's thread barrier can cost more than the matmul
-    (measured here: 16x576x1536 took 0.9 ms on 1 thread, 7-11 ms on 2 with other jobs on the cores).
-    Times a decode-sized matmul of ``model`` on the current count and on 1; returns (count, reason)."""
+def decode_threads(model: Any = None, rows: int = 0) -> tuple[int, str]:
+    """The intra-op thread count the decode loop runs at, and why: ``HARNESS_THREADS`` when set, else the
+    process's own torch thread count, held for the whole run.
+
+    Until 2026-12 this timed one decode-sized matmul on 1 and on N threads at every refill and switched to
+    the faster; on a shared machine that single timing followed the neighbours' load from moment to moment
+    (issue 34: one pass 9.0 s, the next 21.1 s, while lm-eval on a fixed count held 8.7-8.9 s), and it made
+    the benchmark's 10.4x an artefact. A fixed count is never slower than itself; set HARNESS_THREADS=1 on a
+    machine whose cores are shared with other jobs (thread barriers then cost more than they give).
+    """
     import torch
 
-    now = torch.get_num_threads()
-    if now <= 1 or os.environ.get("HARNESS_GENERATE_THREADS"):
-        pinned = int(os.environ.get("HARNESS_GENERATE_THREADS") or now)
-        return pinned, f"{pinned} thread(s)" + (" (HARNESS_GENERATE_THREADS)" if os.environ.get("HARNESS_GENERATE_THREADS") else "")
-    linears = [m for m in core_model(model).modules() if isinstance(m, torch.nn.Linear) and m.weight.dim() == 2]
-    if not linears:
-        return now, f"{now} threads"
-    w = max(linears[: len(linears) // 2 or 1], key=lambda m: m.weight.numel()).weight.detach()
-    x = torch.zeros(rows, w.shape[1], dtype=w.dtype, device=w.device)
-    if w.device.type != "cpu":
-        return now, f"{now} threads"
+    for var in ("HARNESS_THREADS", "HARNESS_GENERATE_THREADS"):  # the second: its name before 2026-12
+        value = os.environ.get(var)
+        if value:
+            try:
+                n = int(value)
+            except ValueError:
+                n = 0
+            if n < 1:
+                from harness.errors import UsageError
 
-    def best(k: int) -> float:
-        torch.set_num_threads(k)
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            torch.nn.functional.linear(x, w)
-            times.append(time.perf_counter() - t0)
-        return sorted(times)[len(times) // 4]
-
-    try:
-        with torch.inference_mode():
-            many, one = best(now), best(1)
-            many = min(many, best(now))
-    finally:
-        torch.set_num_threads(now)
-    pick = 1 if one < many else now
-    return pick, f"{pick} thread(s): a {rows}x{w.shape[1]}x{w.shape[0]} matmul took {one * 1e3:.2f} ms on 1, {many * 1e3:.2f} ms on {now}"
+                raise UsageError(f"{var}={value!r}: a thread count is a whole number >= 1")
+            return n, f"{n} thread(s) ({var})"
+    n = torch.get_num_threads()
+    return n, f"{n} thread(s): the process's torch thread count (HARNESS_THREADS=N to change)"
 
 
 def generate_fast(model, tokenizer, encoded, order, results, settings, batch_size, progress, adapter_names,
@@ -282,11 +272,6 @@ def generate_fast(model, tokenizer, encoded, order, results, settings, batch_siz
                 dead = len(loop.rows) - live
                 if live == 0 or (dead >= refill_at and (queue or dead >= live)):
                     take, queue = queue[: batch_size - live], queue[batch_size - live :]
-                    if threads and not alone and loop.rows:
-                        # the load of a shared machine changes within a run: measure again at each refill
-                        torch.set_num_threads(was)
-                        threads = decode_threads(model, batch_size, reps=6)[0]
-                        torch.set_num_threads(threads)
                     cache, new_rows = admit(take) if take else (None, [])
                     loop.rebuild(cache, new_rows)
                     for r in new_rows:  # the first token comes from the prefill and may end the row already

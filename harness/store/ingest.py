@@ -69,7 +69,11 @@ def _bad_line(con: Any, file: Path, table: str, exc: BaseException) -> tuple[int
         return n, None
     cols, key = dict(columns(con, table)), set(primary_key(con, table))
     for n, line in enumerate(lines, 1):  # constraint errors carry no line: find the row that breaks one
-        row = json.loads(line)
+        try:
+            row = json.loads(line)
+        except ValueError:  # DuckDB reads a bare nan or inf that JSON (and Python) do not: that line is the one
+            keys = re.finditer(r'"(example_id|cache_key|run_id)"\s*:\s*"([^"\\]*)"', line)
+            return n, {m.group(1): m.group(2) for m in keys} or None
         for c, v in row.items():
             t = cols.get(c, "")
             non_finite = t in ("DOUBLE", "FLOAT") and (

@@ -151,3 +151,22 @@ def test_slab_cache_attention_equals_concatenated_cache(base):
         ref_v = v if ref_v is None else torch.cat([ref_v, v], -2)
         assert torch.equal(got_k, ref_k) and torch.equal(got_v, ref_v) and slab.get_seq_length() == ref_k.shape[-2]
     assert plain is None or plain.get_seq_length() == 0
+
+
+def test_the_thread_count_is_the_process_one_unless_told_and_is_held(monkeypatch):
+    """Issue 34.2: one matmul timed at each refill picked the thread count from the neighbours' load of that moment.
+    The count is now the process's own, or HARNESS_THREADS, and the choice is said."""
+    import torch
+
+    from harness.errors import UsageError
+    from harness.generation.fastdecode import decode_threads
+
+    monkeypatch.delenv("HARNESS_THREADS", raising=False)
+    monkeypatch.delenv("HARNESS_GENERATE_THREADS", raising=False)
+    n, why = decode_threads()
+    assert n == torch.get_num_threads() and "the process's torch thread count" in why
+    monkeypatch.setenv("HARNESS_THREADS", "1")
+    assert decode_threads() == (1, "1 thread(s) (HARNESS_THREADS)")
+    monkeypatch.setenv("HARNESS_THREADS", "zero")
+    with pytest.raises(UsageError, match="HARNESS_THREADS='zero'"):
+        decode_threads()
