@@ -155,9 +155,17 @@ def run_eval(
         scorers = [get_scorer(s.name, s.args) for s in suite.scorers if s.name not in model_metric_names()]
         wants_ppl = any(s.name == "perplexity" for s in suite.scorers)
         versions = {s.name: s.version for s in scorers}
-        prompts = [render_prompt(base.tokenizer, render_user_text(suite, e), suite.prompt.system, suite.prompt.raw) for e in suite_examples]
+        texts = [render_user_text(suite, e) for e in suite_examples]
+        by_template: dict[str | None, list[str]] = {}
         todo: list[tuple[Target, _Request]] = []
         for target in targets:
+            # an adapter trained with its own chat template (TRL's setup_chat_format, Unsloth's get_chat_template)
+            # is asked in that template; the base model and other adapters in the base's
+            template = target.adapter.chat_template if target.adapter is not None else None
+            if template not in by_template:
+                by_template[template] = [render_prompt(base.tokenizer, t, suite.prompt.system, suite.prompt.raw, template)
+                                         for t in texts]
+            prompts = by_template[template]
             reqs = [
                 _Request(suite, e, p, cache_key(
                     base_model_id=base.ref.model_id,

@@ -42,12 +42,15 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
-def render_prompt(tokenizer: PreTrainedTokenizerBase, text: str, system: str | None = None, raw: bool = False) -> str:
-    """Render ``text`` as a user turn through the tokenizer's chat template (or pass it through raw)."""
-    if raw or not getattr(tokenizer, "chat_template", None):
+def render_prompt(tokenizer: PreTrainedTokenizerBase, text: str, system: str | None = None, raw: bool = False,
+                  chat_template: str | None = None) -> str:
+    """Render ``text`` as a user turn through the tokenizer's chat template (or ``chat_template``: an adapter's own,
+    saved beside it by TRL or Unsloth), or pass it through raw. Transformers renders templates in Jinja's sandbox."""
+    template = chat_template or getattr(tokenizer, "chat_template", None)
+    if raw or not template:
         return text
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
-    return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, chat_template=template))
 
 
 def _max_positions(model: PreTrainedModel) -> int:

@@ -195,6 +195,9 @@ def adapter_warnings(adapters: list[Any], ref: Any, allow_mismatch: bool,
                 warnings.append(w)
     for w in warnings:
         log(f"warning: {w}")
+    for a in adapters:
+        if a.chat_template is not None:  # trained with a changed template: asked in it (the base in its own)
+            log(f"note: {a.path.name} is asked in its own chat template (saved beside it; it differs from the base's)")
     return warnings
 
 

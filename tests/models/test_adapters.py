@@ -190,3 +190,45 @@ def test_the_config_keys_read_from_peft_source_are_the_ones_peft_defines():
     from harness.models.adapters import _config_keys_from_source
 
     assert set(_config_keys_from_source()) == {f.name for f in dataclasses.fields(LoraConfig)}
+
+
+def test_an_adapters_own_chat_template_is_used_for_its_prompts(tiny_model_dir, tmp_path, capsys):
+    """Issue 31: TRL's setup_chat_format / Unsloth's get_chat_template save a changed template beside the adapter;
+    the harness always used the base's, so such adapters were asked in the wrong format with no warning."""
+    import shutil
+
+    import duckdb
+
+    from harness.cli import main
+    from harness.models.adapters import inspect_adapter
+    from harness.models.base import resolve_base
+    from tests.analysis.test_sweep import make_adapter
+    from tests.test_hostile import write_suite
+
+    a = make_adapter(tiny_model_dir, tmp_path / "a", 3)
+    ref = resolve_base(str(tiny_model_dir))
+    # TRL saves the base's own tokenizer files beside every adapter: the same template, nothing to say
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if (tiny_model_dir / name).is_file():
+            shutil.copy(tiny_model_dir / name, a / name)
+    plain = inspect_adapter(a, base=ref)
+    assert plain.chat_template is None and not plain.warnings
+    own = "{% for m in messages %}<<{{ m['role'] }}>> {{ m['content'] }}\n{% endfor %}<<assistant>> "
+    (a / "chat_template.jinja").write_text(own)
+    info = inspect_adapter(a, base=ref)
+    assert info.chat_template == own
+    db = tmp_path / "h.duckdb"
+    suite = write_suite(tmp_path / "s")
+    assert main(["eval", "--base", str(tiny_model_dir), "--adapter", str(a), "--suite", str(suite), "--db", str(db),
+                 "--no-gates"]) == 0
+    assert "is asked in its own chat template" in capsys.readouterr().err
+    rows = duckdb.connect(str(db), read_only=True).execute("SELECT adapter_id IS NULL, prompt FROM generations").fetchall()
+    assert rows and all(p.startswith("<<user>> ") and p.endswith("<<assistant>> ") for is_base, p in rows if not is_base)
+    assert all("<<user>>" not in p for is_base, p in rows if is_base)  # the base keeps its own template
+    # a tokenizer of its own (other tokens) cannot be used with the base's embeddings: said, not silently ignored
+    tok = json.loads((tiny_model_dir / "tokenizer.json").read_text())
+    tok["added_tokens"] = [*tok.get("added_tokens", []), {"id": 99999, "content": "<|im_start|>", "special": True,
+                                                          "single_word": False, "lstrip": False, "rstrip": False,
+                                                          "normalized": False}]
+    (a / "tokenizer.json").write_text(json.dumps(tok))
+    assert any("differs from the base's tokenizer" in w for w in inspect_adapter(a, base=ref).warnings)
