@@ -63,6 +63,10 @@ def test_demo_writes_report(demo):
     out, proc = demo
     html = (out / "report.html").read_text()
     assert "Content-Security-Policy" in html and "order-task" in html and "general-knowledge" in html
+    # issue 31: the report is written after the release checks and shows their gates (it showed two green
+    # self-checks while the check failed most gates): the retention gate the check failed is in it
+    assert proc.stdout.index("Release checks") < proc.stdout.index("report:")
+    assert "order-plain@1 retention" in html
 
 
 def test_demo_release_check_fails_the_plain_adapter_on_retention_from_the_store(demo):
