@@ -95,6 +95,36 @@ def register_scorer(name: str, version: str = "1") -> Callable[[Callable[..., Sc
     return deco
 
 
+#: the entry-point group a package names its scorers in: ``[project.entry-points."adapter_harness.scorers"]``,
+#: ``my_scorer = "my_package.scorers"``; loading the module registers its ``@register_scorer`` factories
+ENTRY_POINT_GROUP = "adapter_harness.scorers"
+_plugins_loaded = False
+
+
+def load_plugin_scorers(log: Callable[[str], None] | None = None) -> list[str]:
+    """Import the scorers installed packages declare (once); a plugin that fails to load is one line on stderr
+    naming it, never a crash of the run, and its scorers are then unknown like any other. Installed packages
+    are code the user chose to install (suites, data and adapters are what the harness treats as hostile).
+    Returns the names of the entry points loaded."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return []
+    _plugins_loaded = True
+    import sys
+    from importlib.metadata import entry_points
+
+    loaded = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception as exc:  # a third-party module: whatever it raises, the harness goes on without it
+            (log or (lambda m: print(m, file=sys.stderr)))(
+                f"warning: scorer plugin {ep.name} ({ep.value}) failed to load: {type(exc).__name__}: {exc}")
+            continue
+        loaded.append(ep.name)
+    return loaded
+
+
 def scorer_names() -> list[str]:
     """Every name a suite's ``scorers:`` may list: the registered scorers of output text, and the metrics
     the runner computes with the model itself (``harness.metrics.model_metric_names``: perplexity).
@@ -103,6 +133,7 @@ def scorer_names() -> list[str]:
     """
     from harness.metrics import model_metric_names
 
+    load_plugin_scorers()
     return sorted(set(_REGISTRY) | set(model_metric_names()))
 
 
@@ -116,6 +147,8 @@ def scorer_info(name: str) -> ScorerInfo:
     the runner computes it with the model)."""
     from harness.metrics import model_metric_names
 
+    if name not in _REGISTRY:
+        load_plugin_scorers()
     if name in _REGISTRY:
         return _REGISTRY[name]
     if name in model_metric_names():
