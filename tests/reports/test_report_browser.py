@@ -142,3 +142,19 @@ def test_screenshot_of_a_demo_like_report(browser, tmp_path_factory):
         for f in (shot, top, path):
             shutil.copy(f, out / f.name)
     page.close()
+
+
+def test_a_narrow_screen_scrolls_tables_not_the_page(browser, hostile_report):
+    """Issue 31: at 420 px the tables ran off the page. Each table scrolls inside itself; the page never needs
+    a horizontal scroll, and every table's cells can still be reached."""
+    page, errors = open_page(browser, hostile_report, width=420)
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 420
+    tables = page.evaluate("""() => Array.from(document.querySelectorAll('table')).filter(t => t.offsetParent !== null)
+        .map(t => ({right: t.getBoundingClientRect().right, scroll: t.scrollWidth, client: t.clientWidth,
+                    overflow: getComputedStyle(t).overflowX}))""")
+    assert tables
+    for t in tables:
+        assert t["right"] <= 420 + 1, t
+        assert t["scroll"] <= t["client"] or t["overflow"] in ("auto", "scroll"), t
+    assert errors == []
+    page.close()
