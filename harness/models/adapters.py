@@ -204,6 +204,10 @@ def precheck_adapter(path: Path | str, allow_pickle: bool = False) -> tuple[Path
     Returns:
         (the directory, its parsed config, its tensors' header entries in name order).
     """
+    from harness.models.hub import hub_snapshot, looks_like_hub_id
+
+    if looks_like_hub_id(str(path)):
+        path = hub_snapshot(str(path), "adapter")  # only with HARNESS_ALLOW_HUB=1, from the local cache first
     path = Path(path).expanduser()
     if path.is_file():
         raise AdapterFileError(

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from harness.errors import IncompatibleError, ModelNotFoundError, SafetyError, UsageError
+from harness.models.hub import hub_snapshot, looks_like_hub_id
 from harness.models.safety import PICKLE_SUFFIXES
 from harness.util.files import sha256_file, write_text_atomic
 
@@ -188,12 +189,8 @@ def resolve_base(name: str = DEFAULT_BASE, allow_pickle: bool = False) -> BaseMo
         extra = [out / n for n in _IDENTITY_FILES if (out / n).is_file()]
         return BaseModelRef(name, out, weights_hash([out / "model.safetensors", *extra]))
     path = Path(name).expanduser()
-    if not path.exists() and "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1:
-        raise UsageError(
-            f"{name!r} looks like a Hugging Face hub id, and no such local directory exists (cwd {Path.cwd()}). "
-            "The harness never downloads at run time: download the model once (e.g. huggingface-cli download) "
-            "and pass its local directory"
-        )
+    if looks_like_hub_id(name):
+        path = hub_snapshot(name, "base model")  # only with HARNESS_ALLOW_HUB=1, from the local cache first
     files = _check_local_dir(path, allow_pickle)
     # The tokenizer and generation config change outputs as much as the weights do: all are identity.
     extra = [path / n for n in _IDENTITY_FILES if (path / n).is_file()]

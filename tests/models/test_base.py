@@ -29,7 +29,7 @@ def test_dir_that_is_not_a_model(tmp_path):
 
 def test_hub_id_is_refused_without_download(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(UsageError, match="never downloads"):
+    with pytest.raises(UsageError, match="does not reach the Hub unless asked"):
         resolve_base("HuggingFaceTB/SmolLM2-135M")
 
 
@@ -84,3 +84,41 @@ def test_tokenizer_larger_than_the_embedding_table_is_refused_before_any_forward
     tok.save_pretrained(str(model_dir))  # the tokenizer grew, the embeddings did not
     with pytest.raises(IncompatibleError, match=r"tokenizer has \d+ tokens but the model's embedding table has \d+ rows"):
         load_base(resolve_base(str(model_dir)))
+
+
+def _fake_hub_cache(cache, repo_id: str, src) -> None:
+    """A snapshot in the Hugging Face cache layout (models--org--name/refs/main, snapshots/<commit>/...)."""
+    import shutil
+
+    commit = "0" * 40
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(src, repo / "snapshots" / commit)
+
+
+def test_a_hub_id_resolves_from_the_local_cache_only_when_asked(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """Issue 31.7: hub ids were refused even with HARNESS_ALLOW_HUB=1, against the README."""
+    from harness.cli import main
+    from harness.models.base import resolve_base
+    from tests.analysis.test_sweep import make_adapter
+    from tests.test_hostile import write_suite
+
+    cache = tmp_path / "hf-cache"
+    _fake_hub_cache(cache, "tiny-org/tiny-llama", tiny_model_dir)
+    _fake_hub_cache(cache, "tiny-org/tiny-adapter", make_adapter(tiny_model_dir, tmp_path / "a", 2))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.delenv("HARNESS_ALLOW_HUB", raising=False)
+    with pytest.raises(UsageError, match="set HARNESS_ALLOW_HUB=1 to resolve it from the local Hugging Face cache"):
+        resolve_base("tiny-org/tiny-llama")
+    monkeypatch.setenv("HARNESS_ALLOW_HUB", "1")
+    ref = resolve_base("tiny-org/tiny-llama")
+    assert ref.path.is_relative_to(cache) and ref.model_id == resolve_base(str(tiny_model_dir)).model_id
+    suite = write_suite(tmp_path / "s")
+    assert main(["eval", "--base", "tiny-org/tiny-llama", "--adapter", "tiny-org/tiny-adapter", "--suite", str(suite),
+                 "--db", str(tmp_path / "h.duckdb"), "--no-gates"]) == 0
+    # not in the cache, and the environment forbids downloading (the test run is offline): one line saying so
+    assert main(["eval", "--base", "tiny-org/not-cached", "--suite", str(suite), "--db", str(tmp_path / "h.duckdb")]) == 2
+    assert "not in the local Hugging Face cache and HF_HUB_OFFLINE is set" in capsys.readouterr().err
