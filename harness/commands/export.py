@@ -34,8 +34,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", default=DEFAULT_BASE,
                    help="the base the adapter must fit (checked from its files; merged into with --merge) (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="replace an existing --out directory")
+    p.add_argument("--db", type=Path, default=None, metavar="F",
+                   help="results database whose results at this scale go into the model card (default: $HARNESS_DB "
+                        "or ./harness.duckdb)")
+    p.add_argument("--base-id", default=None, metavar="ORG/NAME",
+                   help="the base model's hub id for the model card (default: known for the embedded model, else read "
+                        "from its config; a local path is never written)")
 
 
 def run(args: argparse.Namespace) -> int:
-    print(export(args.adapter, args.scale, Path(args.out), merge=args.merge, base=args.base, force=args.force))
+    print(export(args.adapter, args.scale, Path(args.out), merge=args.merge, base=args.base, force=args.force,
+                 db=args.db, base_id=args.base_id))
     return 0

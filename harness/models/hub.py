@@ -19,6 +19,11 @@ ALLOW_PATTERNS = ["*.safetensors", "*.json", "*.model", "*.jinja", "*.txt", "*.m
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
+def hub_id_syntax(name: str) -> bool:
+    """Whether ``name`` is written as a hub id (``org/name``), whatever exists on disk."""
+    return bool(_HUB_ID.match(name))
+
+
 def looks_like_hub_id(name: str) -> bool:
     """``org/name`` with no local directory of that name."""
     return bool(_HUB_ID.match(name)) and not Path(name).expanduser().exists()

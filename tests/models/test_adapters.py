@@ -232,3 +232,39 @@ def test_an_adapters_own_chat_template_is_used_for_its_prompts(tiny_model_dir, t
                                                           "normalized": False}]
     (a / "tokenizer.json").write_text(json.dumps(tok))
     assert any("differs from the base's tokenizer" in w for w in inspect_adapter(a, base=ref).warnings)
+
+
+def test_export_writes_a_model_card_with_the_hub_base_and_the_stores_results(tiny_model_dir, tmp_path, capsys):
+    """Issue 31.5: the exported adapter's card was PEFT's blank template whose base_model was the local cache path,
+    with no model-index although the store held results."""
+    import duckdb
+    from huggingface_hub import ModelCard
+
+    from harness.cli import main
+    from tests.analysis.test_sweep import make_adapter
+    from tests.test_hostile import write_suite
+
+    a = make_adapter(tiny_model_dir, tmp_path / "a", 4)
+    db = tmp_path / "h.duckdb"
+    suite = write_suite(tmp_path / "s")
+    assert main(["eval", "--base", str(tiny_model_dir), "--adapter", str(a), "--suite", str(suite), "--scale", "0.5",
+                 "--db", str(db), "--no-gates"]) == 0
+    out = tmp_path / "exported"
+    assert main(["export", "--adapter", str(a), "--scale", "0.5", "--out", str(out), "--base", str(tiny_model_dir),
+                 "--db", str(db), "--base-id", "tiny-org/tiny-llama"]) == 0
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model == "tiny-org/tiny-llama" and str(tmp_path) not in (out / "README.md").read_text()
+    results = {(r.dataset_name, r.metric_type): r.metric_value for r in card.data.eval_results}
+    # independently, from the raw rows: the adapter's scores at 0.5 on the suite's headline
+    con = duckdb.connect(str(db), read_only=True)
+    raw = con.execute("""SELECT avg(s.value) FROM scores s JOIN generations g USING (cache_key)
+                         WHERE g.adapter_id IS NOT NULL AND g.scale = 0.5 AND s.metric = 'exact_match'""").fetchone()[0]
+    con.close()
+    assert results == {("hostile", "exact_match"): pytest.approx(raw)}
+    # no base id known (a local base), no results at this scale: the card says so, and names no local path
+    out2 = tmp_path / "exported-2"
+    assert main(["export", "--adapter", str(a), "--scale", "0.25", "--out", str(out2), "--base", str(tiny_model_dir),
+                 "--db", str(db)]) == 0
+    card2 = ModelCard.load(out2 / "README.md")
+    assert card2.data.base_model is None and not card2.data.eval_results
+    assert "pass --base-id" in card2.text and "No results" in card2.text
