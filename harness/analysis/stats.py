@@ -148,13 +148,20 @@ def mcnemar_exact(n_worse: int, n_better: int) -> float:
 
 
 def holm(p_values: Sequence[float], alpha: float = 0.05) -> list[tuple[bool, float]]:
-    """Holm's step-down correction over one family of tests: (reject, adjusted p) per input, in order."""
-    if not p_values:
-        return []
-    from statsmodels.stats.multitest import multipletests
+    """Holm's step-down correction over one family of tests: (reject, adjusted p) per input, in order.
 
-    reject, adjusted, _, _ = multipletests(list(p_values), alpha=alpha, method="holm")
-    return [(bool(r), float(p)) for r, p in zip(reject, adjusted)]
+    The i-th smallest of m p-values is adjusted to max over j <= i of min(1, (m - j + 1) p_(j)), and rejected
+    when its adjusted value is <= alpha. Written out here (eight lines) instead of importing statsmodels (65 MB,
+    for this one call); ``tests/analysis/test_stats.py`` checks it equal to statsmodels' ``multipletests``.
+    """
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(p_values[i])))
+        adjusted[i] = running
+    return [(p <= alpha, p) for p in adjusted]
 
 
 def wilson(k: int, n: int, confidence: float = 0.95) -> Interval | None:

@@ -28,5 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from harness.jobs.demo import run_demo
+    from harness.util.extras import require
+
+    require(("trl", "accelerate", "gguf"), "train,demo", "harness demo")
 
     return run_demo(args.out, args.quick, args.base, args.device, log=lambda m: print(m, file=sys.stderr))

@@ -122,6 +122,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from harness.util.extras import require
+
+    require(("trl", "accelerate"), "train", "harness train")
     from harness.jobs.train import TrainRequest, train
     from harness.util import distributed
 

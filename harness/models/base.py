@@ -104,6 +104,9 @@ def weights_hash(files: list[Path]) -> str:
 
 def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     """Convert a GGUF file to a safetensors model directory (atomically: tmp dir, then rename)."""
+    from harness.util.extras import require
+
+    require(("gguf",), "demo", "the embedded base model (its GGUF file is converted once)")
     from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

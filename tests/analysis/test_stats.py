@@ -3,6 +3,8 @@ built so that the difference shows."""
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
@@ -54,6 +56,16 @@ def test_holm_equals_statsmodels():
     # by hand: sorted 0.005*4=0.02, 0.01*3=0.03, 0.03*2=0.06, 0.04*1 -> max(0.06, 0.04)
     assert [p for _, p in stats.holm(ps)] == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert stats.holm([]) == []
+
+
+@given(st.lists(st.one_of(st.floats(0, 1), st.sampled_from([0.0, 0.01, 0.05, 0.5, 1.0])), min_size=1, max_size=12),
+       st.sampled_from([0.01, 0.05, 0.1]))
+def test_holm_equals_statsmodels_on_any_family(ps, alpha):
+    """The hand-written Holm (statsmodels is a test dependency only) against statsmodels' own, ties included."""
+    reject, adj, _, _ = multipletests(ps, alpha=alpha, method="holm")
+    got = stats.holm(ps, alpha)
+    assert [p for _, p in got] == pytest.approx([float(a) for a in adj], abs=1e-12)
+    assert [r for r, _ in got] == [bool(r) for r in reject]
 
 
 def test_wilson_equals_scipy_and_mean_interval_picks_its_method():

@@ -44,7 +44,7 @@ def _triton_blocker(device: str) -> str | None:
     try:
         import triton  # noqa: F401
     except ImportError:
-        return "triton is not installed"
+        return "triton is not installed (pip install 'adapter-harness[kernels]')"
     if device == "cuda" and torch.cuda.is_available():
         return "interpreter mode but the model is on CUDA" if interpreted() else None
     if device == "cpu" and interpreted():
