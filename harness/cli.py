@@ -44,6 +44,27 @@ _UPSTREAM_DEPRECATIONS = (r"`is_gradient_checkpointing` is deprecated",)
 INTERNAL_ERROR = 70
 
 
+def _save_traceback() -> str | None:
+    """The current exception's traceback in ``$HARNESS_HOME/crashes/`` (one line on the terminal, the whole
+    story in the file); printed to stderr instead where the file cannot be written."""
+    import os
+    import time
+    import traceback
+
+    text = traceback.format_exc()
+    try:
+        from harness.models.base import harness_home
+
+        folder = harness_home() / "crashes"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{os.getpid()}.txt"
+        path.write_text(f"harness {' '.join(sys.argv[1:])}\n\n{text}", encoding="utf-8")
+        return str(path)
+    except Exception:  # wherever the file fails, the traceback still reaches the user
+        print(text, file=sys.stderr, end="")
+        return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import warnings
 
@@ -61,12 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug, not a verdict: never exit 1, which CI reads as "a gate failed"
-        import traceback
-
-        traceback.print_exc()
+        where = _save_traceback()
         print(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} -- a bug in "
               f"adapter-harness, not a verdict on the adapter (exit {INTERNAL_ERROR}); please report it with the "
-              "traceback above", file=sys.stderr)
+              + (f"traceback in {where}" if where else "traceback above"), file=sys.stderr)
         return INTERNAL_ERROR
     finally:
         from harness.util import distributed
