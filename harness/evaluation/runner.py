@@ -161,7 +161,7 @@ def run_eval(
         for target in targets:
             # an adapter trained with its own chat template (TRL's setup_chat_format, Unsloth's get_chat_template)
             # is asked in that template; the base model and other adapters in the base's
-            template = target.adapter.chat_template if target.adapter is not None else None
+            template = suite.prompt.chat_template or (target.adapter.chat_template if target.adapter is not None else None)
             if template not in by_template:
                 by_template[template] = [render_prompt(base.tokenizer, t, suite.prompt.system, suite.prompt.raw, template)
                                          for t in texts]

@@ -17,6 +17,7 @@ import hashlib
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +184,11 @@ def load_suite(name_or_path: str | Path) -> Suite:
         err("prompt must be a mapping with template/system/raw", "prompt")
     else:
         prompt = PromptSpec(str(p.get("template", "{{ input }}")), p.get("system"), bool(p.get("raw", False)))
+        unknown_prompt = sorted(set(p) - {"template", "system", "raw", "chat_template"}, key=str)
+        for k in unknown_prompt:
+            err(f"unknown prompt key {k!r}; allowed: template, system, raw, chat_template", "prompt", k)
+        if p.get("chat_template") is not None:
+            prompt = replace(prompt, chat_template=_chat_template_file(path, p["chat_template"], err))
         import jinja2
 
         try:
@@ -340,6 +346,32 @@ _ADDED_METRICS = {"general": {"retention", "format_leakage"}, "leakage": {"forma
 
 #: folders (os.pathsep-separated) a suite's files may also come from, besides the suite's own folder
 SUITE_ROOTS_ENV = "HARNESS_SUITE_ROOTS"
+
+
+#: the largest chat template file a suite may name
+MAX_CHAT_TEMPLATE_BYTES = 256 * 1024
+
+
+def _chat_template_file(spec_path: Path, given: Any, err: Any) -> str | None:
+    """The text of the chat template file a suite names (``prompt.chat_template``), confined to its folder like its
+    data; it renders in transformers' sandboxed Jinja, as every chat template does."""
+    if not isinstance(given, str) or not given.strip():
+        err("prompt.chat_template must name a template file beside the suite (e.g. chat_template.jinja)",
+            "prompt", "chat_template")
+        return None
+    resolved = (spec_path.parent / given).resolve()
+    confine(spec_path, "prompt.chat_template", given, resolved)
+    if not resolved.is_file():
+        err(f"prompt.chat_template {given!r}: no such file beside the suite ({resolved})", "prompt", "chat_template")
+        return None
+    if resolved.stat().st_size > MAX_CHAT_TEMPLATE_BYTES:
+        err(f"prompt.chat_template {given!r} is larger than {MAX_CHAT_TEMPLATE_BYTES} bytes", "prompt", "chat_template")
+        return None
+    try:
+        return resolved.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        err(f"prompt.chat_template {given!r} cannot be read as UTF-8 text ({type(exc).__name__})", "prompt", "chat_template")
+        return None
 
 
 def confine(spec_path: Path, field: str, given: str, resolved: Path) -> None:

@@ -39,6 +39,9 @@ class PromptSpec:
     template: str = "{{ input }}"
     system: str | None = None
     raw: bool = False
+    #: the chat template every model of the run is asked in (``prompt.chat_template: FILE`` beside the suite),
+    #: over the base's and an adapter's own; None: theirs
+    chat_template: str | None = None
 
 
 @dataclass(frozen=True)

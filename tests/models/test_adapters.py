@@ -268,3 +268,36 @@ def test_export_writes_a_model_card_with_the_hub_base_and_the_stores_results(tin
     card2 = ModelCard.load(out2 / "README.md")
     assert card2.data.base_model is None and not card2.data.eval_results
     assert "pass --base-id" in card2.text and "No results" in card2.text
+
+
+def test_a_suite_may_name_the_chat_template_every_model_is_asked_in(tiny_model_dir, tmp_path, capsys):
+    """Issue 31.6: a suite names a chat template file beside it (confined to its folder like its data)."""
+    import duckdb
+
+    from harness.cli import main
+    from tests.analysis.test_sweep import make_adapter
+    from tests.test_hostile import write_suite
+
+    import yaml
+
+    suite = write_suite(tmp_path / "s")
+    (suite.parent / "plain.jinja").write_text("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant] ")
+    y = yaml.safe_load(suite.read_text())
+    y["prompt"] = {**(y.get("prompt") or {}), "chat_template": "plain.jinja"}
+    suite.write_text(yaml.safe_dump(y))
+    a = make_adapter(tiny_model_dir, tmp_path / "a", 5)
+    db = tmp_path / "h.duckdb"
+    assert main(["eval", "--base", str(tiny_model_dir), "--adapter", str(a), "--suite", str(suite), "--db", str(db),
+                 "--no-gates"]) == 0
+    prompts = [p for (p,) in duckdb.connect(str(db), read_only=True).execute("SELECT prompt FROM generations").fetchall()]
+    assert prompts and all(p.startswith("[user] ") and p.endswith("[assistant] ") for p in prompts)
+    y = yaml.safe_load(suite.read_text())
+    y["prompt"]["chat_template"] = "../outside.jinja"
+    (tmp_path / "outside.jinja").write_text("x")
+    suite.write_text(yaml.safe_dump(y))
+    assert main(["suites", "check", str(suite)]) == 4
+    assert "outside the suite's folder" in capsys.readouterr().err
+    y["prompt"]["chat_template"] = "missing.jinja"
+    suite.write_text(yaml.safe_dump(y))
+    assert main(["suites", "check", str(suite)]) == 2
+    assert "no such file beside the suite" in capsys.readouterr().err
