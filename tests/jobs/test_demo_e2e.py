@@ -84,3 +84,22 @@ def test_demo_release_check_fails_the_plain_adapter_on_retention_from_the_store(
     assert check.returncode == 1, check.stderr[-3000:]
     assert "gate failed: retention: order-plain@1 retention" in check.stderr
     assert ": 0 generated," in check.stderr, check.stderr[-3000:]
+
+
+def test_the_built_in_general_suites_leave_the_base_a_complete_answer(demo):
+    """Issue 35.5: 40 of 60 of the base model's general answers were cut at 32 new tokens. With the version-3
+    suites (one short sentence asked, 48 / 56 new tokens; measured by benchmarks/suite_limits.py) nearly every
+    answer of the real base model ends on its own."""
+    out, proc = demo
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    con = duckdb.connect(str(out / "harness.duckdb"), read_only=True)
+    try:
+        rows = con.execute("""SELECT s.name, count(*), sum(g.truncated::int) FROM generations g
+                              JOIN suites s USING (suite_id) WHERE g.adapter_id IS NULL
+                              AND s.name IN ('general-knowledge', 'format-leakage') GROUP BY s.name""").fetchall()
+    finally:
+        con.close()
+    got = {name: (n, cut) for name, n, cut in rows}
+    assert set(got) == {"general-knowledge", "format-leakage"}, got
+    for name, (n, cut) in got.items():
+        assert cut <= max(1, n // 8), (name, n, cut)  # was about two thirds cut
