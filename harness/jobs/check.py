@@ -55,8 +55,8 @@ def run_check(req: CheckRequest, plan: Sequence[Any] | None = None, require_gate
     from harness.evaluation.runner import run_eval
     from harness.evaluation.targets import Target
     from harness.gates import evaluate_gates
-    from harness.models.adapters import inspect_adapter, precheck_adapter
-    from harness.models.base import check_device, load_base, resolve_base
+    from harness.models.adapters import inspect_for_base
+    from harness.models.base import check_device, load_base
     from harness.store import RunInfo, Store, default_db_path
     from harness.suites import taskformat
     from harness.suites.spec import load_examples, load_suite
@@ -75,13 +75,9 @@ def run_check(req: CheckRequest, plan: Sequence[Any] | None = None, require_gate
         raise UsageError("no suites to check: pass --suite, or list `suites = [...]` in harness.toml")
     suites = [load_suite(s) for s in req.suites]
     examples = {s.name: load_examples(s, limit) for s in suites}
-    for a in (req.adapter, req.baseline):
-        if a:
-            precheck_adapter(a)  # a wrong path or config is named before the base is resolved
-    ref = resolve_base(req.base, allow_pickle=req.allow_pickle)
-    adapter = inspect_adapter(req.adapter, base=ref, allow_base_mismatch=req.allow_base_mismatch)
-    baseline = (inspect_adapter(req.baseline, base=ref, allow_base_mismatch=req.allow_base_mismatch)
-                if req.baseline else None)
+    infos, ref = inspect_for_base([a for a in (req.adapter, req.baseline) if a], req.base, req.allow_pickle,
+                                  req.allow_base_mismatch)
+    adapter, baseline = infos[0], (infos[1] if req.baseline else None)
     if baseline is not None and baseline.adapter_id == adapter.adapter_id:
         raise UsageError(f"baseline {req.baseline} is the same adapter as {req.adapter} (same hash)")
     fmt, key_source = taskformat.resolve(suites, examples, [a for a in (adapter, baseline) if a], req.task_format)

@@ -114,8 +114,8 @@ class Prepared:
 def prepare(req: EvalRequest, scales: list[float], *, need_adapter: bool = False,
             log: Callable[[str], None] = log_to_stderr) -> Prepared:
     """Validate everything, then open the store and the base lazily (weights load only if needed)."""
-    from harness.models.adapters import inspect_adapter, precheck_adapter
-    from harness.models.base import check_device, load_base, resolve_base
+    from harness.models.adapters import inspect_for_base
+    from harness.models.base import check_device, load_base
     from harness.store import Store, default_db_path
     from harness.suites import taskformat
     from harness.suites.spec import check_suites
@@ -137,12 +137,9 @@ def prepare(req: EvalRequest, scales: list[float], *, need_adapter: bool = False
     project_gates = load_project_gates(req.gates, req.apply_gates)  # a mistake in the gates file shows now, not after the run
     if len(req.names) > len(req.adapters):
         raise UsageError(f"{len(req.names)} --name given for {len(req.adapters)} --adapter; give one name per adapter, in order")
-    for a in req.adapters:
-        precheck_adapter(a)  # a wrong path or config is named before the base is resolved (a first run converts it)
-    ref = resolve_base(req.base, allow_pickle=req.allow_pickle)
     # every adapter check (files, config, targets, shapes against the base's headers, a partial adapter)
     # before any weights load or PEFT sees the base
-    adapters = [inspect_adapter(a, base=ref, allow_base_mismatch=req.allow_base_mismatch) for a in req.adapters]
+    adapters, ref = inspect_for_base(req.adapters, req.base, req.allow_pickle, req.allow_base_mismatch)
     names = {a.adapter_id: n for a, n in zip(adapters, req.names)}
     fmt, key_source = taskformat.resolve(suites, examples, adapters, req.task_format)
     suites = taskformat.with_leakage(suites, fmt)  # a leakage suite with no known format is exit 2 here

@@ -181,16 +181,13 @@ def export(adapter: Path, scale: float, out: Path, *, merge: bool = False, base:
     model. An adapter that does not fit its base is refused (exit 3) before anything is written."""
     import math
 
-    from harness.models.adapters import inspect_adapter, precheck_adapter
-    from harness.models.base import resolve_base
+    from harness.models.adapters import inspect_for_base
 
     if not math.isfinite(scale) or scale < 0:
         raise UsageError(f"--scale {scale!r}: a LoRA scale is a finite number >= 0")
     if out.exists() and not force:
         raise UsageError(f"--out {out} exists; pick a new directory or pass --force to replace it")
-    precheck_adapter(adapter)  # a wrong path or config is named before the base is resolved
-    ref = resolve_base(base)
-    info = inspect_adapter(adapter, base=ref)  # the recorded base, targets, shapes, a partial adapter: exit 3
+    (info,), ref = inspect_for_base([adapter], base)  # the recorded base, targets, shapes, a partial adapter: exit 3
     kind = "merged model" if merge else "scaled adapter"
     card = model_card(info, scale, ref, stored_results(db, info.adapter_id, scale), base_hub_id(ref, base_id), kind)
     return export_merged(info, scale, ref, out, card) if merge else export_scaled(info, scale, out, card)

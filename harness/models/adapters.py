@@ -8,11 +8,12 @@ cases with a message that names the file and the fix.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -266,6 +267,34 @@ def inspect_adapter(path: Path | str, allow_pickle: bool = False, base: Any = No
     template, template_warnings = _own_chat_template(path, base.path if base is not None else None)
     return AdapterInfo(path.resolve(), digest, cfg, record, (*_config_warnings(path / CONFIG, cfg), *template_warnings),
                        template)
+
+
+def inspect_for_base(paths: Sequence[Path | str], base_name: str, allow_pickle: bool = False,
+                     allow_base_mismatch: bool = False) -> tuple[list[AdapterInfo], Any]:
+    """Every adapter of a command checked against its base, and the resolved base (``BaseModelRef``).
+
+    The checks against the base come first, from the files' headers (a 2 GiB tensor that fits no base is never
+    read), except on the first run on a machine, when resolving the embedded base converts its GGUF file
+    (seconds, and transformers' import): then each adapter's own files are checked whole first, so a mistake in
+    them (NaN weights, a bad config) is named before that work, and the fit is checked after it.
+    ``allow_pickle`` is the base's (an adapter is read from safetensors only, always).
+    """
+    from harness.models.base import needs_conversion, resolve_base
+
+    for p in paths:
+        precheck_adapter(p)  # a wrong path or config is named before the base is resolved
+    if not needs_conversion(base_name):
+        ref = resolve_base(base_name, allow_pickle=allow_pickle)
+        return [inspect_adapter(p, base=ref, allow_base_mismatch=allow_base_mismatch) for p in paths], ref
+    infos = [inspect_adapter(p) for p in paths]
+    ref = resolve_base(base_name, allow_pickle=allow_pickle)
+    checked = []
+    for info in infos:
+        check_base_identity(info, ref.model_id, ref.name, allow_base_mismatch)
+        check_against_base_files(info, ref)
+        template, _ = _own_chat_template(info.path, ref.path)  # the template compared with the base's, as above
+        checked.append(dataclasses.replace(info, chat_template=template))
+    return checked, ref
 
 
 #: the largest chat template read from an adapter directory (real ones are a few KB)

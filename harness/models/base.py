@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from harness.errors import IncompatibleError, ModelNotFoundError, SafetyError, UsageError
+from harness.errors import HarnessError, IncompatibleError, ModelNotFoundError, SafetyError, UsageError
 from harness.models.hub import hub_snapshot, looks_like_hub_id
 from harness.models.safety import PICKLE_SUFFIXES
 from harness.util.files import sha256_file, write_text_atomic
@@ -172,6 +172,19 @@ def _check_local_dir(path: Path, allow_pickle: bool) -> list[Path]:
             raise ModelNotFoundError(f"{path} has no weights (*.safetensors); fix: re-save the model with save_pretrained")
         return [path / p for p in pickles]
     return weights
+
+
+def needs_conversion(name: str) -> bool:
+    """Whether resolving ``name`` would convert the embedded GGUF first (seconds, and transformers' import):
+    the first run on a machine, before its cache holds the converted model."""
+    if name not in EMBEDDED:
+        return False
+    try:
+        gguf = _embedded_gguf(name)
+    except HarnessError:
+        return False  # resolve_base names the missing package
+    tag = hashlib.sha256(f"{CONVERT_VERSION}|{gguf.name}|{gguf.stat().st_size}".encode()).hexdigest()[:12]
+    return not (harness_home() / "models" / f"{name}-{tag}" / "model.safetensors").is_file()
 
 
 def resolve_base(name: str = DEFAULT_BASE, allow_pickle: bool = False) -> BaseModelRef:
