@@ -75,6 +75,7 @@ def save_weights(peft_model: Any, adapter_dir: Path, convert: dict[str, Any]) ->
     def save() -> None:
         peft_model.save_pretrained(str(staging), safe_serialization=True, **convert)
         portable_base_name(staging / "adapter_config.json")
+        portable_card(staging / "README.md", staging / "adapter_config.json")
         for f in sorted(staging.iterdir()):
             os.replace(f, adapter_dir / f.name)
 
@@ -97,6 +98,25 @@ def portable_base_name(config_path: Path) -> None:
         if named.startswith(str(models / name)):
             cfg["base_model_name_or_path"] = EMBEDDED_HUB_IDS[name][0]
             config_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def portable_card(card_path: Path, config_path: Path) -> None:
+    """PEFT's model card names the base by ``base_model_name_or_path`` too: the public hub id where one is known
+    (``portable_base_name``), else no base at all rather than a path of this machine (issue 31.5)."""
+    if not card_path.is_file():
+        return
+    from huggingface_hub import ModelCard
+
+    from harness.models.hub import hub_id_syntax
+
+    named = str(json.loads(config_path.read_text(encoding="utf-8")).get("base_model_name_or_path") or "")
+    card = ModelCard.load(card_path)
+    hub = named if hub_id_syntax(named) else None
+    card.data.base_model = hub
+    # PEFT also tags the card base_model:adapter:<name>: the same rule
+    tags = [t for t in (card.data.tags or []) if not str(t).startswith("base_model:")]
+    card.data.tags = [*tags, f"base_model:adapter:{hub}"] if hub else (tags or None)
+    card.save(card_path)
 
 
 def write_record_files(adapter_dir: Path, steps: Sequence[StepLogEntry], record: AdapterRecord) -> None:

@@ -11,7 +11,7 @@ Kinds of gate (all read the store, none generates):
 - ``regression``: against a baseline adapter, decided on the paired examples (``harness.analysis.stats``): a
   drop fails when it is both significant after Holm's correction over every regression test of the
   check (scales × suites) and larger than the allowed margin;
-- ``completeness``: every expected result present (scored + errored == expected), errors <= allowed;
+- ``completeness``: every expected result present (answered + errored == expected), errors <= allowed;
 - ``training_health``: no error-severity anomaly in the adapter's training record or stored findings;
 - ``provenance``: the adapter evaluated is the one being released (its hash).
 

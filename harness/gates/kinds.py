@@ -239,7 +239,8 @@ def _completeness(ctx: GateContext, g: PlannedGate) -> GateOutcome:
     n_exp, n_res, n_err = rows[0]["n_expected"], int(rows[0]["n_results"]), int(rows[0]["n_errors"])
     ok = bool(n_exp) and n_res == n_exp and n_err <= allowed
     why = ("no results were expected (a run over nothing cannot pass)" if not n_exp else
-           f"{n_res - n_err} scored + {n_err} errored = {n_res} of {n_exp} expected")
+           f"{n_res - n_err} answered + {n_err} errored = {n_res} of {n_exp} expected (a missing score is judged by "
+           "the gate on that metric)")
     hint = "" if ok else ("; rerun to finish or retry them" if n_exp else "")
     return GateOutcome(GateResult(g.name, "results", float(n_res - n_err), float(n_exp) if n_exp else None, None, ok,
                                   f"completeness of run {ctx.run_id}: {why}; errors allowed {allowed}{hint}: {_verdict(ok)}"),

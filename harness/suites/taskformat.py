@@ -37,6 +37,8 @@ LABEL_MIN_ROWS = 4
 SHAPE_SHARE = 0.9
 SHAPE_MIN_CHARS = 4
 KINDS = ("json_keys", "regex", "labels")
+#: the longest format pattern accepted (an ISO date's is 22 characters)
+MAX_PATTERN_CHARS = 300
 
 
 def json_keys(answers: Iterable[str | None]) -> tuple[str, ...]:
@@ -147,6 +149,9 @@ def check_pattern(pattern: Any, where: str, error: type[Exception]) -> str:
     """A format regex that compiles and does not match the empty answer (it would call every answer leaked)."""
     if not isinstance(pattern, str) or not pattern.strip():
         raise error(f"{where} must be a non-empty regular expression")
+    if len(pattern) > MAX_PATTERN_CHARS:
+        # Python's re has no timeout: a long hostile pattern is the likeliest to backtrack for ever
+        raise error(f"{where} is {len(pattern)} characters; a format pattern is at most {MAX_PATTERN_CHARS}")
     try:
         compiled = re.compile(pattern)
     except re.error as exc:

@@ -183,3 +183,8 @@ def test_a_date_adapter_that_answers_everything_with_a_date_is_caught_end_to_end
     line = next(x for x in (check_out.out + check_out.err).splitlines() if "general and leakage answers in" in x)
     leaked, n = map(int, re.search(r"\((\d+)/(\d+) general and leakage answers", line).groups())
     assert line.startswith("FAIL  leakage") and n == 12 and leaked >= 6, line  # the constructed leak is caught
+
+
+def test_a_format_pattern_is_capped():
+    with pytest.raises(UsageError, match="at most 300"):
+        parse_flag("regex:" + "(a|aa)+" * 60)

@@ -246,3 +246,14 @@ def test_raw_data_with_a_field_mapping_trains_and_evaluates_about_ten_times(tiny
     assert main(["train", str(bad), "--db", str(tmp_path / "h.duckdb"), "--out", str(tmp_path / "ad2")]) == 2
     msg = _one_line_error(capsys)
     assert "reply" in msg and "answer, id, ticket" in msg
+
+
+def test_the_trained_adapters_model_card_names_no_local_path(spec_file, tmp_path):
+    """Issue 31.5: PEFT's card named the base by its local directory (for the embedded base, a path in our cache)."""
+    from huggingface_hub import ModelCard
+
+    out = tmp_path / "out"
+    assert main(["train", str(spec_file), "--out", str(out), "--db", str(tmp_path / "h.duckdb")]) == 0
+    text = (out / "README.md").read_text()
+    assert str(tmp_path) not in text and "pytest-of" not in text
+    assert ModelCard.load(out / "README.md").data.base_model is None  # a local base: no hub id to name
