@@ -14,6 +14,7 @@ import json
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from harness.commands._common import add_db_argument
@@ -92,10 +93,8 @@ def run(args: argparse.Namespace) -> int:
     return distributed.agree(_finish(args, result))
 
 
-def _write_error(args: argparse.Namespace, code: int, message: str) -> None:
-    from harness.reports.gates import error_json, error_markdown, write_error_junit
-
-    md = error_markdown(code, message)
+def _write_outputs(args: argparse.Namespace, md: str, write_junit_to: Callable[[Path], None], data: dict) -> None:
+    """The CI files of one check, whatever its outcome: the step summary (appended), --summary, --junit, --json."""
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if step_summary:
         with open(step_summary, "a", encoding="utf-8") as f:
@@ -103,23 +102,21 @@ def _write_error(args: argparse.Namespace, code: int, message: str) -> None:
     if args.summary:
         args.summary.write_text(md + "\n", encoding="utf-8")
     if args.junit:
-        write_error_junit(code, message, args.junit)
+        write_junit_to(args.junit)
     if args.json:
-        args.json.write_text(json.dumps(error_json(code, message), indent=2) + "\n", encoding="utf-8")
+        args.json.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def _write_error(args: argparse.Namespace, code: int, message: str) -> None:
+    from harness.reports.gates import error_json, error_markdown, write_error_junit
+
+    _write_outputs(args, error_markdown(code, message), lambda path: write_error_junit(code, message, path),
+                   error_json(code, message))
 
 
 def _finish(args: argparse.Namespace, result: CheckResult) -> int:
     report, context = result.report, result.context
     print_report(report)
-    md = markdown_summary(report, context)
-    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if step_summary:
-        with open(step_summary, "a", encoding="utf-8") as f:
-            f.write(md + "\n")
-    if args.summary:
-        args.summary.write_text(md + "\n", encoding="utf-8")
-    if args.junit:
-        write_junit(report, args.junit)
-    if args.json:
-        args.json.write_text(json.dumps(report_json(report, context), indent=2, default=str) + "\n", encoding="utf-8")
+    _write_outputs(args, markdown_summary(report, context), lambda path: write_junit(report, path),
+                   report_json(report, context))
     return 0 if report.passed else 1

@@ -8,17 +8,17 @@ cases with a message that names the file and the fix.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import hashlib
 import json
 import math
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from harness.errors import AdapterConfigError, AdapterFileError, IncompatibleError, SafetyError
+from harness.models.chat_template import own_chat_template
+from harness.models.safetensors_file import Tensor, hash_data, read_header
 from harness.models.safety import PICKLE_SUFFIXES
 from harness.records import AdapterRecord, read_adapter_record
 
@@ -122,83 +122,10 @@ def adapter_id(path: Path) -> str:
     """The adapter's identity: SHA-256 of ``canonical_config`` and of every tensor (name, dtype, shape,
     bytes) in name order. Two saves of the same weights get the same id whatever order PEFT wrote the
     header or ``target_modules`` in."""
-    return _hash_data(path / WEIGHTS, _read_header(path / WEIGHTS), _read_config(path), check=False)
+    return hash_data(path / WEIGHTS, read_header(path / WEIGHTS), canonical_config(_read_config(path)), check=False)
 
 
-#: safetensors' dtype names -> torch's (the names the adapter id has always hashed)
-_DTYPES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "uint16", "I16": "int16", "U32": "uint32",
-           "I32": "int32", "U64": "uint64", "I64": "int64", "F16": "float16", "BF16": "bfloat16", "F32": "float32",
-           "F64": "float64", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
-#: floating dtypes stored as (unsigned view, exponent mask): all exponent bits set is NaN or Inf
-_NONFINITE_MASKS = {"F16": ("<u2", 0x7C00), "BF16": ("<u2", 0x7F80), "F32": ("<u4", 0x7F800000),
-                    "F64": ("<u8", 0x7FF0000000000000), "F8_E5M2": ("u1", 0x7C), "F8_E4M3": ("u1", 0x7F)}
-
-
-#: bytes per element of each safetensors dtype (the header's sizes are validated by safetensors itself)
-_CHUNK = 16 << 20  # bytes read at a time: a multiple of every element size, so a chunk never splits a value
-
-
-@dataclass(frozen=True)
-class _Tensor:
-    key: str
-    dtype: str  # safetensors' name (F32, BF16, ...)
-    shape: list[int]
-    start: int  # absolute file offsets of the tensor's bytes
-    end: int
-
-
-def _header(weights: Path) -> list[_Tensor]:
-    """Every tensor's name, dtype, shape and byte range, in name order, reading the header only.
-
-    safetensors' own (Rust) reader validates the header first (its size, the JSON, that every tensor's
-    offsets match its dtype and shape, are contiguous and cover the file exactly); then the validated
-    header is read back for the offsets. No tensor data is read: a 2 GiB tensor costs nothing here.
-
-    Raises:
-        SafetensorError: not a readable safetensors file. OSError: it cannot be read.
-    """
-    import struct
-
-    from safetensors import safe_open
-
-    with safe_open(str(weights), framework="numpy"):
-        pass
-    with open(weights, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    header.pop("__metadata__", None)
-    return sorted((_Tensor(key, t["dtype"], list(t["shape"]), 8 + n + t["data_offsets"][0], 8 + n + t["data_offsets"][1])
-                   for key, t in header.items()), key=lambda t: t.key)
-
-
-def _chunks(f: Any, t: _Tensor) -> Iterator[bytes]:
-    """A tensor's bytes from an open file, ``_CHUNK`` at a time (memory stays bounded for any tensor size)."""
-    f.seek(t.start)
-    left = t.end - t.start
-    while left > 0:
-        block = f.read(min(_CHUNK, left))
-        if not block:
-            raise AdapterFileError(f"{f.name}: the file ended inside tensor {t.key}; fix: re-copy the artifact")
-        left -= len(block)
-        yield block
-
-
-def _all_finite(dtype: str, data: bytes) -> bool:
-    """No NaN or Inf in a floating tensor's bytes (integer tensors are always finite)."""
-    import numpy as np
-
-    if dtype not in _NONFINITE_MASKS:
-        return True
-    view, mask = _NONFINITE_MASKS[dtype]
-    bits = np.frombuffer(data, dtype=view)
-    return not bool(np.any((bits & np.array(mask, dtype=view)) == np.array(mask, dtype=view)))
-
-
-def _hash_head(h: hashlib._Hash, t: _Tensor) -> None:
-    h.update(f"{t.key}|{_DTYPES.get(t.dtype, t.dtype.lower())}|{list(t.shape)}|".encode())
-
-
-def precheck_adapter(path: Path | str, allow_pickle: bool = False) -> tuple[Path, dict[str, Any], list[_Tensor]]:
+def precheck_adapter(path: Path | str, allow_pickle: bool = False) -> tuple[Path, dict[str, Any], list[Tensor]]:
     """What ``inspect_adapter`` checks from the directory, the config and the safetensors header alone (no
     tensor data, no base): run first, so a wrong path or config is named before a base model is resolved.
 
@@ -235,7 +162,7 @@ def precheck_adapter(path: Path | str, allow_pickle: bool = False) -> tuple[Path
     if not (path / CONFIG).is_file():
         raise AdapterFileError(f"{path} has no {CONFIG}; fix: copy the adapter's config next to its weights")
     cfg = _read_config(path)
-    tensors = _read_header(path / WEIGHTS)
+    tensors = read_header(path / WEIGHTS)
     _check_header(path / WEIGHTS, tensors, cfg)
     return path, cfg, tensors
 
@@ -263,8 +190,8 @@ def inspect_adapter(path: Path | str, allow_pickle: bool = False, base: Any = No
         # the recorded base first (its message names the base to pass), then what the files show
         check_base_identity(AdapterInfo(path.resolve(), "", cfg, record), base.model_id, base.name, allow_base_mismatch)
         check_fits_base(path, cfg, tensors, base)
-    digest = _hash_data(path / WEIGHTS, tensors, cfg)
-    template, template_warnings = _own_chat_template(path, base.path if base is not None else None)
+    digest = hash_data(path / WEIGHTS, tensors, canonical_config(cfg))
+    template, template_warnings = own_chat_template(path, base.path if base is not None else None)
     return AdapterInfo(path.resolve(), digest, cfg, record, (*_config_warnings(path / CONFIG, cfg), *template_warnings),
                        template)
 
@@ -292,57 +219,9 @@ def inspect_for_base(paths: Sequence[Path | str], base_name: str, allow_pickle: 
     for info in infos:
         check_base_identity(info, ref.model_id, ref.name, allow_base_mismatch)
         check_against_base_files(info, ref)
-        template, _ = _own_chat_template(info.path, ref.path)  # the template compared with the base's, as above
-        checked.append(dataclasses.replace(info, chat_template=template))
+        template, _ = own_chat_template(info.path, ref.path)  # the template compared with the base's, as above
+        checked.append(replace(info, chat_template=template))
     return checked, ref
-
-
-#: the largest chat template read from an adapter directory (real ones are a few KB)
-MAX_TEMPLATE_BYTES = 256 * 1024
-
-
-def _read_template(directory: Path) -> str | None:
-    """A directory's chat template: ``chat_template.jinja``, else ``tokenizer_config.json``'s ``chat_template``."""
-    jinja, config = directory / "chat_template.jinja", directory / "tokenizer_config.json"
-    try:
-        if jinja.is_file():
-            return jinja.read_text(encoding="utf-8") if jinja.stat().st_size <= MAX_TEMPLATE_BYTES else None
-        if config.is_file() and config.stat().st_size <= 16 * MAX_TEMPLATE_BYTES:
-            value = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
-            return value if isinstance(value, str) else None
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
-        return None
-    return None
-
-
-def _own_chat_template(path: Path, base_dir: Path | None = None) -> tuple[str | None, list[str]]:
-    """The chat template saved beside the adapter (``chat_template.jinja``, else ``tokenizer_config.json``'s
-    ``chat_template``) when it differs from the base's (``base_dir``), and a warning when the adapter carries a
-    tokenizer other than the base's: other tokens need other embeddings, which a LoRA adapter does not bring,
-    so the base's tokenizer is used. TRL saves the base's own files beside every adapter: those say nothing."""
-    warnings: list[str] = []
-    template: str | None = None
-    jinja, config = path / "chat_template.jinja", path / "tokenizer_config.json"
-    if base_dir is not None:
-        ours, theirs = path / "tokenizer.json", base_dir / "tokenizer.json"
-        if ours.is_file() and theirs.is_file() and ours.read_bytes() != theirs.read_bytes():
-            warnings.append(f"{ours} differs from the base's tokenizer; the harness evaluates with the base's "
-                            "(a LoRA adapter brings no embeddings for added tokens)")
-    try:
-        if jinja.is_file() and jinja.stat().st_size <= MAX_TEMPLATE_BYTES:
-            template = jinja.read_text(encoding="utf-8")
-        elif config.is_file() and config.stat().st_size <= 16 * MAX_TEMPLATE_BYTES:
-            value = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
-            template = value if isinstance(value, str) else None
-        elif jinja.is_file():
-            warnings.append(f"{jinja} is larger than {MAX_TEMPLATE_BYTES} bytes and was not used; the base's chat "
-                            "template is used for this adapter")
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
-        warnings.append(f"{path}: its chat template could not be read ({type(exc).__name__}); the base's is used")
-        template = None
-    if not template or not template.strip() or (base_dir is not None and template == _read_template(base_dir)):
-        return None, warnings
-    return template, warnings
 
 
 def _known_config_keys() -> set[str]:
@@ -429,23 +308,7 @@ def unaccounted_tensor(key: str, cfg: dict[str, Any]) -> str | None:
     return "not a LoRA weight, and its module is not in modules_to_save"
 
 
-def _read_header(weights: Path) -> list[_Tensor]:
-    from safetensors import SafetensorError
-
-    try:
-        tensors = _header(weights)
-    except SafetensorError as exc:
-        raise AdapterFileError(
-            f"{weights} is not a readable safetensors file ({exc}); fix: re-copy the artifact (it may be truncated)"
-        ) from None
-    except OSError as exc:
-        raise AdapterFileError(f"cannot read {weights}: {exc}") from None
-    if not tensors:
-        raise AdapterFileError(f"{weights} holds no tensors; fix: re-save the adapter")
-    return tensors
-
-
-def _check_header(weights: Path, tensors: list[_Tensor], cfg: dict[str, Any]) -> None:
+def _check_header(weights: Path, tensors: list[Tensor], cfg: dict[str, Any]) -> None:
     """What the header alone shows: tensors an adapter may not carry, empty tensors, ranks against ``r``."""
     for t in tensors:
         why = unaccounted_tensor(t.key, cfg)
@@ -462,23 +325,6 @@ def _check_header(weights: Path, tensors: list[_Tensor], cfg: dict[str, Any]) ->
             )
         if ".lora_A." in t.key and len(t.shape) == 2 and t.shape[0] != cfg["r"] and not cfg.get("rank_pattern"):
             raise AdapterConfigError(f"{weights}: {t.key} has rank {t.shape[0]} but {CONFIG} says r={cfg['r']}")
-
-
-def _hash_data(weights: Path, tensors: list[_Tensor], cfg: dict[str, Any], check: bool = True) -> str:
-    """One pass over the tensor bytes, a chunk at a time: the adapter id (config and tensors hashed), and
-    with ``check`` every floating tensor checked for NaN/Inf on the way."""
-    h = hashlib.sha256(canonical_config(cfg).encode())
-    try:
-        with open(weights, "rb") as f:
-            for t in tensors:
-                _hash_head(h, t)
-                for block in _chunks(f, t):
-                    if check and not _all_finite(t.dtype, block):
-                        raise AdapterFileError(f"{weights}: tensor {t.key} holds NaN or Inf values; the training run diverged")
-                    h.update(block)
-    except OSError as exc:
-        raise AdapterFileError(f"cannot read {weights}: {exc}") from None
-    return h.hexdigest()
 
 
 def check_base_name(info: AdapterInfo, ref: Any) -> str | None:
@@ -530,15 +376,15 @@ def check_against_base(info: AdapterInfo, model: PreTrainedModel) -> None:
         IncompatibleError: a target module is absent or a shape does not fit.
     """
     shapes = {name: (m.out_features, m.in_features) for name, m in model.named_modules() if hasattr(m, "in_features")}
-    _check_shapes(info.path, info.config, _read_header(info.path / WEIGHTS), shapes, linear_module_names(model))
+    _check_shapes(info.path, info.config, read_header(info.path / WEIGHTS), shapes, linear_module_names(model))
 
 
 def check_against_base_files(info: AdapterInfo, ref: Any) -> None:
     """``check_fits_base`` for an adapter already inspected."""
-    check_fits_base(info.path, info.config, _read_header(info.path / WEIGHTS), ref)
+    check_fits_base(info.path, info.config, read_header(info.path / WEIGHTS), ref)
 
 
-def check_fits_base(path: Path, cfg: dict[str, Any], tensors: list[_Tensor], ref: Any) -> None:
+def check_fits_base(path: Path, cfg: dict[str, Any], tensors: list[Tensor], ref: Any) -> None:
     """Everything about the adapter against a base model's files (a ``BaseModelRef``), with no weights
     loaded and before PEFT sees either: ``target_modules`` (names, a regex that compiles and matches),
     every LoRA shape against the base's layer (from its safetensors headers), every ``modules_to_save``
@@ -558,7 +404,7 @@ def check_fits_base(path: Path, cfg: dict[str, Any], tensors: list[_Tensor], ref
     _check_coverage(path, cfg, tensors, names, shapes)
 
 
-def _lora_parts(tensors: list[_Tensor]) -> tuple[dict[str, set[str]], set[str]]:
+def _lora_parts(tensors: list[Tensor]) -> tuple[dict[str, set[str]], set[str]]:
     """{module: LoRA parts in the file (A, B, embedding_A, ...)} and the modules saved whole (modules_to_save)."""
     lora: dict[str, set[str]] = {}
     whole: set[str] = set()
@@ -586,7 +432,7 @@ def _targeted(target_modules: Any, name: str) -> bool:
 _TARGETING_KEYS = ("layers_to_transform", "layers_pattern", "exclude_modules", "target_parameters")
 
 
-def _check_coverage(path: Path, cfg: dict[str, Any], tensors: list[_Tensor], names: list[str],
+def _check_coverage(path: Path, cfg: dict[str, Any], tensors: list[Tensor], names: list[str],
                     shapes: dict[str, tuple[int, int]]) -> None:
     weights = path / WEIGHTS
     lora, whole = _lora_parts(tensors)
@@ -620,7 +466,7 @@ def _check_coverage(path: Path, cfg: dict[str, Any], tensors: list[_Tensor], nam
         )
 
 
-def _check_shapes(path: Path, cfg: dict[str, Any], tensors: list[_Tensor], shapes: dict[str, tuple[int, int]],
+def _check_shapes(path: Path, cfg: dict[str, Any], tensors: list[Tensor], shapes: dict[str, tuple[int, int]],
                   linear: list[str]) -> None:
     named = cfg.get("base_model_name_or_path")
     for t in tensors:
