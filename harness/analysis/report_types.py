@@ -14,7 +14,7 @@ from harness.analysis.types import Comparison
 #: texts longer than this are cut in the per-example table (the store keeps them whole)
 MAX_TEXT = 2000
 #: metrics not on a 0..1 scale: "failed" is judged against the base model for them, not against 0.5
-RAW_METRICS = frozenset({"bleu", "chrf", "nll", "perplexity"})
+RAW_METRICS = frozenset({"bleu", "chrf", "nll", "perplexity", "margin", "loglikelihood", "drift_kl", "drift_nll"})
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from harness.errors import SuiteError
 from harness.evaluation.engine import attached, plan_groups
 from harness.evaluation.targets import Target
 from harness.generation.generate import Generation, generate, render_prompt
 from harness.models.base import LoadedBase
 from harness.records import TaskFormat
 from harness.scorers import BoundScorer, Example, Score, get_scorer
+from harness.scorers.likelihood import VERSION as LIKELIHOOD_VERSION
 from harness.store import (
     AdapterRow,
     BaseModelRow,
@@ -36,6 +38,8 @@ from harness.util import distributed
 #: cost per row fell from 7.4 ms at 16 rows to 3.8 ms at 96 (one thread; 5.6 to 3.0 on two), and
 #: little more past that (benchmarks/sweep.py); ``--max-batch`` lowers it where memory is short
 DEFAULT_MAX_BATCH = 96
+#: the drift measure's definition (harness.generation.likelihood.drift): bump when it changes
+DRIFT_VERSION = "1"
 
 
 def shared_batch_rows(batch_size: int, max_batch: int, n_models: int) -> int:
@@ -145,6 +149,8 @@ def run_eval(
     checks: list = [] if self_check else None  # type: ignore[assignment]
     checked: set[str] = set()  # adapters already self-checked in this call (once each, not once per suite)
     work: list[_SuiteWork] = []
+    #: (suite, example) -> (the base's prompt, the base's answer): cached here, or generated in this run
+    base_answers: dict[tuple[str, str], tuple[str, str]] = {}
     for suite in suites:
         suite_examples = loaded[suite.name]
         if lead:
@@ -152,9 +158,12 @@ def run_eval(
                                    suite.role, suite.headline, json.dumps(suite_directions(suite), sort_keys=True)))
             run.add_examples(ExampleRow(suite.suite_id, e.id, e.input, e.target, e.category, ",".join(e.truncated) or None)
                              for e in suite_examples)
-        scorers = [get_scorer(s.name, s.args) for s in suite.scorers if s.name not in model_metric_names()]
+        scorers = [] if suite.likelihood else [get_scorer(s.name, s.args) for s in suite.scorers
+                                                if s.name not in model_metric_names()]
         wants_ppl = any(s.name == "perplexity" for s in suite.scorers)
-        versions = {s.name: s.version for s in scorers}
+        versions = {s.name: s.version for s in scorers} if not suite.likelihood else {suite.kind: LIKELIHOOD_VERSION}
+        # general and leakage answers of an adapter carry their drift from the base's own answer (teacher-forced)
+        wants_drift = suite.role in ("general", "leakage") and not suite.likelihood
         texts = [render_user_text(suite, e) for e in suite_examples]
         by_template: dict[str | None, list[str]] = {}
         todo: list[tuple[Target, _Request]] = []
@@ -172,6 +181,9 @@ def run_eval(
                     adapter_id=None if target.adapter is None else target.adapter.adapter_id,
                     scale=target.scale, prompt=p, settings=suite.generation.to_json(), dtype=dtype,
                     scorers=versions, perplexity=wants_ppl,
+                    **({"drift": DRIFT_VERSION} if wants_drift and target.adapter is not None else {}),
+                    **({"kind": suite.kind, "choices": list(e.choices), "delimiter": suite.target_delimiter}
+                       if suite.likelihood else {}),
                     # The row names its suite and example, and scores depend on the answer key: both are
                     # part of the identity, so another suite's identical prompt or a corrected target
                     # never reuses a row it should not.
@@ -182,6 +194,8 @@ def run_eval(
                     adapter_id=None if target.adapter is None else target.adapter.adapter_id,
                     scale=target.scale, prompt=p, settings=suite.generation.to_json(), dtype=dtype,
                     suite=suite.name, example=e.id,
+                    **({"kind": suite.kind, "choices": list(e.choices), "delimiter": suite.target_delimiter}
+                       if suite.likelihood else {}),
                 ))
                 for e, p in zip(suite_examples, prompts)
             ]
@@ -189,7 +203,12 @@ def run_eval(
             # a rerun retries it.
             hits: set[str] = set()
             if lead:
-                hits = {k for k, v in store.cached([r.key for r in reqs]).items() if v.error is None}
+                found = store.cached([r.key for r in reqs])
+                hits = {k for k, v in found.items() if v.error is None}
+                if target.adapter is None and wants_drift:
+                    for r in reqs:  # the base's own answers, which the adapters' drift is measured on
+                        if r.key in hits and found[r.key].output is not None:
+                            base_answers[(suite.name, r.example.id)] = (r.prompt, found[r.key].output or "")
             if shared:  # only the main process reads the store; every rank gets the same list of hits
                 hits = distributed.broadcast(hits)
             missing = [r for r in reqs if r.key not in hits]
@@ -199,7 +218,7 @@ def run_eval(
             # A result can miss only because its scorers or answer key changed: its output is then in the
             # store under the same gen_key, and it is re-scored here with no model work (issue 16.4).
             rescored: set[str] = set()
-            if lead and not wants_ppl and missing:
+            if lead and not wants_ppl and not suite.likelihood and not (wants_drift and target.adapter is not None) and missing:
                 rescored = _rescore(store, run, target, suite, scorers, base, missing)
             if shared:
                 rescored = distributed.broadcast(rescored)
@@ -209,7 +228,7 @@ def run_eval(
                 + (f"{len(rescored)} re-scored from stored outputs, " if rescored else "") + f"{len(missing)} to generate")
             todo.extend((target, r) for r in missing)
         if todo:
-            work.append(_SuiteWork(suite, scorers, wants_ppl, todo))
+            work.append(_SuiteWork(suite, scorers, wants_ppl, todo, wants_drift))
     # Every (adapter, scale) with work, with the base, shares batches where PEFT allows it
     # (harness.evaluation.engine), and each group attaches once for every suite: an adapter is read and checked
     # once per run, not once per suite. The rows of one group and suite are length-sorted together by
@@ -240,8 +259,11 @@ def run_eval(
                     f"{shared_batch_rows(batch_size, max_batch, len(group_targets))} rows: {group.how}")
             for w, items in shares:
                 rows = shared_batch_rows(batch_size, max_batch, len({t for t, _ in items}))
-                _generate_share(base, run, group, w, items, stats, batch_size=rows, flush_every=flush_every,
-                                log=log, progress_bar=progress_bar)
+                if w.suite.likelihood:
+                    _likelihood_share(base, run, group, w, items, stats, batch_size=rows, log=log)
+                else:
+                    _generate_share(base, run, group, w, items, stats, batch_size=rows, flush_every=flush_every,
+                                    log=log, progress_bar=progress_bar, base_answers=base_answers)
     if shared:
         run.sync()  # every rank's shards in the store before anyone reads it (gates, tables)
         stats = _total(stats)
@@ -258,11 +280,12 @@ class _SuiteWork:
     scorers: Sequence[BoundScorer]
     wants_ppl: bool
     todo: list[tuple[Target, _Request]]
+    wants_drift: bool = False
 
 
 def _generate_share(base: LoadedBase, run, group, w: _SuiteWork, items: Sequence[tuple[Target, _Request]],
                     stats: EvalStats, *, batch_size: int, flush_every: int, log: Callable[[str], None],
-                    progress_bar: bool) -> None:
+                    progress_bar: bool, base_answers: dict[tuple[str, str], tuple[str, str]] | None = None) -> None:
     """Generate ``items`` of one suite on one attached group, storing each row as it ends."""
     suite = w.suite
     who = items[0][0].label if len({t for t, _ in items}) == 1 else f"{len({t for t, _ in items})} models"
@@ -283,6 +306,8 @@ def _generate_share(base: LoadedBase, run, group, w: _SuiteWork, items: Sequence
         )])
         scored = _score(w.scorers, g, r.example)
         run.add_scores(ScoreRow(key, s.metric, s.value, s.reason, sc.name, sc.version) for sc, s in scored)
+        if w.wants_drift and base_answers is not None and target.adapter is None and g.error is None and g.text is not None:
+            base_answers[(suite.name, r.example.id)] = (r.prompt, g.text)
         if ppl is not None and g.error is None:
             run.add_scores(ppl)
         if g.error is not None:
@@ -321,8 +346,91 @@ def _generate_share(base: LoadedBase, run, group, w: _SuiteWork, items: Sequence
         for i, g in enumerate(gens):  # whatever was not reported as it ended (every result is stored once)
             if i not in stored:
                 one(i, g)
+    if w.wants_drift and base_answers is not None:
+        drifted = [(t, r) for (t, r), g in zip(items, gens) if t.adapter is not None and g.error is None]
+        if drifted:
+            _drift(base, run, group, suite, drifted, base_answers, batch_size)
+            run.flush()
     if bar is not None:
         bar.close()
+
+def _drift(base: LoadedBase, run, group, suite: Suite, items: Sequence[tuple[Target, _Request]],
+           base_answers: dict[tuple[str, str], tuple[str, str]], batch_size: int) -> None:
+    """Each adapter row's drift from the base on the base's own answer (``harness.generation.likelihood.drift``),
+    stored as scores of that row; None with a reason where it cannot be measured (a failed gate says so: an
+    unmeasured drift never passes)."""
+    from harness.evaluation.engine import BASE_NAME
+    from harness.generation.likelihood import drift
+
+    def none(r: _Request, why: str) -> None:
+        run.add_scores(ScoreRow(r.key, m, None, why, "drift", DRIFT_VERSION) for m in ("drift_kl", "drift_nll"))
+
+    ready = []
+    for t, r in items:
+        known = base_answers.get((suite.name, r.example.id))
+        if known is None:
+            none(r, "the base model's answer to this prompt is not in the run (it errored or was not evaluated)")
+        elif not group.mixed:
+            none(r, "this adapter runs in a batch of its own (DoRA or modules_to_save), where the base row cannot "
+                    "share its forward; drift not measured")
+        else:
+            ready.append((t, r, known))
+    if not ready:
+        return
+    results = drift(group.model, base.tokenizer, [(bp, r.prompt, answer, group.names[t]) for t, r, (bp, answer) in ready],
+                    BASE_NAME, batch_size)
+    for (_, r, _), d in zip(ready, results):
+        run.add_scores([ScoreRow(r.key, "drift_kl", d.kl, d.reason, "drift", DRIFT_VERSION),
+                        ScoreRow(r.key, "drift_nll", d.nll_delta, d.reason, "drift", DRIFT_VERSION)])
+
+
+def _likelihood_share(base: LoadedBase, run, group, w: _SuiteWork, items: Sequence[tuple[Target, _Request]],
+                      stats: EvalStats, *, batch_size: int, log: Callable[[str], None]) -> None:
+    """Score ``items`` of a likelihood suite: every (context, choice) of every row in shared batches, one routed
+    row each; a row's output is the choice it prefers (multiple choice) or the continuation, with no decoding."""
+    from harness.generation.likelihood import loglikelihoods
+    from harness.scorers.likelihood import loglikelihood_scores, multiple_choice_scores
+
+    suite = w.suite
+    t0 = time.perf_counter()
+    requests: list[tuple[str, str]] = []
+    routes: list[str] = []
+    spans = []
+    names = group.route([t for t, _ in items])
+    for k, (_, r) in enumerate(items):
+        conts = r.example.choices if suite.kind == "multiple_choice" else (r.example.target or "",)
+        spans.append((len(requests), len(conts)))
+        # lm-eval puts the target delimiter before each choice, and none before a loglikelihood target
+        delimiter = suite.target_delimiter if suite.kind == "multiple_choice" else ""
+        requests.extend((r.prompt, delimiter + c) for c in conts)
+        if names is not None:
+            routes.extend([names[k]] * len(conts))
+    log(f"    {suite.name}: {len(requests)} continuations of {len(items)} examples scored by log-likelihood (no decoding)")
+    try:
+        lls = loglikelihoods(group.model, base.tokenizer, requests, batch_size, routes if names is not None else None)
+    except ValueError as exc:
+        raise SuiteError(f"suite {suite.name} ({suite.path}): {exc}") from None
+    per_row = (time.perf_counter() - t0) / max(1, len(items))
+    for (target, r), (start, n) in zip(items, spans):
+        got = lls[start:start + n]
+        if suite.kind == "multiple_choice":
+            assert r.example.gold is not None
+            pred, scores = multiple_choice_scores([x.logprob for x in got], r.example.choices, r.example.gold)
+            output = r.example.choices[pred]
+        else:
+            scores = loglikelihood_scores(got[0].logprob, got[0].is_greedy)
+            output = r.example.target or ""
+        run.add_generations([GenerationRow(
+            r.key, base.ref.model_id, None if target.adapter is None else target.adapter.adapter_id, target.scale,
+            suite.suite_id, r.example.id, r.prompt, output,
+            json.dumps({"kind": suite.kind, "target_delimiter": suite.target_delimiter,
+                        "logprobs": [round(x.logprob, 6) for x in got]}, sort_keys=True),
+            None, sum(x.n_tokens for x in got), None, per_row, False, r.gen_key,
+        )])
+        run.add_scores(ScoreRow(r.key, s.metric, s.value, s.reason, suite.kind, LIKELIHOOD_VERSION) for s in scores)
+        stats.generated += 1
+    run.flush()
+
 
 def _rescore(store: Store, run, target: Target, suite: Suite, scorers: Sequence[BoundScorer], base: LoadedBase,
              missing: Sequence[_Request]) -> set[str]:

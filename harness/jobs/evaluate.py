@@ -202,8 +202,11 @@ def scorer_record(spec: Any) -> dict:
     """name, version and arguments of one scorer, as stored with the run."""
     from harness.metrics import model_metric_names
     from harness.scorers import scorer_info
+    from harness.scorers.likelihood import VERSION as LIKELIHOOD_VERSION
+    from harness.suites.types import LIKELIHOOD_METRICS
 
-    version = "1" if spec.name in model_metric_names() else scorer_info(spec.name).version
+    version = ("1" if spec.name in model_metric_names() else LIKELIHOOD_VERSION if spec.name in LIKELIHOOD_METRICS
+               else scorer_info(spec.name).version)
     return {"name": spec.name, "version": version, "args": dict(spec.args)}
 
 

@@ -38,6 +38,9 @@ class Example:
     fields: Mapping[str, Any] = field(default_factory=dict)
     #: names of the fields cut to the suite's max_chars (stored with the example)
     truncated: tuple[str, ...] = ()
+    #: a multiple-choice example's choices, and the index of the right one (``target`` is its text)
+    choices: tuple[str, ...] = ()
+    gold: int | None = None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -99,6 +99,14 @@ def load_examples(suite: Suite, limit: int | Limit | None = None) -> list[Exampl
     """Read the suite's data (``harness.util.datafiles``) and map its columns to examples (``limit``: see ``subsample``)."""
     from harness.util.datafiles import is_reader_error, read_rows
 
+    if suite.lmeval is not None:  # an lm-eval task YAML: its own templates make the examples
+        from harness.suites.lmeval import load_task_examples
+
+        docs = load_task_examples(suite)
+        problems = [f"{suite.path}: document {ex.id}: {why}" for ex in docs if (why := bad_text(dict(ex.fields)))]
+        if problems:
+            raise SuiteError(f"{len(problems)} problem(s) in data of suite {suite.name}:\n  " + "\n  ".join(problems[:50]))
+        return subsample(docs, limit)
     src = suite.data_path
     try:
         # a saved DatasetDict without data.split: its first split
@@ -149,9 +157,21 @@ def load_examples(suite: Suite, limit: int | Limit | None = None) -> list[Exampl
         text = str(row.get(f["input"]))
         target = target[:cap] if target is not None and len(target) > cap else target
         refs = tuple(r[:cap] for r in _as_tuple(row.get(f["references"]))) or ((target,) if target else ())
+        choices: tuple[str, ...] = ()
+        gold = None
+        if suite.kind == "multiple_choice":
+            choices, gold, problem = _choices(row.get(f["choices"]), row.get(f["target"]), f)
+            if problem:
+                errors.append(f"{suite.data_path}: row {n + 1} (id {ex_id}): {problem}")
+                continue
+            target = choices[gold]
+        elif suite.kind == "loglikelihood" and not target:
+            errors.append(f"{suite.data_path}: row {n + 1} (id {ex_id}): no {f['target']!r}: a loglikelihood suite "
+                          "scores the target as the continuation of the prompt")
+            continue
         examples.append(Example(
             id=ex_id, input=text, target=target, aliases=_as_tuple(row.get(f["aliases"])), references=refs,
-            category=row.get(f["category"]), fields=row, truncated=tuple(truncated),
+            category=row.get(f["category"]), fields=row, truncated=tuple(truncated), choices=choices, gold=gold,
         ))
     if errors:
         raise SuiteError(f"{len(errors)} problem(s) in data of suite {suite.name}:\n  " + "\n  ".join(errors[:50]))
@@ -163,6 +183,27 @@ def load_examples(suite: Suite, limit: int | Limit | None = None) -> list[Exampl
     for ex in picked:
         render_user_text(suite, ex)
     return picked
+
+
+def _choices(raw: Any, target: Any, f: Mapping[str, str]) -> tuple[tuple[str, ...], int, str | None]:
+    """A multiple-choice row's choices and the index of the right one, or a problem naming the column: the
+    choices a list of at least two distinct non-empty strings; the target an index into them or one of them."""
+    if not isinstance(raw, (list, tuple)) or len(raw) < 2 or not all(isinstance(c, str) and c.strip() for c in raw):
+        return (), 0, (f"{f['choices']!r} must be a list of at least two non-empty strings (the choices), not "
+                       f"{str(raw)[:80]!r}; map the column under data.fields.choices")
+    choices = tuple(raw)
+    if len(set(choices)) != len(choices):
+        return (), 0, f"{f['choices']!r} lists the same choice twice ({choices!r}): a right answer must be one choice"
+    if isinstance(target, bool) or target is None:
+        return (), 0, f"no {f['target']!r}: give the right choice's index (0-based) or its text"
+    if isinstance(target, int) or (isinstance(target, str) and target.isdigit() and target not in choices):
+        index = int(target)
+        if not 0 <= index < len(choices):
+            return (), 0, f"{f['target']!r} is {index}, not an index into its {len(choices)} choices (0-based)"
+        return choices, index, None
+    if isinstance(target, str) and target in choices:
+        return choices, choices.index(target), None
+    return (), 0, f"{f['target']!r} {str(target)[:60]!r} is neither one of the choices nor an index into them"
 
 
 @dataclass(frozen=True)

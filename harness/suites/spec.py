@@ -26,11 +26,14 @@ import yaml
 from harness.errors import SafetyError, SuiteError
 from harness.generation.rows import GenerationSettings
 from harness.scorers import Example, check_scorer_args, get_scorer, scorer_names, unknown_scorer
+from harness.suites.confine import confine
 from harness.suites.data import Limit, bad_text, check_jsonl, load_examples, scan_jsonl, subsample
 from harness.suites.templates import _env, render_user_text
 from harness.suites.types import (
     _DEFAULT_HEADLINE,
     FIELDS,
+    KINDS,
+    LIKELIHOOD_METRICS,
     LOWER_IS_BETTER,
     ROLES,
     GateSpec,
@@ -52,7 +55,7 @@ __all__ = [
 
 SUITES_DIR = (Path(__file__).resolve().parent / "builtin").resolve()  # the top-level suites/, installed as harness/suites/builtin
 _TOP_KEYS = {"name", "version", "description", "role", "headline", "metrics", "data", "prompt", "generation",
-             "scorers", "gates", "format"}
+             "scorers", "gates", "format", "kind", "target_delimiter"}
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
 
@@ -113,8 +116,16 @@ def load_suite(name_or_path: str | Path) -> Suite:
     from harness.metrics import model_metric_names
 
     path = resolve_suite_path(name_or_path)
+    from harness.suites import lmeval
+
+    text = read_spec_text(path, "suite spec", SuiteError)
     try:
-        y = _Lines(read_spec_text(path, "suite spec", SuiteError), path)
+        if lmeval.is_lmeval_task(compose_bounded(text, path, SuiteError)):
+            return lmeval.load_task(path)
+    except yaml.YAMLError:
+        pass  # reported below, with the harness's own message
+    try:
+        y = _Lines(text, path)
     except yaml.YAMLError as exc:
         raise SuiteError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from None
     spec = y.data
@@ -135,6 +146,17 @@ def load_suite(name_or_path: str | Path) -> Suite:
     role = spec.get("role", "task")
     if role not in ROLES:
         err(f"role must be one of {', '.join(ROLES)}, not {role!r}", "role")
+    kind = spec.get("kind", "generate")
+    if kind not in KINDS:
+        err(f"kind must be one of {', '.join(KINDS)}, not {kind!r}", "kind")
+        kind = "generate"
+    delimiter = spec.get("target_delimiter", " ")
+    if not isinstance(delimiter, str):
+        err(f"target_delimiter must be a string (lm-eval's default is one space), not {delimiter!r}", "target_delimiter")
+        delimiter = " "
+    elif kind != "multiple_choice" and "target_delimiter" in spec:
+        err("target_delimiter goes between the prompt and each choice of a kind: multiple_choice suite (a loglikelihood "
+            "suite scores its target as written, as lm-eval does: put a leading space in the target)", "target_delimiter")
     directions: dict[str, bool] = {}
     metrics_spec = spec.get("metrics") or {}
     if not isinstance(metrics_spec, dict):
@@ -224,7 +246,15 @@ def load_suite(name_or_path: str | Path) -> Suite:
     scorers: list[ScorerSpec] = []
     known = set(scorer_names())
     raw_scorers = spec.get("scorers")
-    if role == "leakage" and raw_scorers in (None, []):
+    if kind != "generate":
+        # a likelihood suite's metrics come from its kind (LIKELIHOOD_METRICS), not from scorers of answer text
+        if raw_scorers not in (None, []):
+            err(f"a {kind} suite scores log-likelihoods, not answers: drop scorers: (it reports "
+                f"{', '.join(LIKELIHOOD_METRICS[kind])})", "scorers")
+        if role in ("leakage", "reference"):
+            err(f"a {kind} suite generates no answer, so it cannot have role {role}; use role task or general", "role")
+        raw_scorers = None
+    elif role == "leakage" and raw_scorers in (None, []):
         raw_scorers = []  # scored for the task's format, added at run time (harness.suites.taskformat)
     elif not isinstance(raw_scorers, list) or not raw_scorers:
         err("scorers must be a non-empty list of {name, args}", "scorers")
@@ -257,6 +287,11 @@ def load_suite(name_or_path: str | Path) -> Suite:
     if headline is not None and not isinstance(headline, str):
         err(f"headline must be a metric name, not {headline!r}", "headline")
         headline = None
+    if kind != "generate":
+        scorers = [ScorerSpec(kind)]
+        if headline is not None and headline not in LIKELIHOOD_METRICS[kind]:
+            err(f"headline {headline!r}: a {kind} suite reports {', '.join(LIKELIHOOD_METRICS[kind])}", "headline")
+        headline = headline or _DEFAULT_HEADLINE[kind]
     if headline is None and scorers:
         first = "format_leakage" if role == "leakage" and any(x.name == "format_leakage" for x in scorers) else scorers[0].name
         headline = _DEFAULT_HEADLINE.get(first, first)
@@ -312,7 +347,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
         name=name, version=str(spec["version"]), description=str(spec.get("description", "")), path=path,
         data_path=data_path, split=split, fields=fields, prompt=prompt, generation=generation,
         scorers=tuple(scorers), gates=tuple(gates), suite_id=_suite_hash(path, data_path), max_chars=max_chars,
-        role=role, headline=headline, directions=directions, format=task_format,
+        role=role, headline=headline, directions=directions, format=task_format, kind=kind, target_delimiter=delimiter,
     )
 
 
@@ -341,11 +376,8 @@ def _suite_hash(spec: Path, data: Path) -> str:
 
 #: metrics the harness adds to a suite's own scorers: retention (general suites, from the base's correct
 #: answers) and format leakage (general and leakage suites, for the task's format)
-_ADDED_METRICS = {"general": {"retention", "format_leakage"}, "leakage": {"format_leakage"}}
-
-
-#: folders (os.pathsep-separated) a suite's files may also come from, besides the suite's own folder
-SUITE_ROOTS_ENV = "HARNESS_SUITE_ROOTS"
+_ADDED_METRICS = {"general": {"retention", "format_leakage", "drift_kl", "drift_nll"},
+                  "leakage": {"format_leakage", "drift_kl", "drift_nll"}}
 
 
 #: the largest chat template file a suite may name
@@ -374,20 +406,6 @@ def _chat_template_file(spec_path: Path, given: Any, err: Any) -> str | None:
         return None
 
 
-def confine(spec_path: Path, field: str, given: str, resolved: Path) -> None:
-    """A suite is hostile input: a file it names (data, and anything else it reads) must resolve inside the
-    suite's own folder, or under a root the user names in ``HARNESS_SUITE_ROOTS``; otherwise a
-    ``SafetyError`` (exit 4) naming the path, before anything is read or stored. Symbolic links are
-    resolved first, so a link out of the folder is refused too."""
-    import os
-
-    roots = [spec_path.parent.resolve()] + [Path(r).resolve() for r in os.environ.get(SUITE_ROOTS_ENV, "").split(os.pathsep) if r]
-    if not any(resolved == r or r in resolved.parents for r in roots):
-        raise SafetyError(f"{spec_path}: {field} {given!r} resolves to {resolved}, outside the suite's folder "
-                          f"{spec_path.parent.resolve()}; a suite reads only files beside it: move the file there, or "
-                          f"name its folder in {SUITE_ROOTS_ENV}")
-
-
 def emitted_metrics(suite: Suite, examples: Sequence[Example]) -> set[str] | None:
     """The metric names this suite's scorers produce, found by scoring its first example (a wrong answer and
     the target itself: scorers emit the same names for both); None when that cannot be known without the
@@ -396,6 +414,8 @@ def emitted_metrics(suite: Suite, examples: Sequence[Example]) -> set[str] | Non
     from harness.scorers import get_scorer
 
     names: set[str] = set()
+    if suite.likelihood:
+        return set(LIKELIHOOD_METRICS[suite.kind]) | ({"retention"} if suite.role == "general" else set())
     if not examples:
         return None
     ex = examples[0]
@@ -437,7 +457,9 @@ def unscorable_examples(suite: Suite, examples: Sequence[Example]) -> list[str]:
     from harness.metrics import model_metric_names
     from harness.scorers import get_scorer
 
-    out = []
+    out: list[str] = []
+    if suite.likelihood:
+        return out  # every row's choices and target were checked when the data was read (load_examples)
     for sc in suite.scorers:
         if sc.name in model_metric_names():
             continue

@@ -210,7 +210,8 @@ def scorer_args(fmt: TaskFormat) -> dict[str, Any]:
 
 def needs_format(suite) -> bool:  # suite: harness.suites.types.Suite
     """A general or leakage suite without its own format_leakage scorer is scored for the task's format."""
-    return suite.role in ("general", "leakage") and not any(sc.name == "format_leakage" for sc in suite.scorers)
+    return (suite.role in ("general", "leakage") and not getattr(suite, "likelihood", False)
+            and not any(sc.name == "format_leakage" for sc in suite.scorers))
 
 
 def resolve(suites: Sequence, examples: dict, adapters: Sequence,
@@ -224,7 +225,7 @@ def resolve(suites: Sequence, examples: dict, adapters: Sequence,
         return flag, "given"
     if flag:
         return parse_flag(flag), "--task-format"
-    task = [s for s in suites if s.role == "task"]
+    task = [s for s in suites if s.role == "task" and not getattr(s, "likelihood", False)]
     for s in task:
         if getattr(s, "format", None) is not None:
             return s.format, f"declared by task suite {s.name} (format:)"

@@ -13,7 +13,13 @@ from typing import Any
 from harness.generation.rows import GenerationSettings
 from harness.records import TaskFormat
 
-FIELDS = ("id", "input", "target", "aliases", "references", "category")
+FIELDS = ("id", "input", "target", "aliases", "references", "category", "choices")
+#: generate: the model answers and scorers judge the text; multiple_choice: each choice's log-likelihood after the
+#: prompt, lm-eval's acc / acc_norm and the margin; loglikelihood: the target's log-likelihood and whether greedy
+#: decoding gives it (harness.generation.likelihood). No decoding happens for the last two.
+KINDS = ("generate", "multiple_choice", "loglikelihood")
+#: the metrics a likelihood suite emits, by kind (scorer name = kind)
+LIKELIHOOD_METRICS = {"multiple_choice": ("acc", "acc_norm", "margin"), "loglikelihood": ("loglikelihood", "acc")}
 #: task: what the adapter was trained for; general: what the base could do (retention is computed, and
 #: leakage of the task's format); leakage: prompts where the task format must not appear; reference:
 #: texts scored against references (ROUGE/BLEU), reported beside the rest
@@ -21,9 +27,10 @@ ROLES = ("task", "general", "leakage", "reference")
 # The metric a scorer's suite is judged by, unless the suite names its own headline.
 _DEFAULT_HEADLINE = {"exact_match": "exact_match", "alias_match": "alias_match", "json_field": "json_exact",
                      "format_leakage": "format_leakage", "regex": "regex", "rouge": "rougeL", "bleu": "bleu",
-                     "chrf": "chrf", "perplexity": "perplexity"}
+                     "chrf": "chrf", "perplexity": "perplexity",
+                     "multiple_choice": "acc", "loglikelihood": "loglikelihood"}
 # Metrics where a lower value is better; every other metric is higher-is-better unless a suite says so.
-LOWER_IS_BETTER = frozenset({"format_leakage", "nll", "perplexity"})
+LOWER_IS_BETTER = frozenset({"format_leakage", "nll", "perplexity", "drift_kl", "drift_nll"})
 
 
 def higher_is_better(metric: str, overrides: Mapping[str, bool] | None = None) -> bool:
@@ -87,6 +94,16 @@ class Suite:
     max_chars: int = 16_384
     #: a task suite's declared answer format (``format:``; harness.suites.taskformat), None: inferred or unknown
     format: TaskFormat | None = None
+    #: generate | multiple_choice | loglikelihood (``KINDS``)
+    kind: str = "generate"
+    #: put between the prompt and a choice or continuation (lm-eval's ``target_delimiter``)
+    target_delimiter: str = " "
+    #: a suite read from an lm-eval task YAML: how its rows become examples (harness.suites.lmeval.LmevalTask)
+    lmeval: Any = None
+
+    @property
+    def likelihood(self) -> bool:
+        return self.kind != "generate"
 
 
 def suite_directions(suite: Suite) -> dict[str, bool]:
