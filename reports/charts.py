@@ -96,8 +96,11 @@ def sweep_spec(s: AdapterSweep) -> ChartSpec:
     Pareto front drawn as filled points, the recommended scale as a green rule."""
     panels: list[tuple[str, bool, list[tuple[float, float | None]]]] = [
         (f"task score {_arrow(True)}", True, [(p.scale, p.task) for p in s.points]),
-        (f"retention {_arrow(True)}", True, [(p.scale, p.retention) for p in s.points]),
+        (f"{'behaviour retention' if any(p.knowledge is not None for p in s.points) else 'retention'} {_arrow(True)}", True,
+         [(p.scale, p.retention) for p in s.points]),
+        (f"knowledge retention {_arrow(True)}", True, [(p.scale, p.knowledge) for p in s.points]),
         (f"format leakage {_arrow(False)}", False, [(p.scale, p.leakage) for p in s.points]),
+        (f"drift, KL nats/token {_arrow(False)}", False, [(p.scale, p.drift) for p in s.points]),
     ]
     for c in s.curves:
         panels.append((shown(f"{c.suite} · {c.metric}") + f" {_arrow(c.higher_is_better)}", c.higher_is_better,

@@ -115,10 +115,10 @@ def suite_infos(store: Store | Reader, run_id: str) -> dict[str, SuiteInfo]:
     """The role, headline and directions of every suite in one run (the newest version of each name)."""
     with reading(store) as r:
         ids = sorted({sid for _, _, sid in r.run_parts(run_id) if sid is not None})
-        rows = r.rows("SELECT name, role, headline, directions, suite_id FROM suites WHERE suite_id IN (SELECT unnest(?)) "
+        rows = r.rows("SELECT name, role, headline, directions, suite_id, kind FROM suites WHERE suite_id IN (SELECT unnest(?)) "
                       "ORDER BY name", [ids]) if ids else []
     out: dict[str, SuiteInfo] = {}
-    for name, declared_role, declared_headline, directions_json, _ in rows:
+    for name, declared_role, declared_headline, directions_json, _, kind in rows:
         role, headline = declared_role, declared_headline
         if role is None:
             role, headline = _LEGACY.get(name, ("task", None))
@@ -126,7 +126,8 @@ def suite_infos(store: Store | Reader, run_id: str) -> dict[str, SuiteInfo]:
             directions = json.loads(directions_json) if directions_json else {}
         except ValueError:
             directions = {}
-        info = SuiteInfo(name, role, headline, tuple(sorted((str(k), bool(v)) for k, v in directions.items())))
+        info = SuiteInfo(name, role, headline, tuple(sorted((str(k), bool(v)) for k, v in directions.items())),
+                         kind or "generate")
         # a cached row can carry an older version's suite_id; a declared role beats a legacy guess
         if name not in out or (out[name].headline is None and headline is not None) or declared_role is not None:
             out[name] = info

@@ -24,7 +24,7 @@ from harness.analysis.report_types import (
     Report,
     RunReport,
 )
-from harness.analysis.sweep import curve, pareto_front, recommend, run_blocked, run_limits
+from harness.analysis.sweep import curve, diagnose, pareto_front, recommend, run_blocked, run_limits
 from harness.analysis.types import Cell, Comparison, SuiteInfo
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ def _run_report(r: Reader, run_id: str, c: Comparison, max_examples: int, baseli
                 pts = tuple((s, (c.cell(t, info.name, metric) or _NO_CELL).mean) for s, t in sorted(by_scale.items()))
                 curves.append(MetricCurve(info.name, metric, info.higher_is_better(metric), pts))
         sweeps.append(AdapterSweep(aid, label_of[aid], tuple(points), front, rec.scale, rec.sentence,
-                                   _chosen_scale(points, rec.scale), tuple(curves)))
+                                   _chosen_scale(points, rec.scale), tuple(curves), diagnose(points, limits.min_retention)))
     columns = _columns(c)
     gates = _gates(r, run_id, c)
     recommended = {(s.adapter_id, s.recommended) for s in sweeps}

@@ -40,6 +40,8 @@ class AdapterSweep:
     #: the scale the per-example table shows: the recommended one, else 1.0 (or the nearest evaluated)
     chosen: float
     curves: tuple[MetricCurve, ...] = ()
+    #: at the largest scale, which of knowledge (likelihood) and behaviour (answers) was kept (analysis.sweep.diagnose)
+    diagnosis: str | None = None
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,15 @@ class ScalePoint:
     base_correct: int = 0
     n_leakage: int = 0
     n_leaked: int = 0
+    #: retention of knowledge: over the base-correct items of the general suites scored by likelihood (multiple
+    #: choice), with its counts; ``retention`` above is then the behaviour (the general suites that generate)
+    knowledge: float | None = None
+    knowledge_kept: int = 0
+    knowledge_base_correct: int = 0
+    #: mean per-token KL(base || adapter@scale) over the base's own general and leakage answers (nats), over
+    #: ``n_drift`` answers; 0 for the base model; None: not measured
+    drift: float | None = None
+    n_drift: int = 0
 
 
 @dataclass(frozen=True)
@@ -104,30 +113,44 @@ def curve(c: Comparison, adapter_id: str) -> list[ScalePoint]:
                       and roles[x.suite].role == "task" and x.metric == roles[x.suite].headline and x.mean is not None]
         n_task = sum(n for _, n in task_cells)
         task = sum(mean * n for mean, n in task_cells) / n_task if n_task else None
-        if label == "base":
-            general = [x for x in c.cells if x.target == "base" and x.suite in roles and roles[x.suite].role == "general"
-                       and x.metric == roles[x.suite].headline]
-            base_correct = kept = sum(round((x.mean or 0.0) * x.n_scored) for x in general)
-            retention = 1.0 if base_correct else None
-        else:
-            rets = [r for r in c.retention if r.target == label]
-            base_correct, kept = sum(r.base_correct for r in rets), sum(r.kept for r in rets)
-            retention = kept / base_correct if base_correct else None
+        kept_of: dict[bool, tuple[int, int]] = {}
+        for knowledge in (False, True):  # behaviour: general suites that generate; knowledge: scored by likelihood
+            if label == "base":
+                general = [x for x in c.cells if x.target == "base" and x.suite in roles and roles[x.suite].role == "general"
+                           and roles[x.suite].likelihood == knowledge and x.metric == roles[x.suite].headline]
+                n_ok = sum(round((x.mean or 0.0) * x.n_scored) for x in general)
+                kept_of[knowledge] = (n_ok, n_ok)
+            else:
+                rets = [r for r in c.retention if r.target == label and r.suite in roles
+                        and roles[r.suite].likelihood == knowledge]
+                kept_of[knowledge] = (sum(r.kept for r in rets), sum(r.base_correct for r in rets))
+        kept, base_correct = kept_of[False]
+        k_kept, k_base = kept_of[True]
+        retention = kept / base_correct if base_correct else None
+        knowledge_ret = k_kept / k_base if k_base else None
+        drift_cells = [(x.mean, x.n_scored) for x in c.cells if x.target == label and x.metric == "drift_kl"
+                       and x.mean is not None and x.n_scored]
+        n_drift = sum(n for _, n in drift_cells)
+        drift = sum(m * n for m, n in drift_cells) / n_drift if n_drift else None
+        if label == "base" and any(roles[s].role in ("general", "leakage") and not roles[s].likelihood for s in roles):
+            drift = 0.0  # the base model does not move from itself
         leak_cells = [(x.mean, x.n_scored) for x in c.cells if x.target == label and x.suite in roles
                       and x.metric == roles[x.suite].leakage_metric and x.mean is not None]
         n_leak = sum(n for _, n in leak_cells)
         n_leaked = sum(round(mean * n) for mean, n in leak_cells)
         leakage = n_leaked / n_leak if n_leak else None
-        points.append(ScalePoint(scale, task, retention, leakage, n_task, kept, base_correct, n_leak, n_leaked))
+        points.append(ScalePoint(scale, task, retention, leakage, n_task, kept, base_correct, n_leak, n_leaked,
+                                 knowledge_ret, k_kept, k_base, drift, n_drift))
     return points
 
 
 def _dominates(a: ScalePoint, b: ScalePoint) -> bool:
     """a is at least as good as b on task, retention and leakage, and better on one."""
-    def vals(p: ScalePoint) -> tuple[float, float, float]:
+    def vals(p: ScalePoint) -> tuple[float, float, float, float]:
         return (p.task if p.task is not None else -math.inf,
                 p.retention if p.retention is not None else -math.inf,
-                -(p.leakage if p.leakage is not None else math.inf))
+                -(p.leakage if p.leakage is not None else math.inf),
+                p.knowledge if p.knowledge is not None else -math.inf)
 
     va, vb = vals(a), vals(b)
     return all(x >= y for x, y in zip(va, vb)) and any(x > y for x, y in zip(va, vb))
@@ -139,8 +162,9 @@ def pareto_front(points: Sequence[ScalePoint]) -> list[ScalePoint]:
 
 
 def passes(p: ScalePoint, min_retention: float = MIN_RETENTION, max_leakage: float = MAX_LEAKAGE) -> bool:
-    """Retention and leakage within the gates (a figure that was not measured does not block)."""
-    ok_ret = p.retention is None or p.retention >= min_retention
+    """Retention (of behaviour and of knowledge, each where measured) and leakage within the gates (a figure that was
+    not measured does not block here; the release check fails on it)."""
+    ok_ret = all(r is None or r >= min_retention for r in (p.retention, p.knowledge))
     ok_leak = p.leakage is None or p.leakage <= max_leakage
     return ok_ret and ok_leak
 
@@ -191,7 +215,8 @@ def recommend(points: Sequence[ScalePoint], min_retention: float = MIN_RETENTION
     passed_over = [p for p in within if _blocked(blocked, p.scale) and (p.task or -math.inf) > (best.task or -math.inf)]
     over = ("; passed over for a failed release gate: " + "; ".join(f"scale {p.scale:g} ({_blocked(blocked, p.scale)})"
                                                                     for p in passed_over)) if passed_over else ""
-    unmeasured = [what for what, v in (("retention", best.retention), ("leakage", best.leakage)) if v is None]
+    unmeasured = [what for what, v in (("retention", best.retention if best.retention is not None else best.knowledge),
+                                       ("leakage", best.leakage)) if v is None]
     applied = (f"the highest task score with {gates}" if not unmeasured else
                f"the highest task score; {' and '.join(unmeasured)} not measured, so "
                f"{'that limit was' if len(unmeasured) == 1 else 'those limits were'} not applied (add a general suite"
@@ -206,9 +231,35 @@ def _blocked(blocked: Mapping[float, str], scale: float) -> str | None:
 
 
 def _figures(p: ScalePoint) -> str:
-    ret = "retention not measured" if p.retention is None else f"retention {p.retention:.1%} ({p.kept}/{p.base_correct})"
+    if p.knowledge is None:
+        ret = "retention not measured" if p.retention is None else f"retention {p.retention:.1%} ({p.kept}/{p.base_correct})"
+    else:
+        behaviour = "not measured" if p.retention is None else f"{p.retention:.1%} ({p.kept}/{p.base_correct})"
+        ret = (f"retention of knowledge {p.knowledge:.1%} ({p.knowledge_kept}/{p.knowledge_base_correct}) and of "
+               f"behaviour {behaviour}")
     leak = "leakage not measured" if p.leakage is None else f"leakage {p.leakage:.1%} ({p.n_leaked}/{p.n_leakage})"
-    return f"{ret}, {leak}"
+    drift = "" if p.drift is None or p.scale == 0 else f", drift {p.drift:.3f} nats/token"
+    return f"{ret}, {leak}{drift}"
+
+
+def knowledge_or_behaviour(p: ScalePoint, min_retention: float = MIN_RETENTION) -> str | None:
+    """At one scale, which of knowledge (likelihood) and behaviour (generation) the adapter kept, in one sentence;
+    None when either was not measured. Kept means the retention's point estimate reaches ``min_retention``."""
+    if p.scale == 0 or p.knowledge is None or p.retention is None:
+        return None
+    k = f"knowledge {p.knowledge:.0%} ({p.knowledge_kept}/{p.knowledge_base_correct})"
+    b = f"behaviour {p.retention:.0%} ({p.kept}/{p.base_correct})"
+    leak = f", {p.leakage:.0%} of general answers in the task's format" if p.leakage else ""
+    kept_k, kept_b = p.knowledge >= min_retention, p.retention >= min_retention
+    if kept_k and not kept_b:
+        return (f"scale {p.scale:g}: the knowledge is still there ({k} kept by likelihood) but the behaviour broke ({b} "
+                f"kept when it answers{leak}): the adapter's format takes over answers the model still knows")
+    if not kept_k and not kept_b:
+        return f"scale {p.scale:g}: knowledge lost ({k} kept by likelihood) and behaviour with it ({b} kept{leak})"
+    if not kept_k:
+        return (f"scale {p.scale:g}: knowledge lost ({k} kept by likelihood) though the answers still look right "
+                f"({b} kept)")
+    return f"scale {p.scale:g}: knowledge ({k}) and behaviour ({b}) both kept"
 
 
 def refine_scales(points: Sequence[ScalePoint], min_retention: float = MIN_RETENTION,
@@ -223,6 +274,12 @@ def refine_scales(points: Sequence[ScalePoint], min_retention: float = MIN_RETEN
     return None
 
 
+def diagnose(points: Sequence[ScalePoint], min_retention: float = MIN_RETENTION) -> str | None:
+    """``knowledge_or_behaviour`` at the largest evaluated scale (every face shows this one sentence)."""
+    scaled = [p for p in points if p.scale > 0]
+    return knowledge_or_behaviour(max(scaled, key=lambda p: p.scale), min_retention) if scaled else None
+
+
 @dataclass(frozen=True)
 class SweepView:
     """One adapter's sweep as every face shows it: its points by scale, the Pareto front, the recommendation."""
@@ -234,6 +291,18 @@ class SweepView:
     recommendation: Recommendation
     #: scale -> the release gates that failed there (as judged and stored with the run); None: not judged
     blocked: Mapping[float, str] | None = None
+
+    @property
+    def diagnosis(self) -> str | None:
+        """At the largest scale, which of knowledge and behaviour the adapter kept (``knowledge_or_behaviour``), under
+        the run's retention limit; None when the run did not measure both."""
+        return diagnose(self.points, self.recommendation.min_retention)
+
+    @property
+    def measured(self) -> frozenset[str]:
+        """Which optional columns any scale measured: "knowledge", "drift"."""
+        return frozenset(k for k, on in (("knowledge", any(p.knowledge is not None for p in self.points)),
+                                         ("drift", any(p.drift is not None and p.scale > 0 for p in self.points))) if on)
 
     def gate_mark(self, scale: float) -> str:
         """The scale's release-gate outcome for the sweep's table: "pass", "FAIL name, name", or "" (not judged)."""

@@ -20,6 +20,13 @@ class SuiteInfo:
     role: str
     headline: str | None
     directions: tuple[tuple[str, bool], ...] = ()
+    #: generate | multiple_choice | loglikelihood: a general suite of a likelihood kind measures knowledge, one
+    #: that generates measures behaviour
+    kind: str = "generate"
+
+    @property
+    def likelihood(self) -> bool:
+        return self.kind != "generate"
 
     def higher_is_better(self, metric: str) -> bool:
         from harness.suites.types import higher_is_better

@@ -57,6 +57,8 @@ class EvalStats:
     rescored: int = 0
     first_error: str | None = None
     seconds: float = 0.0
+    #: of ``seconds``: the drift pass (teacher-forced base answers, harness.generation.likelihood.drift)
+    drift_seconds: float = 0.0
     per_target: dict[str, int] = field(default_factory=dict)
 
 
@@ -155,7 +157,8 @@ def run_eval(
         suite_examples = loaded[suite.name]
         if lead:
             run.add_suite(SuiteRow(suite.suite_id, suite.name, suite.version, str(suite.path), len(suite_examples),
-                                   suite.role, suite.headline, json.dumps(suite_directions(suite), sort_keys=True)))
+                                   suite.role, suite.headline, json.dumps(suite_directions(suite), sort_keys=True),
+                                   suite.kind))
             run.add_examples(ExampleRow(suite.suite_id, e.id, e.input, e.target, e.category, ",".join(e.truncated) or None)
                              for e in suite_examples)
         scorers = [] if suite.likelihood else [get_scorer(s.name, s.args) for s in suite.scorers
@@ -204,7 +207,11 @@ def run_eval(
             hits: set[str] = set()
             if lead:
                 found = store.cached([r.key for r in reqs])
-                hits = {k for k, v in found.items() if v.error is None}
+                # an adapter's general answer counts as cached only with its drift (a run stopped between the
+                # answer and its drift pass stored the one without the other)
+                need_drift = wants_drift and target.adapter is not None
+                hits = {k for k, v in found.items() if v.error is None
+                        and (not need_drift or any(s.metric == "drift_kl" for s in v.scores))}
                 if target.adapter is None and wants_drift:
                     for r in reqs:  # the base's own answers, which the adapters' drift is measured on
                         if r.key in hits and found[r.key].output is not None:
@@ -349,8 +356,10 @@ def _generate_share(base: LoadedBase, run, group, w: _SuiteWork, items: Sequence
     if w.wants_drift and base_answers is not None:
         drifted = [(t, r) for (t, r), g in zip(items, gens) if t.adapter is not None and g.error is None]
         if drifted:
+            t0 = time.perf_counter()
             _drift(base, run, group, suite, drifted, base_answers, batch_size)
             run.flush()
+            stats.drift_seconds += time.perf_counter() - t0
     if bar is not None:
         bar.close()
 

@@ -61,12 +61,21 @@ def _retention(ctx: GateContext, g: PlannedGate, t: tuple) -> GateOutcome:
         where = f"{label} {g.suite} retention"
         metrics = [(g.suite, r.metric) for r in rets]
     else:
+        # behaviour: the general suites that answer; knowledge (metric "knowledge"): those scored by likelihood
+        knowledge = g.metric == "knowledge"
         point = next((p for p in curve(ctx.comparison, t[0]) if math.isclose(p.scale, t[1])), None)
-        kept, base_correct = (point.kept, point.base_correct) if point else (0, 0)
-        where = f"{label} retention (every general suite)"
-        metrics = [(s.name, s.headline) for s in ctx.comparison.suites if s.role == "general" and s.headline]
+        if knowledge:
+            kept, base_correct = (point.knowledge_kept, point.knowledge_base_correct) if point else (0, 0)
+        else:
+            kept, base_correct = (point.kept, point.base_correct) if point else (0, 0)
+        where = f"{label} {'knowledge retention (every general multiple-choice suite)' if knowledge else 'retention (every general suite that answers)'}"
+        metrics = [(s.name, s.headline) for s in ctx.comparison.suites if s.role == "general" and s.headline
+                   and s.likelihood == knowledge]
     if not base_correct:
-        why = ("no general suite in the run: add a suite with role general (e.g. --suite general-knowledge)" if not metrics
+        why = (("no general suite that answers in the run: add a suite with role general that generates (e.g. --suite "
+                "general-knowledge); a multiple-choice suite measures knowledge, not the behaviour that breaks"
+                if not g.suite and not metrics and any(s.role == "general" for s in ctx.comparison.suites) else
+                "no general suite in the run: add a suite with role general (e.g. --suite general-knowledge)") if not metrics
                else "the base model answered none of the general items correctly: add general items it knows")
         return GateOutcome(GateResult(g.name, "retention", None, threshold, None, False,
                                       f"{where}: not measured ({why}); needs >= {threshold:g}: FAIL", rule="not measured", n=0),

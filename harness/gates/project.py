@@ -8,6 +8,7 @@ Read from ``harness.toml`` (top level) or from ``[tool.harness]`` in ``pyproject
     [gates]                      # [tool.harness.gates] in pyproject.toml
     min_retention = 0.95         # of the base's correct general answers, the share kept
     max_leakage = 0.02           # share of general/leakage answers in the task's format
+    max_drift = 0.05             # mean KL(base || adapter) per token on the base's own general answers (nats)
     min_task_gain = 0.3          # task headline, adapter minus base
     max_regression = 0.02        # against --baseline: allowed drop of every suite's headline (paired, Holm)
     max_errors = 0               # completeness: errored results allowed
@@ -46,7 +47,7 @@ from harness.suites.types import ROLES
 
 PROJECT_FILES = ("harness.toml", "pyproject.toml")
 _TOP = {"base", "suites", "gates"}
-_FLOATS = ("min_retention", "max_leakage", "min_task_gain", "max_regression", "alpha")
+_FLOATS = ("min_retention", "max_leakage", "min_task_gain", "max_regression", "alpha", "max_drift")
 _GATE_KEYS = {*_FLOATS, "max_errors", "training_health", "adapter_id", "threshold", "decision", "skip"}
 
 

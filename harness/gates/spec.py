@@ -40,6 +40,8 @@ class ProjectGates:
 
     min_retention: float | None = None
     max_leakage: float | None = None
+    #: the mean drift (KL(base || adapter) per token, nats) allowed on each general and leakage suite that generates
+    max_drift: float | None = None
     min_task_gain: float | None = None
     max_regression: float | None = None
     max_errors: int = 0
@@ -114,7 +116,14 @@ def plan_gates(suites: Sequence[Suite], project: ProjectGates | None = None, *, 
             if s.role == t.role and metric:
                 add("threshold", f"threshold[{s.name}:{metric}]", metric, s.name, t.min, t.max, src)
     if project.min_retention is not None:
+        # behaviour (the general suites that answer) and knowledge (those scored by likelihood), each judged
         add("retention", "retention", "retention", None, project.min_retention, None, src)
+        if any(s.role == "general" and s.likelihood for s in suites):
+            add("retention", "knowledge_retention", "knowledge", None, project.min_retention, None, src)
+    if project.max_drift is not None:
+        for s in suites:
+            if s.role in ("general", "leakage") and not s.likelihood:
+                add("threshold", f"drift[{s.name}]", "drift_kl", s.name, None, project.max_drift, src)
     if project.max_leakage is not None:
         add("leakage", "leakage", "format_leakage", None, None, project.max_leakage, src)
     if project.min_task_gain is not None:

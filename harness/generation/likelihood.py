@@ -216,7 +216,7 @@ class Drift:
 
 
 def drift(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[tuple[str, str, str, str]],
-          base_route: str | None, batch_size: int = 16) -> list[Drift]:
+          base_route: str, batch_size: int = 16) -> list[Drift]:
     """``items``: (base prompt, adapter prompt, the base's answer, the adapter row's route). The base row and
     the adapter row of an item run in one batch (on the same shared model, routed by ``adapter_names``); only
     the per-example figures are kept."""
@@ -239,22 +239,26 @@ def drift(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Seq
         results: dict[int, Drift] = {k: Drift(None, None, 0, "the base model's answer is empty: nothing to compare")
                                      for k in range(len(chunk)) if k not in live}
         if live:
+            # left-padded, so every row's answer ends at the last position: the LM head runs over the answers' positions
+            # only (logits_to_keep), not over every prompt token of every row
             seqs = [s for k in live for s in (chunk[k][0], chunk[k][1])]
             width = max(len(s) for s in seqs)
             ids = torch.full((len(seqs), width), pad, dtype=torch.long)
             mask = torch.zeros((len(seqs), width), dtype=torch.long)
             for j, s in enumerate(seqs):
-                ids[j, :len(s)] = torch.tensor(s)
-                mask[j, :len(s)] = 1
+                ids[j, width - len(s):] = torch.tensor(s)
+                mask[j, width - len(s):] = 1
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            keep = max(chunk[k][2] for k in live) + 1
             routes = [r for k in live for r in (base_route, chunk[k][3])]
-            kwargs = {"adapter_names": routes} if base_route is not None else {}
             with torch.inference_mode():
-                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs).logits
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                               adapter_names=routes, logits_to_keep=keep).logits
             for n, k in enumerate(live):
-                sb, sa, n_ans, _ = chunk[k]
-                # answer token t is predicted at position t - 1
-                lb = torch.log_softmax(logits[2 * n, len(sb) - 1 - n_ans:len(sb) - 1].float(), dim=-1)
-                la = torch.log_softmax(logits[2 * n + 1, len(sa) - 1 - n_ans:len(sa) - 1].float(), dim=-1)
+                sb, _, n_ans, _ = chunk[k]
+                # answer token t is predicted at position t - 1: the n_ans positions before the last
+                lb = torch.log_softmax(logits[2 * n, keep - 1 - n_ans:keep - 1].float(), dim=-1)
+                la = torch.log_softmax(logits[2 * n + 1, keep - 1 - n_ans:keep - 1].float(), dim=-1)
                 kl = (lb.exp() * (lb - la)).sum(-1).mean()
                 want = torch.tensor(sb[len(sb) - n_ans:], device=lb.device).unsqueeze(-1)
                 nll_b = -lb.gather(-1, want).mean()

@@ -66,6 +66,8 @@ class SuiteRow:
     headline: str | None = None
     #: JSON object metric -> higher_is_better
     directions_json: str | None = None
+    #: generate | multiple_choice | loglikelihood
+    kind: str | None = None
 
 
 @dataclass(frozen=True)

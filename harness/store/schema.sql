@@ -1,4 +1,4 @@
--- adapter-harness results store: the current schema (version 8), for reading.
+-- adapter-harness results store: the current schema (version 9), for reading.
 -- The database is built by the numbered files in migrations/; a test checks that applying them to an
 -- empty database gives exactly this schema. Long format: one row per generation, one per
 -- (generation, metric) score. Open it yourself: duckdb harness.duckdb "SELECT * FROM v_runs"
@@ -19,10 +19,11 @@ CREATE TABLE adapters (
     adapter_id VARCHAR PRIMARY KEY, base_model_id VARCHAR, path VARCHAR, config JSON,
     parent_adapter_id VARCHAR, harness JSON, name VARCHAR
 );
--- role: task | general | leakage | reference; directions: metric -> higher_is_better.
+-- role: task | general | leakage | reference; directions: metric -> higher_is_better;
+-- kind: generate | multiple_choice | loglikelihood (NULL: stored before v9, generate).
 CREATE TABLE suites (
     suite_id VARCHAR PRIMARY KEY, name VARCHAR, version VARCHAR, path VARCHAR, n_examples INTEGER,
-    role VARCHAR, headline VARCHAR, directions JSON
+    role VARCHAR, headline VARCHAR, directions JSON, kind VARCHAR
 );
 CREATE TABLE examples (
     suite_id VARCHAR, example_id VARCHAR, input VARCHAR, target VARCHAR, category VARCHAR,
@@ -36,6 +37,7 @@ CREATE TABLE generations (
     n_prompt_tokens INTEGER, n_new_tokens INTEGER, error VARCHAR, seconds DOUBLE,
     truncated BOOLEAN,
     -- what changes the output alone (no answer key, no scorers): a scorer change re-scores this output
+    -- (a likelihood suite's row: output is the preferred choice, settings holds the per-choice logprobs)
     gen_key VARCHAR
 );
 CREATE INDEX generations_gen_key ON generations (gen_key);
