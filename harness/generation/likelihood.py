@@ -53,6 +53,8 @@ def encode_pair(tok: PreTrainedTokenizerBase, context: str, continuation: str) -
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces:
         context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+        if not context:  # a context of whitespace only: the continuation follows BOS, as after an empty context
+            return encode_pair(tok, "", continuation)
     whole = _encode(tok, context + continuation)
     ctx = _encode(tok, context)
     return ctx, whole[len(ctx):]
@@ -229,8 +231,10 @@ def drift(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Seq
     encoded = []
     for base_prompt, prompt, answer, route in items:
         ans = list(tokenizer.encode(answer, add_special_tokens=False)) if answer else []
-        pb = list(tokenizer.encode(base_prompt, add_special_tokens=False))
-        pa = pb if prompt == base_prompt else list(tokenizer.encode(prompt, add_special_tokens=False))
+        # an empty prompt: the answer follows BOS (else EOS), so its first token is predicted from something
+        start = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
+        pb = list(tokenizer.encode(base_prompt, add_special_tokens=False)) or start
+        pa = pb if prompt == base_prompt else (list(tokenizer.encode(prompt, add_special_tokens=False)) or start)
         encoded.append(((pb + ans)[-limit:], (pa + ans)[-limit:], min(len(ans), limit - 1), route))
     per = max(1, batch_size // 2)
     for start in range(0, len(encoded), per):

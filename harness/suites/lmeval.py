@@ -490,6 +490,9 @@ def load_task_examples(suite: Suite) -> list[Example]:
         gold = None
         if spec.output_type == "multiple_choice":
             choices_t = tuple(doc_to_choice(spec, doc, where))
+            if len(choices_t) < 2 or not all(c for c in choices_t):
+                raise SuiteError(f"{where}: doc_to_choice gives {list(choices_t)[:6]!r}: a multiple-choice document needs at "
+                                 "least two choices, none empty (acc_norm divides by a choice's length)")
             if isinstance(target, list):
                 raise SuiteError(f"{where}: several right answers (doc_to_target gives a list) are not read")
             if isinstance(target, str):
