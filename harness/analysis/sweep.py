@@ -242,24 +242,40 @@ def _figures(p: ScalePoint) -> str:
     return f"{ret}, {leak}{drift}"
 
 
+def _kept(kept: int, n: int, limit: float) -> str:
+    """"kept" (the share reaches the limit), "short" (below it, but the sample cannot rule the limit out: the 95%
+    Wilson interval reaches it) or "lost"."""
+    if n and kept / n >= limit:
+        return "kept"
+    interval = wilson(kept, n)
+    return "short" if interval is not None and interval.high >= limit else "lost"
+
+
 def knowledge_or_behaviour(p: ScalePoint, min_retention: float = MIN_RETENTION) -> str | None:
     """At one scale, which of knowledge (likelihood) and behaviour (generation) the adapter kept, in one sentence;
-    None when either was not measured. Kept means the retention's point estimate reaches ``min_retention``."""
+    None when either was not measured. Each is kept (its retention reaches ``min_retention``), short of the limit
+    (below it, but within the 95% interval of its sample) or lost; the sentence names the case where the knowledge
+    stays while the behaviour breaks. It explains the figures; the gates decide."""
     if p.scale == 0 or p.knowledge is None or p.retention is None:
         return None
-    k = f"knowledge {p.knowledge:.0%} ({p.knowledge_kept}/{p.knowledge_base_correct})"
-    b = f"behaviour {p.retention:.0%} ({p.kept}/{p.base_correct})"
+    k_state = _kept(p.knowledge_kept, p.knowledge_base_correct, min_retention)
+    b_state = _kept(p.kept, p.base_correct, min_retention)
+    short = f", short of {min_retention:.0%} but within this sample's 95% interval of it"
+    k = (f"knowledge {p.knowledge:.1%} ({p.knowledge_kept}/{p.knowledge_base_correct}) kept by likelihood"
+         + (short if k_state == "short" else ""))
+    b = (f"behaviour {p.retention:.1%} ({p.kept}/{p.base_correct}) kept when it answers"
+         + (short if b_state == "short" else ""))
     leak = f", {p.leakage:.0%} of general answers in the task's format" if p.leakage else ""
-    kept_k, kept_b = p.knowledge >= min_retention, p.retention >= min_retention
-    if kept_k and not kept_b:
-        return (f"scale {p.scale:g}: the knowledge is still there ({k} kept by likelihood) but the behaviour broke ({b} "
-                f"kept when it answers{leak}): the adapter's format takes over answers the model still knows")
-    if not kept_k and not kept_b:
-        return f"scale {p.scale:g}: knowledge lost ({k} kept by likelihood) and behaviour with it ({b} kept{leak})"
-    if not kept_k:
-        return (f"scale {p.scale:g}: knowledge lost ({k} kept by likelihood) though the answers still look right "
-                f"({b} kept)")
-    return f"scale {p.scale:g}: knowledge ({k}) and behaviour ({b}) both kept"
+    if k_state != "lost" and b_state == "lost":
+        return (f"scale {p.scale:g}: the knowledge is still there ({k}) but the behaviour broke ({b}{leak}): the "
+                "adapter's format takes over answers the model still knows")
+    if k_state == "lost" and b_state == "lost":
+        return f"scale {p.scale:g}: knowledge lost ({k}) and behaviour with it ({b}{leak})"
+    if k_state == "lost":
+        return f"scale {p.scale:g}: knowledge lost ({k}) though the answers still look right ({b})"
+    if k_state == "kept" and b_state == "kept":
+        return f"scale {p.scale:g}: knowledge ({k}) and behaviour ({b}) both kept"
+    return f"scale {p.scale:g}: neither clearly lost ({k}; {b})"
 
 
 def refine_scales(points: Sequence[ScalePoint], min_retention: float = MIN_RETENTION,

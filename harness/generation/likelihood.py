@@ -232,9 +232,9 @@ def drift(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Seq
     for base_prompt, prompt, answer, route in items:
         ans = list(tokenizer.encode(answer, add_special_tokens=False)) if answer else []
         # an empty prompt: the answer follows BOS (else EOS), so its first token is predicted from something
-        start = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
-        pb = list(tokenizer.encode(base_prompt, add_special_tokens=False)) or start
-        pa = pb if prompt == base_prompt else (list(tokenizer.encode(prompt, add_special_tokens=False)) or start)
+        bos = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
+        pb = list(tokenizer.encode(base_prompt, add_special_tokens=False)) or bos
+        pa = pb if prompt == base_prompt else (list(tokenizer.encode(prompt, add_special_tokens=False)) or bos)
         encoded.append(((pb + ans)[-limit:], (pa + ans)[-limit:], min(len(ans), limit - 1), route))
     per = max(1, batch_size // 2)
     for start in range(0, len(encoded), per):

@@ -25,7 +25,7 @@ def test_the_sentence_names_what_was_lost():
     kept_knowledge = knowledge_or_behaviour(K(1.0, 0.98, 0.40, leakage=0.6))
     assert kept_knowledge is not None
     assert "knowledge is still there" in kept_knowledge and "behaviour broke" in kept_knowledge
-    assert "98% (196/200)" in kept_knowledge and "40% (40/100)" in kept_knowledge and "60% of general answers" in kept_knowledge
+    assert "98.0% (196/200)" in kept_knowledge and "40.0% (40/100)" in kept_knowledge and "60% of general answers" in kept_knowledge
     both = knowledge_or_behaviour(K(1.0, 0.50, 0.40))
     assert both is not None and both.startswith("scale 1: knowledge lost") and "behaviour with it" in both
     only_knowledge = knowledge_or_behaviour(K(0.5, 0.80, 0.99))
@@ -35,9 +35,21 @@ def test_the_sentence_names_what_was_lost():
     # not measured: no sentence rather than a guess
     assert knowledge_or_behaviour(K(1.0, None, 0.4)) is None and knowledge_or_behaviour(K(1.0, 0.9, None)) is None
     assert knowledge_or_behaviour(K(0.0, 1.0, 1.0)) is None
-    # the limit decides "kept": at the boundary it counts, just below it does not
+    # the limit decides "kept": at the boundary it counts; below it, a share the sample cannot tell from the limit
+    # (94/100: the 95% Wilson interval reaches 0.95) is "short", one it can (85/100) is lost
     assert "both kept" in (knowledge_or_behaviour(K(1.0, 0.95, 0.95)) or "")
-    assert "behaviour broke" in (knowledge_or_behaviour(K(1.0, 0.95, 0.94)) or "")
+    short = knowledge_or_behaviour(K(1.0, 0.95, 0.94)) or ""
+    assert "neither clearly lost" in short and "short of 95%" in short
+    assert "behaviour broke" in (knowledge_or_behaviour(K(1.0, 0.95, 0.85)) or "")
+
+
+def test_the_demo_case_knowledge_short_of_the_limit_behaviour_gone():
+    # the demo's plain adapter at scale 1 (README): 35 of 37 base-correct choices kept, 0 of 25 answers
+    p = ScalePoint(1.0, 0.75, 0.0, 0.99, n_task=48, kept=0, base_correct=25, n_leakage=96, n_leaked=95,
+                   knowledge=35 / 37, knowledge_kept=35, knowledge_base_correct=37)
+    sentence = knowledge_or_behaviour(p) or ""
+    assert sentence.startswith("scale 1: the knowledge is still there (knowledge 94.6% (35/37) kept by likelihood, short of 95%")
+    assert "behaviour broke (behaviour 0.0% (0/25)" in sentence and "99% of general answers in the task's format" in sentence
 
 
 def test_a_scale_that_keeps_behaviour_but_loses_knowledge_is_not_recommended():
