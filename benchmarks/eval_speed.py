@@ -1,7 +1,7 @@
 """Evaluation speed: the harness's generation path against lm-eval's HF backend and against the
 model's own batched-forward speed, on the same prompts, settings and model, in the same run.
 
-    python benchmarks/eval_speed.py [--suite general-knowledge] [--n 64] [--batch-size 16] [--pairs 1]
+    python benchmarks/eval_speed.py [--suite general-knowledge] [--n 64] [--batch-size 16] [--pairs 3]
         [--lmeval-python /tmp/lmeval-venv/bin/python | --install-lmeval | --no-lmeval]
 
 Measured, in alternating order (pair k runs fast, hf, forward, lm-eval; pair k+1 the reverse):
@@ -70,7 +70,8 @@ def install_lmeval(venv: Path) -> Path:
     if not py.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(py), "-m", "pip", "install", "-q"]
-    subprocess.run([*pip, f"torch=={torch.__version__.split('+')[0]}", "--index-url", "https://download.pytorch.org/whl/cpu"], check=False)
+    # the exact torch of this venv: on these machines `pip install torch==2.13.0` takes the CPU wheel on disk
+    subprocess.run([*pip, f"torch=={torch.__version__.split('+')[0]}"], check=True)
     subprocess.run([*pip, "lm-eval[hf]==0.4.*", f"transformers=={transformers.__version__}"], check=True)
     return py
 
@@ -137,7 +138,7 @@ def main() -> None:
     ap.add_argument("--suite", default="general-knowledge")
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--pairs", type=int, default=1, help="alternating rounds of all contenders")
+    ap.add_argument("--pairs", type=int, default=3, help="alternating rounds of all contenders (default: %(default)s)")
     ap.add_argument("--lmeval-python", type=Path, default=LMEVAL_VENV / "bin" / "python")
     ap.add_argument("--install-lmeval", action="store_true", help=f"create {LMEVAL_VENV} with lm-eval first")
     ap.add_argument("--no-lmeval", action="store_true")
@@ -217,22 +218,35 @@ def main() -> None:
         rows.setdefault(f"lm-eval {lm['version']} HFLM", []).append((lm["runs"][0]["wall"], lm["runs"][0]["cpu"], n_tok))
 
     contenders = [fast] + ([] if args.skip_hf else [hf]) + [fwd] + ([lmeval] if use_lmeval else [])
+    loads: list[tuple[int, str, float, float]] = []
     for k in range(args.pairs):
         for fn in (contenders if k % 2 == 0 else contenders[::-1]):
+            before = os.getloadavg()[0]
             fn()
+            loads.append((k + 1, fn.__name__, before, os.getloadavg()[0]))
+    print("\nload average (1 min) before / after each measurement: "
+          + "; ".join(f"pair {k} {name} {a:.2f}/{b:.2f}" for k, name, a, b in loads))
 
     if lm is not None:
         same_text = sum(a == b for a, b in zip(lm["rendered"], prompts))
         same_tok = sum(a == b for a, b in zip(lm["tokens"], encoded))
         print(f"prompts: lm-eval's chat template gives the same text for {same_text}/{n}, the same tokens for {same_tok}/{n}")
-    print(f"\n{'path':44s} {'wall s':>8s} {'cpu s':>8s} {'prompts/s':>10s} {'tokens':>7s} {'tokens/s':>9s}")
+    import statistics
+
+    print(f"\n{'path':44s} {'median s':>8s} {'range s':>13s} {'cpu s':>8s} {'prompts/s':>10s} {'tokens':>7s} {'tokens/s':>9s}")
     best = {}
     for name, rs in rows.items():
-        w = min(r[0] for r in rs)  # best of the pairs: the least disturbed by the machine's other load
-        r = min(rs)
-        best[name] = r
-        print(f"{name:44s} {w:8.1f} {r[1]:8.1f} {n / w:10.2f} {r[2]:7d} {r[2] / w:9.1f}"
-              + (f"   (walls: {', '.join(f'{x[0]:.1f}' for x in rs)})" if len(rs) > 1 else ""))
+        # the median over the pairs (the range beside it); the ratios below are of medians
+        w = statistics.median(r[0] for r in rs)
+        r = sorted(rs)[len(rs) // 2]
+        best[name] = (w, r[1], r[2])
+        print(f"{name:44s} {w:8.1f} {min(x[0] for x in rs):6.1f}-{max(x[0] for x in rs):<6.1f} {r[1]:8.1f} {n / w:10.2f} "
+              f"{r[2]:7d} {r[2] / w:9.1f}" + (f"   (walls: {', '.join(f'{x[0]:.1f}' for x in rs)})" if len(rs) > 1 else ""))
+    lm_name = next((x for x in rows if x.startswith("lm-eval")), None)
+    if lm_name and len(rows[lm_name]) == len(rows["harness fast"]) > 1:
+        per_pair = [b[0] / a[0] for a, b in zip(rows["harness fast"], rows[lm_name])]
+        print(f"harness fast vs lm-eval, pair by pair: {', '.join(f'{x:.2f}x' for x in per_pair)} "
+              f"(median {statistics.median(per_pair):.2f}x)")
     fast_w, _, fast_tok = best["harness fast"]
     print()
     for name, (w, _, tok) in best.items():

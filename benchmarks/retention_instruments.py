@@ -66,7 +66,9 @@ def main() -> int:
     base = load_base(resolve_base(args.base))
     adapter = inspect_adapter(args.adapter)
     print(f"load average at start: {_load()}; {len(scales)} scales and the base; adapter {args.adapter}")
-    rows = []
+    walls: dict[str, float] = {}
+    loads: dict[str, str] = {}
+    per_scale: dict[str, dict[float, tuple[str, float, float]]] = {}  # instrument -> scale -> (figure, low, high)
     with tempfile.TemporaryDirectory() as tmp:
         for suite, what in (("general-knowledge", "generation"), ("general-knowledge-mc", "likelihood")):
             before = _load()
@@ -74,29 +76,40 @@ def main() -> int:
             store, run_id, stats = _run(base, adapter, suite, scales, args.limit, Path(tmp) / f"{suite}.duckdb")
             wall = time.perf_counter() - t0
             c = build_comparison(store, run_id, samples_per_suite=0)
-            point = next(p for p in curve(c, adapter.adapter_id) if math.isclose(p.scale, max(scales)))
-            kept, n = (point.knowledge_kept, point.knowledge_base_correct) if what == "likelihood" else (point.kept, point.base_correct)
-            ci = wilson(kept, n)
-            rows.append((f"retention by {what}", wall - stats.drift_seconds, f"{kept}/{n} = {kept / n:.3f}" if n else "—",
-                         (ci.low, ci.high) if ci else None, before, _load()))
+            name = f"retention by {what}"
+            walls[name] = wall - stats.drift_seconds
+            loads[name] = f"{before} / {_load()}"
+            for point in curve(c, adapter.adapter_id):
+                if point.scale == 0:
+                    continue
+                kept, n = (point.knowledge_kept, point.knowledge_base_correct) if what == "likelihood" else (point.kept, point.base_correct)
+                ci = wilson(kept, n)
+                if ci:
+                    per_scale.setdefault(name, {})[point.scale] = (f"{kept}/{n} = {kept / n:.3f}", ci.low, ci.high)
             if what == "generation":
-                vals = [r["value"] for r in store.query(
-                    "SELECT value FROM v_scores WHERE run_id = ? AND metric = 'drift_kl' AND scale = ? AND value IS NOT NULL",
-                    [run_id, max(scales)])]
-                m = sum(vals) / len(vals)
-                sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
-                half = st.t.ppf(0.975, len(vals) - 1) * sd / math.sqrt(len(vals))
-                rows.append(("drift (KL, nats/token)", stats.drift_seconds, f"mean {m:.4f} over {len(vals)}",
-                             (m - half, m + half), before, _load()))
-    print(f"\n{'instrument':<28} {'wall s':>8} {'at scale ' + format(max(scales), 'g'):>24} {'95% interval':>18} "
-          f"{'half-width':>10} {'s to +-0.05':>12}  load before/after")
-    for name, wall, value, ci, before, after in rows:
-        half = (ci[1] - ci[0]) / 2 if ci else float("nan")
-        need = wall * (half / 0.05) ** 2 if ci else float("nan")
-        interval = f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "—"
-        print(f"{name:<28} {wall:>8.1f} {value:>24} {interval:>18} {half:>10.3f} {need:>12.1f}  {before} / {after}")
-    print("\n(drift's interval is on the mean KL, in nats: its half-width is not a share like the retentions'; the drift "
-          "pass needs the base's answers, so it runs after the generation it is timed inside)")
+                walls["drift"] = stats.drift_seconds
+                loads["drift"] = loads[name]
+                for scale in scales:
+                    vals = [r["value"] for r in store.query(
+                        "SELECT value FROM v_scores WHERE run_id = ? AND metric = 'drift_kl' AND scale = ? AND value IS NOT NULL",
+                        [run_id, scale])]
+                    if len(vals) < 2:
+                        continue
+                    m = sum(vals) / len(vals)
+                    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
+                    half = st.t.ppf(0.975, len(vals) - 1) * sd / math.sqrt(len(vals))
+                    per_scale.setdefault("drift", {})[scale] = (f"{m:.4f} nats (n={len(vals)})", m - half, m + half)
+    print(f"\n{'instrument':<26} {'scale':>5} {'figure':>24} {'95% interval':>16} {'half-width':>10}")
+    for name, by_scale in per_scale.items():
+        for scale, (fig, lo, hi) in sorted(by_scale.items()):
+            print(f"{name:<26} {scale:>5g} {fig:>24} {lo:>7.3f}-{hi:<8.3f} {(hi - lo) / 2:>10.3f}")
+    print(f"\n{'instrument':<26} {'wall s':>8} {'widest half-width':>18} {'s to +-0.05 there':>18}  load before / after")
+    for name, wall in walls.items():
+        widest = max(((hi - lo) / 2 for _, lo, hi in per_scale.get(name, {}).values()), default=float("nan"))
+        print(f"{name:<26} {wall:>8.1f} {widest:>18.3f} {wall * (widest / 0.05) ** 2:>18.1f}  {loads[name]}")
+    print("\n(a retention's interval is Wilson's on kept / base-correct; drift's is a t interval on the mean KL in nats, so "
+          "its half-width is not a share and its 's to +-0.05' is in nats; the drift pass needs the base's answers and is "
+          "timed inside the generation run)")
     return 0
 
 

@@ -220,11 +220,10 @@ class Drift:
 def drift(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[tuple[str, str, str, str]],
           base_route: str, batch_size: int = 16) -> list[Drift]:
     """``items``: (base prompt, adapter prompt, the base's answer, the adapter row's route). The base row and
-    the adapter row of an item run in one batch (on the same shared model, routed by ``adapter_names``); only
-    the per-example figures are kept."""
+    the adapter rows of an example run in one batch (on the same shared model, routed by ``adapter_names``), the base
+    row once for all its scales; ``batch_size`` rows a forward; only the per-example figures are kept."""
     import torch
 
-    out: list[Drift] = []
     device = _device(model)
     limit = _limit(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -236,37 +235,53 @@ def drift(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Seq
         pb = list(tokenizer.encode(base_prompt, add_special_tokens=False)) or bos
         pa = pb if prompt == base_prompt else (list(tokenizer.encode(prompt, add_special_tokens=False)) or bos)
         encoded.append(((pb + ans)[-limit:], (pa + ans)[-limit:], min(len(ans), limit - 1), route))
-    per = max(1, batch_size // 2)
-    for start in range(0, len(encoded), per):
-        chunk = encoded[start:start + per]
-        live = [k for k, e in enumerate(chunk) if e[2] > 0]
-        results: dict[int, Drift] = {k: Drift(None, None, 0, "the base model's answer is empty: nothing to compare")
-                                     for k in range(len(chunk)) if k not in live}
-        if live:
-            # left-padded, so every row's answer ends at the last position: the LM head runs over the answers' positions
-            # only (logits_to_keep), not over every prompt token of every row
-            seqs = [s for k in live for s in (chunk[k][0], chunk[k][1])]
-            width = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            for j, s in enumerate(seqs):
-                ids[j, width - len(s):] = torch.tensor(s)
-                mask[j, width - len(s):] = 1
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            keep = max(chunk[k][2] for k in live) + 1
-            routes = [r for k in live for r in (base_route, chunk[k][3])]
-            with torch.inference_mode():
-                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                               adapter_names=routes, logits_to_keep=keep).logits
-            for n, k in enumerate(live):
-                sb, _, n_ans, _ = chunk[k]
-                # answer token t is predicted at position t - 1: the n_ans positions before the last
-                lb = torch.log_softmax(logits[2 * n, keep - 1 - n_ans:keep - 1].float(), dim=-1)
-                la = torch.log_softmax(logits[2 * n + 1, keep - 1 - n_ans:keep - 1].float(), dim=-1)
-                kl = (lb.exp() * (lb - la)).sum(-1).mean()
-                want = torch.tensor(sb[len(sb) - n_ans:], device=lb.device).unsqueeze(-1)
-                nll_b = -lb.gather(-1, want).mean()
-                nll_a = -la.gather(-1, want).mean()
-                results[k] = Drift(max(0.0, float(kl)), float(nll_a - nll_b), n_ans)
-        out.extend(results[k] for k in range(len(chunk)))
+    results: dict[int, Drift] = {i: Drift(None, None, 0, "the base model's answer is empty: nothing to compare")
+                                 for i, e in enumerate(encoded) if e[2] <= 0}
+    # the scales of one example share its base row (computed once per chunk), and similar lengths share a chunk
+    live = sorted((i for i, e in enumerate(encoded) if e[2] > 0), key=lambda i: (len(encoded[i][0]), encoded[i][0]))
+    chunks: list[list[int]] = []
+    rows_in = 0
+    seen: set[tuple[int, ...]] = set()
+    for i in live:
+        new_base = tuple(encoded[i][0]) not in seen
+        if chunks and rows_in + 1 + new_base <= max(2, batch_size):
+            chunks[-1].append(i)
+        else:
+            chunks.append([i])
+            rows_in, seen = 0, set()
+            new_base = True
+        rows_in += 1 + new_base
+        seen.add(tuple(encoded[i][0]))
+    for chunk in chunks:
+        # left-padded, so every row's answer ends at the last position: the LM head runs over the answers' positions
+        # only (logits_to_keep), not over every prompt token of every row
+        bases = list(dict.fromkeys(tuple(encoded[i][0]) for i in chunk))
+        seqs = [list(b) for b in bases] + [encoded[i][1] for i in chunk]
+        routes = [base_route] * len(bases) + [encoded[i][3] for i in chunk]
+        width = max(len(x) for x in seqs)
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for j, x in enumerate(seqs):
+            ids[j, width - len(x):] = torch.tensor(x)
+            mask[j, width - len(x):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        keep = max(encoded[i][2] for i in chunk) + 1
+        with torch.inference_mode():
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                           adapter_names=routes, logits_to_keep=keep).logits
+        base_lp: dict[tuple[tuple[int, ...], int], Any] = {}
+        for n, i in enumerate(chunk):
+            sb, _, n_ans, _ = encoded[i]
+            b = bases.index(tuple(sb))
+            # answer token t is predicted at position t - 1: the n_ans positions before the last
+            if (tuple(sb), n_ans) not in base_lp:
+                base_lp[(tuple(sb), n_ans)] = torch.log_softmax(logits[b, keep - 1 - n_ans:keep - 1].float(), dim=-1)
+            lb = base_lp[(tuple(sb), n_ans)]
+            la = torch.log_softmax(logits[len(bases) + n, keep - 1 - n_ans:keep - 1].float(), dim=-1)
+            kl = (lb.exp() * (lb - la)).sum(-1).mean()
+            want = torch.tensor(sb[len(sb) - n_ans:], device=lb.device).unsqueeze(-1)
+            nll_b = -lb.gather(-1, want).mean()
+            nll_a = -la.gather(-1, want).mean()
+            results[i] = Drift(max(0.0, float(kl)), float(nll_a - nll_b), n_ans)
+    out = [results[i] for i in range(len(encoded))]
     return out

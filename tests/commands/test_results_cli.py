@@ -59,7 +59,9 @@ def test_lineage_and_child_against_parent(tiny_model_dir, tmp_path, capsys):
     assert "lineage: child" in out and f"<- parent [{pid[:8]}]" in out and "against the parent adapter" in out
     assert main(["results", "--db", str(db), "--adapter", str(child), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    [vp] = shown["vs_parent"]
+    # exact_match and, on this general suite, each adapter's drift from the base (drift_kl, drift_nll)
+    assert sorted(r["metric"] for r in shown["vs_parent"]) == ["drift_kl", "drift_nll", "exact_match"]
+    [vp] = [r for r in shown["vs_parent"] if r["metric"] == "exact_match"]
     assert vp["n_pairs"] == 3
     # independent: the child's and the parent's exact_match rows in that run
     import duckdb
@@ -67,7 +69,7 @@ def test_lineage_and_child_against_parent(tiny_model_dir, tmp_path, capsys):
     con = duckdb.connect(str(db), read_only=True)
     vals = dict(con.execute(
         "SELECT g.adapter_id, avg(s.value) FROM generations g JOIN scores s USING (cache_key) WHERE g.adapter_id IS NOT NULL "
-        "GROUP BY g.adapter_id").fetchall())
+        "AND s.metric = 'exact_match' GROUP BY g.adapter_id").fetchall())
     con.close()
     cid = inspect_adapter(child).adapter_id
     assert abs(vp["mean_delta"] - (vals[cid] - vals[pid])) < 1e-12
