@@ -20,7 +20,10 @@ def sweep_tables(views: Sequence[SweepView]) -> str:
     for v in views:
         rec = v.recommendation
         both = "knowledge" in v.measured
-        drift = "drift" in v.measured
+        drift = "drift" in v.measured or both  # beside knowledge, an unmeasured drift shows as — with the hint below
+        hint = ("\nbehaviour, leakage and drift not measured: they need general prompts the model answers; add a general "
+                "suite that generates (e.g. --suite general-knowledge --suite format-leakage)"
+                if both and all(p.retention is None for p in v.points if p.scale > 0) else "")
         rows = []
         for p in v.points:
             row = [f"{p.scale:g}" + (" (base)" if p.scale == 0 else ""), _pct(p.task) + (f" (n={p.n_task})" if p.n_task else "")]
@@ -40,5 +43,6 @@ def sweep_tables(views: Sequence[SweepView]) -> str:
         out.append(f"\n{v.label}: {what} per scale (* = Pareto front"
                    + ("; release gates judged at every scale" if judged else "") + ")\n"
                    + format_table(headers, rows)
-                   + f"\nrecommendation: {rec.sentence}" + (f"\nknowledge or behaviour: {diagnosis}" if diagnosis else ""))
+                   + f"\nrecommendation: {rec.sentence}" + (f"\nknowledge or behaviour: {diagnosis}" if diagnosis else "")
+                   + hint)
     return "\n".join(out)

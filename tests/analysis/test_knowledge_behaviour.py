@@ -155,3 +155,18 @@ def test_the_release_check_judges_knowledge_and_behaviour_retention_apart(tiny_m
     if not with_behaviour:
         # behaviour not measured is a failed gate that says what to add, never a pass
         assert "retention (every general suite that answers): not measured" in out and "e.g. --suite general-knowledge" in out
+
+
+def test_knowledge_alone_says_what_behaviour_leakage_and_drift_need(tiny_model_dir, tmp_path, capsys):
+    a = make_adapter(tiny_model_dir, tmp_path / "a", 5)
+    args = ["sweep", "--base", str(tiny_model_dir), "--db", str(tmp_path / "h.duckdb"), "--adapter", str(a),
+            "--scales", "0,1", "--task-format", "labels:yes|no", "--no-gates",
+            "--suite", str(_suite(tmp_path, "task")), "--suite", str(_suite(tmp_path, "knowledge"))]
+    main(args)
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("scale"))
+    assert re.split(r"\s{2,}", header.strip())[:6] == ["scale", "task", "knowledge", "behaviour", "leakage", "drift (KL)"]
+    row = next(line for line in out.splitlines() if line.startswith("1 "))
+    assert re.split(r"\s{2,}", row.strip())[3:6] == ["—", "—", "—"]
+    assert "behaviour, leakage and drift not measured" in out and "--suite general-knowledge" in out
+    assert "knowledge or behaviour:" not in out  # no sentence without both figures
