@@ -132,6 +132,51 @@ def timed(fn):
     return value, time.perf_counter() - t0, time.process_time() - c0
 
 
+def sweep_rows(base, prompts, settings, batch_size: int, scales=(0.1, 0.25, 0.5, 0.75, 1.0)) -> None:
+    """A sweep's rows per second against the base model's: every prompt at the base and 5 scales of a LoRA adapter (r 16
+    on every projection, random B: the speed does not depend on the weights) in the engine's shared batches, each
+    (adapter, scale) a route, against the base model alone on the same prompts; the same decode path and batch rows
+    per model. Its own question: how much of a sweep's cost is the scales' rows (compute-bound: the rows are real
+    work), and how much the sharing saves over running them one model at a time."""
+    import tempfile
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from harness.evaluation.engine import attached
+    from harness.evaluation.runner import DEFAULT_MAX_BATCH, shared_batch_rows
+    from harness.evaluation.targets import expand_targets
+    from harness.generation.generate import generate
+    from harness.models.adapters import inspect_adapter
+
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        cfg = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                               "up_proj", "down_proj"])
+        pm = get_peft_model(base.model, cfg)
+        with torch.no_grad():
+            for name, p in pm.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.01)
+        pm.save_pretrained(tmp)
+        base.model = pm.unload()
+        adapter = inspect_adapter(tmp)
+        targets = expand_targets([adapter], [0.0, *scales])
+        before = os.getloadavg()[0]
+        _, alone, _ = timed(lambda: generate(base.model, base.tokenizer, prompts, settings, batch_size, path="fast"))
+        with attached(base, targets, None) as group:
+            items = [(t, p) for t in targets for p in prompts]
+            rows = shared_batch_rows(batch_size, DEFAULT_MAX_BATCH, len(targets))
+            _, shared, _ = timed(lambda: generate(group.model, base.tokenizer, [p for _, p in items], settings, rows,
+                                                  adapter_names=group.route([t for t, _ in items]), path="fast"))
+        after = os.getloadavg()[0]
+    n = len(prompts)
+    print(f"\nsweep rows: the base model alone {n} rows in {alone:.1f} s ({n / alone:.2f} rows/s, batch {batch_size}); "
+          f"the base and {len(scales)} scales, {n * len(targets)} rows in shared batches of up to {rows}: {shared:.1f} s "
+          f"({n * len(targets) / shared:.2f} rows/s, {shared / alone:.2f}x the base alone for {len(targets)}x the rows; "
+          f"load {before:.2f} / {after:.2f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="smollm2-135m")
@@ -144,6 +189,9 @@ def main() -> None:
     ap.add_argument("--no-lmeval", action="store_true")
     ap.add_argument("--skip-hf", action="store_true", help="skip the harness hf path (identity then unchecked)")
     ap.add_argument("--device", default="cpu", help="torch device, for every contender (default: %(default)s)")
+    ap.add_argument("--sweep", action="store_true",
+                    help="also time a sweep's shared batches (the base and 5 scales of a LoRA adapter: rows/s) against the "
+                         "base model alone on the same prompts")
     args = ap.parse_args()
 
     import torch
@@ -258,6 +306,8 @@ def main() -> None:
             print(f"harness fast tokens/s vs the forward limit ({name}): {(fast_tok / fast_w) / (tok / w):.2f}x "
                   f"(useful tokens: rows stop at {list(settings.stop)} or an end token; the limit runs every row "
                   f"to {settings.max_new_tokens})")
+    if args.sweep:
+        sweep_rows(base, prompts, settings, args.batch_size)
     if "hf" in outputs:
         print(f"fast == hf (the reference path): {sum(a == b for a, b in zip(outputs['fast'], outputs['hf']))}/{n} outputs identical")
     if lm is not None:
