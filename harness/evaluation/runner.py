@@ -72,6 +72,13 @@ class _Request:
     gen_key: str | None = None
 
 
+def _likelihood_key(suite: Suite, example: Example) -> dict:
+    """What else identifies a likelihood suite's result (and its output): the kind, the choices, the delimiter."""
+    if not suite.likelihood:
+        return {}
+    return {"kind": suite.kind, "choices": list(example.choices), "delimiter": suite.target_delimiter}
+
+
 def _score(scorers: Sequence[BoundScorer], gen: Generation, example: Example) -> list[tuple[BoundScorer, Score]]:
     out: list[tuple[BoundScorer, Score]] = []
     for sc in scorers:
@@ -185,8 +192,7 @@ def run_eval(
                     scale=target.scale, prompt=p, settings=suite.generation.to_json(), dtype=dtype,
                     scorers=versions, perplexity=wants_ppl,
                     **({"drift": DRIFT_VERSION} if wants_drift and target.adapter is not None else {}),
-                    **({"kind": suite.kind, "choices": list(e.choices), "delimiter": suite.target_delimiter}
-                       if suite.likelihood else {}),
+                    **_likelihood_key(suite, e),
                     # The row names its suite and example, and scores depend on the answer key: both are
                     # part of the identity, so another suite's identical prompt or a corrected target
                     # never reuses a row it should not.
@@ -197,8 +203,7 @@ def run_eval(
                     adapter_id=None if target.adapter is None else target.adapter.adapter_id,
                     scale=target.scale, prompt=p, settings=suite.generation.to_json(), dtype=dtype,
                     suite=suite.name, example=e.id,
-                    **({"kind": suite.kind, "choices": list(e.choices), "delimiter": suite.target_delimiter}
-                       if suite.likelihood else {}),
+                    **_likelihood_key(suite, e),
                 ))
                 for e, p in zip(suite_examples, prompts)
             ]

@@ -72,11 +72,13 @@ def _retention(ctx: GateContext, g: PlannedGate, t: tuple) -> GateOutcome:
         metrics = [(s.name, s.headline) for s in ctx.comparison.suites if s.role == "general" and s.headline
                    and s.likelihood == knowledge]
     if not base_correct:
-        why = (("no general suite that answers in the run: add a suite with role general that generates (e.g. --suite "
-                "general-knowledge); a multiple-choice suite measures knowledge, not the behaviour that breaks"
-                if not g.suite and not metrics and any(s.role == "general" for s in ctx.comparison.suites) else
-                "no general suite in the run: add a suite with role general (e.g. --suite general-knowledge)") if not metrics
-               else "the base model answered none of the general items correctly: add general items it knows")
+        if metrics:
+            why = "the base model answered none of the general items correctly: add general items it knows"
+        elif not g.suite and any(s.role == "general" for s in ctx.comparison.suites):
+            why = ("no general suite that answers in the run: add a suite with role general that generates (e.g. --suite "
+                   "general-knowledge); a multiple-choice suite measures knowledge, not the behaviour that breaks")
+        else:
+            why = "no general suite in the run: add a suite with role general (e.g. --suite general-knowledge)"
         return GateOutcome(GateResult(g.name, "retention", None, threshold, None, False,
                                       f"{where}: not measured ({why}); needs >= {threshold:g}: FAIL", rule="not measured", n=0),
                            g.kind, label, t[0], t[1], g.suite, source=g.source)

@@ -120,6 +120,20 @@ def _pad_id(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
+def _padded(seqs: Sequence[Sequence[int]], pad: int, left: bool) -> tuple[Any, Any]:
+    """(input ids, attention mask) of ``seqs`` padded to the longest, on the left or the right."""
+    import torch
+
+    width = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for j, x in enumerate(seqs):
+        at = slice(width - len(x), width) if left else slice(0, len(x))
+        ids[j, at] = torch.tensor(list(x), dtype=torch.long)
+        mask[j, at] = 1
+    return ids, mask
+
+
 def _plain(model: Any, tokenizer: Any, encoded: Sequence[tuple[list[int], list[int]]], batch_size: int,
            routes: Sequence[str] | None, limit: int) -> list[LogLikelihood]:
     """One forward per request, right-padded (lm-eval's own layout, with its left truncation)."""
@@ -130,13 +144,7 @@ def _plain(model: Any, tokenizer: Any, encoded: Sequence[tuple[list[int], list[i
     out: list[LogLikelihood | None] = [None] * len(rows)
     device = _device(model)
     for batch in _batches(order, max(1, batch_size)):
-        width = max(len(rows[i][0]) for i in batch)
-        ids = torch.full((len(batch), width), _pad_id(tokenizer), dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for j, i in enumerate(batch):
-            inp = rows[i][0]
-            ids[j, :len(inp)] = torch.tensor(inp)
-            mask[j, :len(inp)] = 1
+        ids, mask = _padded([rows[i][0] for i in batch], _pad_id(tokenizer), left=False)
         route = {"adapter_names": [routes[i] for i in batch]} if routes is not None else {}
         with torch.inference_mode():
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), **route).logits
@@ -163,12 +171,7 @@ def _shared(model: Any, tokenizer: Any, groups: Sequence[tuple[list[int], str | 
 
     device = _device(model)
     pad = _pad_id(tokenizer)
-    width = max(len(ctx) for ctx, _, _ in groups)
-    ids = torch.full((len(groups), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(groups), width), dtype=torch.long)
-    for g, (ctx, _, _) in enumerate(groups):
-        ids[g, width - len(ctx):] = torch.tensor(ctx)
-        mask[g, width - len(ctx):] = 1
+    ids, mask = _padded([ctx for ctx, _, _ in groups], pad, left=True)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     route = {"adapter_names": [r for _, r, _ in groups]} if routed else {}
     with torch.inference_mode():
@@ -181,12 +184,8 @@ def _shared(model: Any, tokenizer: Any, groups: Sequence[tuple[list[int], str | 
     if longer:
         cache = getattr(first, "cache", None) or first.past_key_values
         cache.reorder_cache(torch.tensor([g for g, _, _ in longer], device=device))
-        n = max(len(cont) - 1 for _, _, cont in longer)
-        ids2 = torch.full((len(longer), n), pad, dtype=torch.long)
-        mask2 = torch.zeros((len(longer), n), dtype=torch.long)
-        for k, (_, _, cont) in enumerate(longer):
-            ids2[k, :len(cont) - 1] = torch.tensor(cont[:-1])
-            mask2[k, :len(cont) - 1] = 1
+        ids2, mask2 = _padded([cont[:-1] for _, _, cont in longer], pad, left=False)
+        n = ids2.shape[1]
         ctx_mask = mask[[g for g, _, _ in longer]]
         lengths = ctx_mask.sum(-1, keepdim=True)
         pos2 = lengths + torch.arange(n).unsqueeze(0)
@@ -226,7 +225,7 @@ def drift(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Seq
 
     device = _device(model)
     limit = _limit(model)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = _pad_id(tokenizer)
     encoded = []
     for base_prompt, prompt, answer, route in items:
         ans = list(tokenizer.encode(answer, add_special_tokens=False)) if answer else []
@@ -258,12 +257,7 @@ def drift(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Seq
         bases = list(dict.fromkeys(tuple(encoded[i][0]) for i in chunk))
         seqs = [list(b) for b in bases] + [encoded[i][1] for i in chunk]
         routes = [base_route] * len(bases) + [encoded[i][3] for i in chunk]
-        width = max(len(x) for x in seqs)
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for j, x in enumerate(seqs):
-            ids[j, width - len(x):] = torch.tensor(x)
-            mask[j, width - len(x):] = 1
+        ids, mask = _padded(seqs, pad, left=True)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         keep = max(encoded[i][2] for i in chunk) + 1
         with torch.inference_mode():

@@ -30,6 +30,7 @@ and a suite is data that runs no code), ``process_docs``, ``process_results``, `
 from __future__ import annotations
 
 import ast
+import functools
 import random
 import re
 from collections.abc import Mapping, Sequence
@@ -136,12 +137,13 @@ def _line(node: yaml.Node | None, key: str) -> int:
     return 1
 
 
-def _read(path: Path, depth: int = 0) -> tuple[dict[str, Any], dict[str, int]]:
-    """The task file's mapping with its ``include`` merged (the includer's keys win) and each key's line."""
+def _read(path: Path, depth: int = 0, text: str | None = None) -> tuple[dict[str, Any], dict[str, int]]:
+    """The task file's mapping (``text``: its contents, already read) with its ``include`` merged (the includer's
+    keys win) and each key's line."""
     from harness.suites.confine import confine
     from harness.util.yamlsafe import compose_bounded, read_spec_text
 
-    text = read_spec_text(path, "lm-eval task", SuiteError)
+    text = read_spec_text(path, "lm-eval task", SuiteError) if text is None else text
     node = compose_bounded(text, path, SuiteError)
     problems = _tag_problems(node, path)
     if problems:
@@ -153,7 +155,6 @@ def _read(path: Path, depth: int = 0) -> tuple[dict[str, Any], dict[str, int]]:
     if not isinstance(data, dict):
         raise SuiteError(f"{path}:1: an lm-eval task must be a YAML mapping")
     lines = {str(k): _line(node, str(k)) for k in data}
-    lines = {k: v for k, v in lines.items()}
     if "include" in data:
         inc = data.pop("include")
         if depth >= 3 or not isinstance(inc, str):
@@ -168,12 +169,13 @@ def _read(path: Path, depth: int = 0) -> tuple[dict[str, Any], dict[str, int]]:
     return data, lines
 
 
-def load_task(path: Path) -> Suite:
-    """Read an lm-eval task YAML (the safe subset above) into a ``Suite``; one ``SuiteError`` listing every problem."""
+def load_task(path: Path, text: str | None = None) -> Suite:
+    """Read an lm-eval task YAML (the safe subset above; ``text``: its contents, already read) into a ``Suite``; one
+    ``SuiteError`` listing every problem."""
     from harness.generation.rows import GenerationSettings
     from harness.suites.types import PromptSpec, ScorerSpec, Suite
 
-    data, lines = _read(path)
+    data, lines = _read(path, text=text)
     errors: list[str] = []
 
     def err(key: str, msg: str) -> None:
@@ -362,19 +364,15 @@ def _render(template: str, doc: Mapping[str, Any], where: str) -> str:
     return out
 
 
-_ENV: Any = None
-
-
+@functools.lru_cache(maxsize=1)
 def _lmeval_env() -> Any:
-    global _ENV
-    if _ENV is None:
-        from harness.suites.templates import _env
+    """Our sandboxed environment (``harness.suites.templates``) with lm-eval's settings: trailing newlines kept, its
+    ``regex_replace`` filter."""
+    from harness.suites.templates import _env
 
-        base = _env()
-        env = base.overlay(keep_trailing_newline=True)
-        env.filters["regex_replace"] = _regex_replace
-        _ENV = env
-    return _ENV
+    env = _env().overlay(keep_trailing_newline=True)
+    env.filters["regex_replace"] = _regex_replace
+    return env
 
 
 def _literal(text: str, where: str) -> Any:
@@ -388,9 +386,9 @@ def _literal(text: str, where: str) -> Any:
 
 def doc_to_text(spec: LmevalTask, doc: Mapping[str, Any], where: str) -> str:
     v = spec.doc_to_text
-    if isinstance(v, int) or (isinstance(v, str) and v not in doc and _render(v, doc, where).isdigit()):
+    out = v if isinstance(v, int) else doc[v] if v in doc else _render(v, doc, where)
+    if isinstance(out, int) or (v not in doc and isinstance(out, str) and out.isdigit()):
         raise SuiteError(f"{where}: doc_to_text gives an index: multiple-input tasks are not read")
-    out = doc[v] if v in doc else _render(v, doc, where)
     if not isinstance(out, str):
         raise SuiteError(f"{where}: doc_to_text gives {type(out).__name__}, not text")
     return out

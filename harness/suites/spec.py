@@ -62,13 +62,13 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 class _Lines:
     """YAML loading that remembers the line of every key, for error messages.
 
-    The walk below expands aliases, so the node graph is bounded first (``harness.util.yamlsafe``).
+    The walk below expands aliases, so the node graph is bounded first (``harness.util.yamlsafe.compose_bounded``,
+    which gives the node).
     """
 
-    def __init__(self, text: str, path: Path) -> None:
+    def __init__(self, node: yaml.Node | None, path: Path) -> None:
         self.path = path
         self.lines: dict[tuple[Any, ...], int] = {}
-        node = compose_bounded(text, path, SuiteError)
         self.data = self._build(node, ()) if node is not None else None
 
     def _build(self, node: yaml.Node, at: tuple[Any, ...]) -> Any:
@@ -120,12 +120,10 @@ def load_suite(name_or_path: str | Path) -> Suite:
 
     text = read_spec_text(path, "suite spec", SuiteError)
     try:
-        if lmeval.is_lmeval_task(compose_bounded(text, path, SuiteError)):
-            return lmeval.load_task(path)
-    except yaml.YAMLError:
-        pass  # reported below, with the harness's own message
-    try:
-        y = _Lines(text, path)
+        node = compose_bounded(text, path, SuiteError)
+        if lmeval.is_lmeval_task(node):  # an lm-eval task file, recognised before any tag is constructed
+            return lmeval.load_task(path, text)
+        y = _Lines(node, path)
     except yaml.YAMLError as exc:
         raise SuiteError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from None
     spec = y.data
